@@ -1,0 +1,72 @@
+#pragma once
+// The experiment spec (YAML) and its expansion into runs. No libtorch.
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace hx {
+
+using Json = nlohmann::json;
+
+// One `tables:` entry of the spec.
+struct TableSpec {
+  std::string title;
+  std::string kind = "pivot";          // pivot | arrows
+  std::vector<std::string> columns;    // axis names: one column per combination of their values
+  std::vector<std::string> rows;       // metric names
+  std::string workload;                // which part's runs the table uses ("" = all)
+  int line = 0;                        // where it was declared, for messages
+};
+
+// One matrix of runs. A spec has one part (the top-level keys) or several (`parts:` list), each
+// with its own workload, data, fixed, matrix, include, exclude.
+struct PartSpec {
+  std::string workload;                                       // finetune | generate
+  Json data = Json::object();                                 // as in the spec, path made absolute
+  Json fixed = Json::object();                                // key -> value
+  std::vector<std::pair<std::string, std::vector<Json>>> axes;  // in spec order
+  std::vector<Json> include, exclude;                         // objects key -> value
+};
+
+struct Spec {
+  std::string path;        // as given on the command line
+  std::string text;        // the file's bytes, stored with the experiment
+  std::string name;
+  Json model = Json::object();  // {"preset": "tiny", "weights": "random", "seed": 0}
+  std::vector<PartSpec> parts;
+  int repeats = 1;
+  double timeout_s = 1800;
+  std::string device = "cpu";
+  int64_t memory_limit_mb = 0;  // 0 = no cap
+  std::vector<TableSpec> tables;
+};
+
+// Parses and validates; throws std::invalid_argument("FILE:LINE: KEY: message") on any error,
+// before any run starts.
+Spec load_spec(const std::string& path);
+Spec parse_spec(const std::string& text, const std::string& path);  // path only for messages
+
+struct RunConfig {
+  std::string run_id;     // 16 hex digits
+  int repeat = 0;
+  std::string workload;
+  Json config;            // fixed merged with this run's axis values, keys sorted
+  std::string canonical;  // canonical_json(config)
+};
+
+// Cartesian product of the axes, minus exclude, plus include, times repeats; stable order.
+std::vector<RunConfig> expand(const Spec& spec);
+
+// Keys sorted, no spaces, values as written.
+std::string canonical_json(const Json& value);
+
+// Stable across platforms and versions (FNV-1a 64 over a fixed text), 16 hex digits. The hashed
+// text holds the experiment name, the run's context (model, device, data, memory cap, workload),
+// the canonical config and the repeat index, so that editing the model of a spec never resumes
+// into stale results.
+std::string make_run_id(const Spec& spec, const PartSpec& part, const std::string& canonical,
+                        int repeat);
+
+}  // namespace hx
