@@ -1,0 +1,126 @@
+#include "harness/worker/data.h"
+
+#include <nlohmann/json.hpp>
+#include <random>
+#include <stdexcept>
+
+#include "harness/json_io.h"
+
+namespace hx {
+
+std::vector<AlpacaRecord> read_alpaca(const std::string& path, int64_t samples) {
+  nlohmann::json doc;
+  try {
+    doc = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::invalid_argument(path + ": not valid JSON: " + e.what());
+  }
+  if (!doc.is_array()) throw std::invalid_argument(path + ": expected a JSON list of records");
+  std::vector<AlpacaRecord> records;
+  for (size_t i = 0; i < doc.size(); ++i) {
+    if (samples > 0 && static_cast<int64_t>(records.size()) >= samples) break;
+    const auto& item = doc[i];
+    auto field = [&](const char* key, bool required) -> std::string {
+      if (!item.is_object() || !item.contains(key)) {
+        if (required)
+          throw std::invalid_argument(path + ": record " + std::to_string(i) + ": missing \"" +
+                                      key + "\"");
+        return "";
+      }
+      if (!item[key].is_string())
+        throw std::invalid_argument(path + ": record " + std::to_string(i) + ": \"" + key +
+                                    "\" is not a string");
+      return item[key].get<std::string>();
+    };
+    records.push_back({field("instruction", true), field("input", false), field("output", true)});
+  }
+  if (records.empty()) throw std::invalid_argument(path + ": no records");
+  return records;
+}
+
+std::string alpaca_prompt(const AlpacaRecord& r) {
+  if (r.input.empty()) {
+    return "Below is an instruction that describes a task. Write a response that appropriately "
+           "completes the request.\n\n### Instruction:\n" +
+           r.instruction + "\n\n### Response:\n";
+  }
+  return "Below is an instruction that describes a task, paired with an input that provides "
+         "further context. Write a response that appropriately completes the request.\n\n"
+         "### Instruction:\n" +
+         r.instruction + "\n\n### Input:\n" + r.input + "\n\n### Response:\n";
+}
+
+std::vector<int64_t> ByteTokenizer::encode(std::string_view text) const {
+  std::vector<int64_t> ids;
+  ids.reserve(text.size());
+  for (unsigned char c : text) ids.push_back(static_cast<int64_t>(c) + 3);
+  return ids;
+}
+
+Example make_example(const AlpacaRecord& record, const Tokenizer& tokenizer, int64_t max_seq_len) {
+  Example ex;
+  const auto prompt = tokenizer.encode(alpaca_prompt(record));
+  const auto response = tokenizer.encode(record.output);
+  ex.tokens.push_back(tokenizer.bos_id());
+  ex.tokens.insert(ex.tokens.end(), prompt.begin(), prompt.end());
+  ex.labels.assign(ex.tokens.size(), kIgnoreIndex);  // BOS and prompt: not learned
+  ex.tokens.insert(ex.tokens.end(), response.begin(), response.end());
+  ex.tokens.push_back(tokenizer.eos_id());
+  ex.labels.insert(ex.labels.end(), ex.tokens.begin() + static_cast<int64_t>(ex.labels.size()),
+                   ex.tokens.end());
+  if (max_seq_len > 0 && static_cast<int64_t>(ex.tokens.size()) > max_seq_len) {
+    ex.tokens.resize(static_cast<size_t>(max_seq_len));
+    ex.labels.resize(static_cast<size_t>(max_seq_len));
+  }
+  return ex;
+}
+
+Batch collate(const std::vector<const Example*>& examples, int64_t pad_id) {
+  size_t longest = 0;
+  for (const auto* ex : examples) longest = std::max(longest, ex->tokens.size());
+  const auto b = static_cast<int64_t>(examples.size());
+  const auto t = static_cast<int64_t>(longest);
+  Batch batch;
+  batch.tokens = torch::full({b, t}, pad_id, torch::kInt64);
+  batch.labels = torch::full({b, t}, kIgnoreIndex, torch::kInt64);
+  auto tokens = batch.tokens.accessor<int64_t, 2>();
+  auto labels = batch.labels.accessor<int64_t, 2>();
+  for (int64_t i = 0; i < b; ++i) {
+    const auto& ex = *examples[static_cast<size_t>(i)];
+    for (size_t j = 0; j < ex.tokens.size(); ++j) {
+      tokens[i][static_cast<int64_t>(j)] = ex.tokens[j];
+      labels[i][static_cast<int64_t>(j)] = ex.labels[j];
+    }
+    batch.real_tokens += static_cast<int64_t>(ex.tokens.size());
+  }
+  return batch;
+}
+
+DataSource::DataSource(std::vector<Example> examples, int64_t batch_size, int64_t pad_id)
+    : examples_(std::move(examples)), batch_size_(batch_size), pad_id_(pad_id) {
+  if (examples_.empty()) throw std::invalid_argument("no training examples");
+}
+
+DataSource DataSource::random(int64_t vocab_size, int64_t seq_len, int64_t batch_size,
+                              uint64_t seed, int64_t count) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int64_t> token(3, vocab_size - 1);
+  std::vector<Example> examples(static_cast<size_t>(count));
+  for (auto& ex : examples) {
+    ex.tokens.resize(static_cast<size_t>(seq_len));
+    for (auto& id : ex.tokens) id = token(rng);
+    ex.labels = ex.tokens;
+  }
+  return {std::move(examples), batch_size, 0};
+}
+
+Batch DataSource::next() {
+  std::vector<const Example*> picked;
+  for (int64_t i = 0; i < batch_size_; ++i) {
+    picked.push_back(&examples_[cursor_]);
+    cursor_ = (cursor_ + 1) % examples_.size();
+  }
+  return collate(picked, pad_id_);
+}
+
+}  // namespace hx

@@ -1,0 +1,82 @@
+#pragma once
+// Fine-tuning data: Alpaca-format instruction records -> Stanford Alpaca prompts -> token ids with
+// the prompt masked out of the loss -> padded batches. Or random tokens of one fixed length.
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hx {
+
+inline constexpr int64_t kIgnoreIndex = -100;
+
+struct AlpacaRecord {
+  std::string instruction, input, output;
+};
+
+// Reads a JSON list of {instruction, input, output} (input optional); the first `samples`
+// records (all if samples <= 0). Errors name the file and the record index.
+std::vector<AlpacaRecord> read_alpaca(const std::string& path, int64_t samples);
+
+// The Stanford Alpaca templates (with and without input), up to "### Response:\n".
+std::string alpaca_prompt(const AlpacaRecord& record);
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::vector<int64_t> encode(std::string_view text) const = 0;
+  virtual int64_t bos_id() const = 0;
+  virtual int64_t eos_id() const = 0;
+  virtual int64_t pad_id() const = 0;
+  virtual int64_t vocab_size() const = 0;
+};
+
+// Bytes as tokens (id = byte + 3) with 0 pad, 1 BOS, 2 EOS: works with any vocabulary >= 259,
+// until a model's own tokenizer is named.
+class ByteTokenizer final : public Tokenizer {
+ public:
+  std::vector<int64_t> encode(std::string_view text) const override;
+  int64_t bos_id() const override { return 1; }
+  int64_t eos_id() const override { return 2; }
+  int64_t pad_id() const override { return 0; }
+  int64_t vocab_size() const override { return 259; }
+};
+
+struct Example {
+  std::vector<int64_t> tokens;  // BOS prompt response EOS, truncated to max_seq_len
+  std::vector<int64_t> labels;  // kIgnoreIndex over BOS and the prompt
+};
+
+Example make_example(const AlpacaRecord& record, const Tokenizer& tokenizer, int64_t max_seq_len);
+
+struct Batch {
+  torch::Tensor tokens;  // (B, T) int64, padded with pad_id
+  torch::Tensor labels;  // (B, T) int64, kIgnoreIndex on padding and prompt
+  int64_t real_tokens = 0;
+};
+
+// Pads to the longest example.
+Batch collate(const std::vector<const Example*>& examples, int64_t pad_id);
+
+// Yields batches in order, cycling over the examples.
+class DataSource {
+ public:
+  // Alpaca records (tokenised once).
+  DataSource(std::vector<Example> examples, int64_t batch_size, int64_t pad_id);
+  // Random tokens in [3, vocab) of one fixed length, every position a label.
+  static DataSource random(int64_t vocab_size, int64_t seq_len, int64_t batch_size, uint64_t seed,
+                           int64_t count = 64);
+  Batch next();
+  size_t size() const { return examples_.size(); }
+
+ private:
+  std::vector<Example> examples_;
+  int64_t batch_size_;
+  int64_t pad_id_;
+  size_t cursor_ = 0;
+};
+
+}  // namespace hx

@@ -1,0 +1,153 @@
+// `harness-worker`: the child process of one run, and the commands that need the model
+// (`harness model`, `harness generate` are forwarded here by the parent, which links no torch).
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "harness/cli.h"
+#include "harness/json_io.h"
+#include "harness/worker/memory.h"
+#include "harness/worker/workloads.h"
+#include "model/compat.h"
+#include "model/generate.h"
+
+namespace {
+
+using Json = nlohmann::json;
+
+// Writes result.json whatever happened; the parent reads the status from it.
+int run_one(const std::string& run_path) {
+  Json run;
+  try {
+    run = Json::parse(hx::read_file(run_path));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s: %s\n", run_path.c_str(), e.what());
+    return hx::kExitUsage;
+  }
+  const std::string result_path = run.value("result_path", run_path + ".result.json");
+  Json result;
+  int code = hx::kExitOk;
+  try {
+    at::set_num_threads(static_cast<int>(run.value("threads", 1)));
+    result = hx::run_workload(run);
+  } catch (const c10::OutOfMemoryError& e) {
+    result = {{"status", "oom"}, {"error", e.what_without_backtrace()}};
+    code = hx::kExitOom;
+  } catch (const c10::Error& e) {
+    result = {{"status", "error"}, {"error", e.what_without_backtrace()}};
+    code = hx::kExitRunError;
+  } catch (const std::exception& e) {
+    result = {{"status", "error"}, {"error", e.what()}};
+    code = hx::kExitRunError;
+  }
+  if (code != hx::kExitOk) {
+    std::fprintf(stderr, "%s: %s\n", result["status"].get<std::string>().c_str(),
+                 result["error"].get<std::string>().c_str());
+    result["env"] = hx::environment_json(run.value("device", std::string("cpu")) == "cuda");
+  }
+  hx::write_file_atomic(result_path, result.dump(1));
+  return code;
+}
+
+int show_model(const std::string& preset) {
+  hx::LlamaConfig config;
+  try {
+    config = hx::config_from_name(preset);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return hx::kExitUsage;
+  }
+  const int64_t params = hx::count_params_on_meta(config);  // meta device: no memory allocated
+  std::printf("%s", hx::describe(config).c_str());
+  std::printf("parameters    %lld (%.3f B)\n", static_cast<long long>(params), params / 1e9);
+  std::printf("weights fp32  %.1f MB\n", params * 4.0 / (1024.0 * 1024.0));
+  std::printf("weights bf16  %.1f MB\n", params * 2.0 / (1024.0 * 1024.0));
+  return hx::kExitOk;
+}
+
+struct GenerateArgs {
+  std::string preset = "tiny";
+  int64_t prompt_len = 16, new_tokens = 32, batch = 1, threads = 2;
+  std::string kv_cache = "on";
+  std::string dtype = "fp32";
+  uint64_t seed = 0;
+};
+
+int demo_generate(const GenerateArgs& a) {
+  at::set_num_threads(static_cast<int>(a.threads));
+  hx::ModelOptions options;
+  options.dtype = a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  hx::Transformer model(hx::config_from_name(a.preset), options);
+  hx::init_random(model, a.seed);
+  model->eval();
+  auto gen = at::detail::createCPUGenerator(a.seed);
+  auto prompt = torch::randint(3, model->config().vocab_size, {a.batch, a.prompt_len}, gen,
+                               torch::kInt64);
+  auto out = hx::generate(model, prompt, a.new_tokens, a.kv_cache == "on", {});
+  std::printf("model %s (random weights, seed %llu), batch %lld, prompt %lld tokens, kv cache %s\n",
+              a.preset.c_str(), static_cast<unsigned long long>(a.seed),
+              static_cast<long long>(a.batch), static_cast<long long>(a.prompt_len),
+              a.kv_cache.c_str());
+  for (int64_t b = 0; b < a.batch; ++b) {
+    std::printf("tokens[%lld]:", static_cast<long long>(b));
+    for (int64_t i = 0; i < out.tokens.size(1); ++i)
+      std::printf(" %lld", static_cast<long long>(out.tokens[b][i].item<int64_t>()));
+    std::printf("\n");
+  }
+  const double decode_tps = out.decode_s > 0 ? (a.new_tokens - 1) * a.batch / out.decode_s : 0;
+  std::printf("prefill %.4f s, decode %.4f s (%.1f tokens/s), %d threads\n", out.prefill_s,
+              out.decode_s, decode_tps, at::get_num_threads());
+  return hx::kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Before any tensor exists, so that every allocation is counted.
+  hx::CountingAllocator::install();
+
+  CLI::App app{"harness-worker: runs one measured run (started by `harness run`)"};
+  app.require_subcommand(1);
+  int code = hx::kExitOk;
+
+  std::string run_path;
+  auto* run = app.add_subcommand("run", "run the workload of a run file, write its result");
+  run->add_option("run_json", run_path, "run.json written by the parent")->required();
+  run->callback([&] { code = run_one(run_path); });
+
+  std::string preset;
+  auto* model = app.add_subcommand("model", "print a preset's config, parameter count, bytes");
+  model->add_option("preset", preset, "tiny, small, llama3.2-1b, llama2-7b")->required();
+  model->callback([&] { code = show_model(preset); });
+
+  GenerateArgs g;
+  auto* gen = app.add_subcommand("generate", "greedy generation from a random prompt");
+  gen->add_option("--model", g.preset, "preset")->capture_default_str();
+  gen->add_option("--prompt-len", g.prompt_len)->capture_default_str();
+  gen->add_option("--max-new-tokens", g.new_tokens)->capture_default_str();
+  gen->add_option("--batch", g.batch)->capture_default_str();
+  gen->add_option("--threads", g.threads)->capture_default_str();
+  gen->add_option("--kv-cache", g.kv_cache)->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  gen->add_option("--dtype", g.dtype)->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  gen->add_option("--seed", g.seed)->capture_default_str();
+  gen->callback([&] { code = demo_generate(g); });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : hx::kExitUsage;
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return hx::kExitUsage;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return hx::kExitRunError;
+  }
+  return code;
+}

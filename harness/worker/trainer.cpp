@@ -1,0 +1,119 @@
+#include "harness/worker/trainer.h"
+
+#include <optional>
+#include <stdexcept>
+
+#include "model/compat.h"
+#include "model/lora.h"
+
+namespace hx {
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
+  const int64_t t = logits.size(1);
+  auto predicted = logits.narrow(1, 0, t - 1).reshape({-1, logits.size(-1)});
+  auto target = labels.narrow(1, 1, t - 1).reshape({-1});
+  return torch::nn::functional::cross_entropy(
+      predicted.to(torch::kFloat32), target,
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+}
+
+LossScaler::LossScaler(double init_scale, double growth_factor, double backoff_factor,
+                       int64_t growth_interval)
+    : scale_(init_scale),
+      growth_factor_(growth_factor),
+      backoff_factor_(backoff_factor),
+      growth_interval_(growth_interval) {}
+
+bool LossScaler::unscale_and_check(const std::vector<torch::Tensor>& params) {
+  torch::NoGradGuard no_grad;
+  bool finite = true;
+  for (const auto& p : params) {
+    if (!p.grad().defined()) continue;
+    auto g = p.mutable_grad();
+    g.mul_(1.0 / scale_);
+    if (finite && !torch::isfinite(g).all().item<bool>()) finite = false;
+  }
+  return finite;
+}
+
+void LossScaler::update(bool step_taken) {
+  if (!step_taken) {
+    scale_ *= backoff_factor_;
+    good_steps_ = 0;
+    ++skipped_;
+    return;
+  }
+  if (++good_steps_ >= growth_interval_) {
+    scale_ *= growth_factor_;
+    good_steps_ = 0;
+  }
+}
+
+Trainer::Trainer(Transformer& model, TrainOptions options)
+    : model_(model), options_(std::move(options)), params_(trainable_parameters(model)) {
+  if (params_.empty()) throw std::invalid_argument("no trainable parameters");
+  if (options_.optimizer == "sgd") {
+    optimizer_ = std::make_unique<torch::optim::SGD>(
+        params_, torch::optim::SGDOptions(options_.lr).weight_decay(options_.weight_decay));
+  } else if (options_.optimizer == "adamw") {
+    optimizer_ = std::make_unique<torch::optim::AdamW>(
+        params_, torch::optim::AdamWOptions(options_.lr).weight_decay(options_.weight_decay));
+  } else {
+    throw std::invalid_argument("unknown optimizer \"" + options_.optimizer +
+                                "\" (expected sgd, adamw)");
+  }
+  if (options_.mp == "fp16") scaler_ = std::make_unique<LossScaler>();
+  if (options_.mp != "off" && options_.mp != "fp16" && options_.mp != "bf16")
+    throw std::invalid_argument("unknown mp \"" + options_.mp + "\" (expected off, fp16, bf16)");
+}
+
+int64_t Trainer::optimizer_state_bytes() const {
+  int64_t total = 0;
+  for (const auto& [key, state] : optimizer_->state()) {
+    if (auto* adam = dynamic_cast<torch::optim::AdamWParamState*>(state.get())) {
+      for (const auto* t : {&adam->exp_avg(), &adam->exp_avg_sq(), &adam->max_exp_avg_sq()})
+        if (t->defined()) total += t->nbytes();
+    } else if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(state.get())) {
+      if (sgd->momentum_buffer().defined()) total += sgd->momentum_buffer().nbytes();
+    }
+  }
+  return total;
+}
+
+StepStats Trainer::step(DataSource& data) {
+  StepStats stats;
+  const auto device = model_->options().device;
+  for (int64_t micro = 0; micro < options_.ga; ++micro) {
+    auto batch = data.next();
+    auto tokens = batch.tokens.to(device);
+    auto labels = batch.labels.to(device);
+    torch::Tensor loss;
+    {
+      std::optional<compat::AutocastGuard> autocast;
+      if (options_.mp != "off")
+        autocast.emplace(device.type(), options_.mp == "fp16" ? at::kHalf : at::kBFloat16);
+      loss = lm_loss(model_->forward(tokens), labels);
+    }
+    stats.loss += loss.item<double>() / static_cast<double>(options_.ga);
+    stats.tokens += batch.real_tokens;
+    auto scaled = loss / static_cast<double>(options_.ga);
+    if (scaler_) scaled = scaled * scaler_->scale();
+    scaled.backward();
+  }
+  if (after_backward) after_backward();
+  for (const auto& p : params_)
+    if (p.grad().defined()) stats.grad_bytes += p.grad().nbytes();
+
+  bool take_step = true;
+  if (scaler_) {
+    take_step = scaler_->unscale_and_check(params_);
+    scaler_->update(take_step);
+  }
+  if (take_step) optimizer_->step();
+  stats.skipped = !take_step;
+  // Gradients are released, not zeroed (set_to_none): between steps they hold no memory.
+  for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+  return stats;
+}
+
+}  // namespace hx

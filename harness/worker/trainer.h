@@ -1,0 +1,68 @@
+#pragma once
+// One optimizer step of fine-tuning: `ga` micro-batches (loss scaled by 1/ga), mixed precision by
+// autocast (fp16 with a dynamic loss scaler), then the optimizer on the trainable parameters.
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+
+#include "harness/worker/data.h"
+#include "model/llama.h"
+
+namespace hx {
+
+// Mean cross-entropy of next-token prediction over labels != kIgnoreIndex.
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& labels);
+
+// Dynamic loss scaling for fp16 (as torch.cuda.amp.GradScaler): scale the loss, unscale the
+// gradients, skip the step and back off on inf/NaN, grow after `growth_interval` good steps.
+class LossScaler {
+ public:
+  explicit LossScaler(double init_scale = 65536.0, double growth_factor = 2.0,
+                      double backoff_factor = 0.5, int64_t growth_interval = 2000);
+  double scale() const { return scale_; }
+  // Divides gradients by the scale; returns false (and backs off) when any is not finite.
+  bool unscale_and_check(const std::vector<torch::Tensor>& params);
+  void update(bool step_taken);
+  int64_t skipped_steps() const { return skipped_; }
+
+ private:
+  double scale_, growth_factor_, backoff_factor_;
+  int64_t growth_interval_, good_steps_ = 0, skipped_ = 0;
+};
+
+struct TrainOptions {
+  int64_t ga = 1;
+  std::string mp = "off";  // off | fp16 | bf16
+  std::string optimizer = "sgd";
+  double lr = 1e-5;
+  double weight_decay = 0.0;
+};
+
+struct StepStats {
+  double loss = 0;          // mean over the micro-batches (unscaled)
+  int64_t tokens = 0;       // real (unpadded) tokens
+  bool skipped = false;     // fp16 overflow: no update
+  int64_t grad_bytes = 0;   // gradients held just before the optimizer ran
+};
+
+class Trainer {
+ public:
+  Trainer(Transformer& model, TrainOptions options);
+  StepStats step(DataSource& data);
+  const TrainOptions& options() const { return options_; }
+  int64_t skipped_steps() const { return scaler_ ? scaler_->skipped_steps() : 0; }
+  // Bytes of optimizer state (momentum/variance) currently held.
+  int64_t optimizer_state_bytes() const;
+  // Hook for tests: runs after backward, before unscale/step (e.g. to inject an inf).
+  std::function<void()> after_backward;
+
+ private:
+  Transformer model_;
+  TrainOptions options_;
+  std::vector<torch::Tensor> params_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<LossScaler> scaler_;
+};
+
+}  // namespace hx

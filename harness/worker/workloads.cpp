@@ -1,0 +1,334 @@
+#include "harness/worker/workloads.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <fstream>
+#include <thread>
+
+#include "build_info.h"
+#include "harness/worker/data.h"
+#include "harness/worker/memory.h"
+#include "harness/worker/trainer.h"
+#include "model/compat.h"
+#include "model/generate.h"
+#include "model/lora.h"
+
+namespace hx {
+namespace {
+
+using Json = nlohmann::json;
+constexpr double kMB = 1024.0 * 1024.0;
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  }
+  return "unknown";
+}
+
+// Reads config keys with the worker's defaults (docs/worker-protocol.md).
+struct Config {
+  const Json& j;
+  template <typename T>
+  T get(const char* key, T fallback) const {
+    return j.contains(key) ? j.at(key).get<T>() : fallback;
+  }
+  bool on(const char* key, bool fallback) const {
+    if (!j.contains(key)) return fallback;
+    const auto& v = j.at(key);
+    if (v.is_boolean()) return v.get<bool>();
+    return v.get<std::string>() == "on";
+  }
+};
+
+torch::Dtype dtype_from(const std::string& name) {
+  if (name == "fp32") return torch::kFloat32;
+  if (name == "fp16") return torch::kFloat16;
+  if (name == "bf16") return torch::kBFloat16;
+  throw std::invalid_argument("unknown dtype \"" + name + "\" (expected fp32, fp16, bf16)");
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Test-only fault injection (docs/worker-protocol.md), after the model is built.
+void maybe_inject_fault(const Json& run) {
+  const char* fault = std::getenv("HARNESS_FAULT");
+  if (fault == nullptr || *fault == '\0') return;
+  if (const char* match = std::getenv("HARNESS_FAULT_MATCH"); match != nullptr && *match) {
+    if (run.at("config").dump().find(match) == std::string::npos) return;
+  }
+  const std::string kind = fault;
+  if (kind == "oom") {
+    // Through the real cap path: the allocator refuses beyond its cap.
+    CountingAllocator::set_cap(CountingAllocator::current_bytes() + 1);
+    auto too_big = torch::empty({1 << 20}, torch::kFloat32);
+  } else if (kind == "segv") {
+    std::raise(SIGSEGV);
+  } else if (kind == "hang") {
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  } else if (kind == "exit") {
+    std::_Exit(5);
+  }
+}
+
+struct Built {
+  Transformer model{nullptr};
+  double load_s = 0;
+};
+
+Built build_model(const Json& run, const Config& cfg, torch::Device device) {
+  const auto& m = run.at("model");
+  auto config = config_from_name(m.value("preset", std::string("tiny")));
+  if (m.contains("weights") && m.at("weights") != "random")
+    throw std::invalid_argument("loading weights from a checkpoint is not supported yet");
+  auto start = std::chrono::steady_clock::now();
+  ModelOptions options{device, dtype_from(cfg.get<std::string>("dtype", "fp32"))};
+  Built built;
+  built.model = Transformer(config, options);
+  init_random(built.model, m.value("seed", 0));
+  compat::cuda_synchronize();
+  built.load_s = seconds_since(start);
+  return built;
+}
+
+void add_metric(Json& result, const std::string& name, double value, const std::string& unit) {
+  result["metrics"].push_back({{"name", name}, {"value", value}, {"unit", unit}});
+}
+
+Json run_generate(const Json& run, const Config& cfg, torch::Device device, MemoryProbe probe) {
+  auto built = build_model(run, cfg, device);
+  auto& model = built.model;
+  model->eval();
+  maybe_inject_fault(run);
+  const int64_t batch = cfg.get<int64_t>("batch_size", 1);
+  const int64_t prompt_len = cfg.get<int64_t>("prompt_len", 16);
+  const int64_t new_tokens = cfg.get<int64_t>("new_tokens", 16);
+  const bool use_cache = cfg.on("kv_cache", true);
+  SamplingOptions sampling;
+  sampling.greedy = cfg.get<std::string>("sampling", "greedy") == "greedy";
+  sampling.temperature = cfg.get<double>("temperature", 1.0);
+  sampling.top_k = cfg.get<int64_t>("top_k", 0);
+  sampling.top_p = cfg.get<double>("top_p", 1.0);
+  sampling.seed = static_cast<uint64_t>(cfg.get<int64_t>("seed", 0));
+  auto gen = at::detail::createCPUGenerator(sampling.seed);
+  auto prompt =
+      torch::randint(3, model->config().vocab_size, {batch, prompt_len}, gen, torch::kInt64)
+          .to(device);
+  auto sync = [] { compat::cuda_synchronize(); };
+
+  // One untimed warm-up generation of a few tokens (first-call allocations, kernel selection).
+  generate(model, prompt, std::min<int64_t>(new_tokens, 2), use_cache, sampling, sync);
+
+  probe.reset_peak();
+  const int64_t base = probe.current();
+  auto start = std::chrono::steady_clock::now();
+  auto out = generate(model, prompt, new_tokens, use_cache, sampling, sync);
+  const double total = seconds_since(start);
+
+  Json result = {{"status", "ok"}, {"metrics", Json::array()}, {"steps", Json::array()}};
+  add_metric(result, "peak_mem_mb", probe.peak() / kMB, "MB");
+  add_metric(result, "peak_reserved_mb", probe.peak_reserved() / kMB, "MB");
+  add_metric(result, "mem_params_mb", base / kMB, "MB");
+  add_metric(result, "mem_kv_cache_mb", out.cache_bytes / kMB, "MB");
+  add_metric(result, "prefill_s", out.prefill_s, "s");
+  add_metric(result, "decode_s", out.decode_s, "s");
+  add_metric(result, "total_time_s", total, "s");
+  add_metric(result, "tokens_per_s", static_cast<double>(batch * new_tokens) / total, "tok/s");
+  if (!out.decode_step_s.empty()) {
+    add_metric(result, "decode_token_p50_s", median(out.decode_step_s), "s");
+    add_metric(result, "decode_tokens_per_s",
+               static_cast<double>(batch * (new_tokens - 1)) / out.decode_s, "tok/s");
+  }
+  add_metric(result, "load_s", built.load_s, "s");
+  for (size_t i = 0; i < out.decode_step_s.size(); ++i) {
+    result["steps"].push_back({{"step", i + 1},
+                               {"seconds", out.decode_step_s[i]},
+                               {"loss", nullptr},
+                               {"tokens", batch},
+                               {"mem_mb", nullptr}});
+  }
+  return result;
+}
+
+Json run_finetune(const Json& run, const Config& cfg, torch::Device device, MemoryProbe probe) {
+  auto built = build_model(run, cfg, device);
+  auto& model = built.model;
+  const int64_t params_bytes = probe.current();
+  const int64_t total_params = model->param_count();
+  if (cfg.on("lora", false)) {
+    LoraOptions lora;
+    lora.r = cfg.get<int64_t>("lora_r", 16);
+    lora.alpha = cfg.get<double>("lora_alpha", 32.0);
+    lora.dropout = cfg.get<double>("lora_dropout", 0.05);
+    auto targets = cfg.get<std::vector<std::string>>("lora_targets", {"wq", "wv"});
+    apply_lora(model, targets, lora, run.at("model").value("seed", 0) + 1000);
+  }
+  if (cfg.on("gc", false)) model->set_checkpointing(cfg.get<int64_t>("gc_every", 1));
+  model->train();
+
+  // Data: tokenised before the measured region.
+  const int64_t batch = cfg.get<int64_t>("batch_size", 1);
+  const auto& data = run.at("data");
+  const int64_t vocab = model->config().vocab_size;
+  const uint64_t seed = static_cast<uint64_t>(cfg.get<int64_t>("seed", 0));
+  std::optional<DataSource> source;
+  if (data.value("format", std::string("random")) == "alpaca") {
+    ByteTokenizer tokenizer;
+    if (vocab < tokenizer.vocab_size())
+      throw std::invalid_argument("the byte tokenizer needs a vocabulary of at least 259");
+    const int64_t max_len = cfg.get<int64_t>("max_seq_len", data.value("max_seq_len", 256));
+    std::vector<Example> examples;
+    for (const auto& r : read_alpaca(data.at("path"), data.value("samples", 0)))
+      examples.push_back(make_example(r, tokenizer, max_len));
+    source.emplace(std::move(examples), batch, tokenizer.pad_id());
+  } else {
+    const int64_t seq_len = cfg.get<int64_t>("seq_len", data.value("seq_len", 64));
+    source.emplace(DataSource::random(vocab, seq_len, batch, seed));
+  }
+
+  TrainOptions options;
+  options.ga = cfg.get<int64_t>("ga", 1);
+  options.mp = cfg.get<std::string>("mp", "off");
+  options.optimizer = cfg.get<std::string>("optimizer", "sgd");
+  options.lr = cfg.get<double>("lr", 1e-5);
+  options.weight_decay = cfg.get<double>("weight_decay", 0.0);
+  Trainer trainer(model, options);
+  maybe_inject_fault(run);
+
+  const int64_t max_steps = cfg.get<int64_t>("max_steps", 20);
+  const int64_t warmup = std::min(cfg.get<int64_t>("warmup_steps", 3), max_steps - 1);
+  const int64_t trainable = trainable_param_count(model);
+
+  Json result = {{"status", "ok"}, {"metrics", Json::array()}, {"steps", Json::array()}};
+  std::vector<double> measured;
+  std::vector<double> losses;
+  int64_t measured_tokens = 0;
+  int64_t peak = 0, peak_reserved = 0, grad_bytes = 0, before_step_bytes = 0;
+  int64_t optimizer_bytes = 0;
+  auto total_start = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < max_steps; ++step) {
+    compat::cuda_synchronize();
+    probe.reset_peak();
+    before_step_bytes = probe.current();
+    auto start = std::chrono::steady_clock::now();
+    auto stats = trainer.step(*source);
+    compat::cuda_synchronize();
+    const double seconds = seconds_since(start);
+    const int64_t step_peak = probe.peak();
+    peak = std::max(peak, step_peak);
+    peak_reserved = std::max(peak_reserved, probe.peak_reserved());
+    grad_bytes = std::max(grad_bytes, stats.grad_bytes);
+    optimizer_bytes = trainer.optimizer_state_bytes();
+    losses.push_back(stats.loss);
+    if (step >= warmup) {
+      measured.push_back(seconds);
+      measured_tokens += stats.tokens;
+    }
+    result["steps"].push_back({{"step", step},
+                               {"seconds", seconds},
+                               {"loss", stats.loss},
+                               {"tokens", stats.tokens},
+                               {"mem_mb", step_peak / kMB}});
+  }
+  const double total = seconds_since(total_start);
+  double mean = 0;
+  for (double s : measured) mean += s;
+  mean /= static_cast<double>(measured.size());
+
+  // Memory by category. Activations: what the step's peak held beyond the state that lives
+  // across steps (weights, optimizer state, data) and the gradients.
+  const int64_t activations = std::max<int64_t>(0, peak - before_step_bytes - grad_bytes);
+  add_metric(result, "peak_mem_mb", peak / kMB, "MB");
+  add_metric(result, "peak_reserved_mb", peak_reserved / kMB, "MB");
+  add_metric(result, "step_time_s", mean, "s");
+  add_metric(result, "step_time_p50_s", median(measured), "s");
+  add_metric(result, "step_time_min_s", *std::min_element(measured.begin(), measured.end()), "s");
+  add_metric(result, "step_time_max_s", *std::max_element(measured.begin(), measured.end()), "s");
+  add_metric(result, "total_time_s", total, "s");
+  add_metric(result, "tokens_per_s",
+             static_cast<double>(measured_tokens) / (mean * static_cast<double>(measured.size())),
+             "tok/s");
+  add_metric(result, "loss_first", losses.front(), "");
+  add_metric(result, "loss_last", losses.back(), "");
+  add_metric(result, "trainable_params", static_cast<double>(trainable), "");
+  add_metric(result, "trainable_pct",
+             100.0 * static_cast<double>(trainable) / static_cast<double>(total_params), "%");
+  add_metric(result, "mem_params_mb", params_bytes / kMB, "MB");
+  add_metric(result, "mem_grads_mb", grad_bytes / kMB, "MB");
+  add_metric(result, "mem_optimizer_mb", optimizer_bytes / kMB, "MB");
+  add_metric(result, "mem_activations_mb", activations / kMB, "MB");
+  add_metric(result, "skipped_steps", static_cast<double>(trainer.skipped_steps()), "");
+  add_metric(result, "load_s", built.load_s, "s");
+  return result;
+}
+
+}  // namespace
+
+Json environment_json(bool cuda) {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  Json env = {{"host", host},
+              {"cpu", cpu_model()},
+              {"gpu_name", ""},
+              {"gpu_mem_mb", 0},
+              {"driver", ""},
+              {"cuda", ""},
+              {"libtorch", TORCH_VERSION},
+              {"compiler", build::kCompiler},
+              {"build_type", build::kBuildType},
+              {"git_commit", build::kGitCommit},
+              {"threads", at::get_num_threads()}};
+  if (cuda) {
+    env["gpu_mem_mb"] = compat::cuda_memory().total / kMB;
+    env["gpu_name"] = compat::cuda_device_name();
+    env["cuda"] = compat::cuda_version();
+  }
+  return env;
+}
+
+Json run_workload(const Json& run) {
+  const std::string device_name = run.value("device", std::string("cpu"));
+  if (device_name == "cuda" && !compat::kWithCuda)
+    throw std::invalid_argument("device cuda: this harness-worker was built without CUDA");
+  const torch::Device device(device_name == "cuda" ? torch::kCUDA : torch::kCPU);
+  MemoryProbe probe{device.is_cuda()};
+  const int64_t cap_mb = run.value("memory_limit_mb", int64_t{0});
+  if (cap_mb > 0) {
+    if (device.is_cuda()) {
+      compat::cuda_set_memory_cap(cap_mb * 1024 * 1024);
+    } else {
+      CountingAllocator::set_cap(cap_mb * 1024 * 1024);
+    }
+  }
+  const Config cfg{run.at("config")};
+  const std::string workload = run.at("workload");
+  Json result;
+  if (workload == "generate") {
+    result = run_generate(run, cfg, device, probe);
+  } else if (workload == "finetune") {
+    result = run_finetune(run, cfg, device, probe);
+  } else {
+    throw std::invalid_argument("unknown workload \"" + workload + "\"");
+  }
+  result["env"] = environment_json(device.is_cuda());
+  return result;
+}
+
+}  // namespace hx

@@ -1,0 +1,286 @@
+#include "model/llama.h"
+
+#include <cmath>
+#include <numbers>
+#include <stdexcept>
+
+#include "model/checkpoint.h"
+
+namespace hx {
+
+// ---- Linear (+ LoRA) ----
+
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features,
+                       const torch::TensorOptions& options) {
+  weight = register_parameter("weight", torch::empty({out_features, in_features}, options));
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  auto y = torch::linear(x, weight);
+  if (lora_a_.defined()) {
+    auto xd = lora_dropout_ > 0 ? torch::dropout(x, lora_dropout_, is_training()) : x;
+    y = y + torch::linear(torch::linear(xd, lora_a_), lora_b_) * lora_scaling_;
+  }
+  return y;
+}
+
+// ---- Embedding, RMSNorm ----
+
+EmbeddingImpl::EmbeddingImpl(int64_t vocab_size, int64_t dim, const torch::TensorOptions& options) {
+  weight = register_parameter("weight", torch::empty({vocab_size, dim}, options));
+}
+
+torch::Tensor EmbeddingImpl::forward(const torch::Tensor& tokens) {
+  return torch::embedding(weight, tokens);
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& options)
+    : eps(eps_) {
+  weight = register_parameter("weight", torch::empty({dim}, options));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // Normalise in fp32 whatever the model dtype (as Meta's reference does), then scale.
+  auto xf = x.to(torch::kFloat32);
+  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return normed.to(x.scalar_type()) * weight;
+}
+
+// ---- KV cache ----
+
+KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t max_seq_len,
+                 const torch::TensorOptions& options)
+    : max_seq_len_(max_seq_len) {
+  for (int64_t i = 0; i < config.n_layers; ++i) {
+    keys_.push_back(
+        torch::zeros({batch, config.n_kv_heads, max_seq_len, config.head_dim()}, options));
+    values_.push_back(torch::zeros_like(keys_.back()));
+  }
+}
+
+std::pair<torch::Tensor, torch::Tensor> KVCache::update(int64_t layer, int64_t start_pos,
+                                                        const torch::Tensor& k,
+                                                        const torch::Tensor& v) {
+  const int64_t t = k.size(2);
+  if (start_pos + t > max_seq_len_)
+    throw std::out_of_range("KV cache holds " + std::to_string(max_seq_len_) +
+                            " positions; asked for " + std::to_string(start_pos + t));
+  auto& keys = keys_[static_cast<size_t>(layer)];
+  auto& values = values_[static_cast<size_t>(layer)];
+  keys.narrow(2, start_pos, t).copy_(k);
+  values.narrow(2, start_pos, t).copy_(v);
+  return {keys.narrow(2, 0, start_pos + t), values.narrow(2, 0, start_pos + t)};
+}
+
+int64_t KVCache::bytes() const {
+  int64_t total = 0;
+  for (size_t i = 0; i < keys_.size(); ++i)
+    total += keys_[i].nbytes() + values_[i].nbytes();
+  return total;
+}
+
+// ---- Rotary embeddings ----
+
+torch::Tensor rope_frequencies(const LlamaConfig& config) {
+  const int64_t half = config.head_dim() / 2;
+  std::vector<double> freqs(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    double freq = 1.0 / std::pow(config.rope_theta, static_cast<double>(2 * i) /
+                                                        static_cast<double>(config.head_dim()));
+    if (config.rope_scaling) {
+      // Meta's apply_scaling: keep high frequencies, divide low ones by `factor`, blend between.
+      const auto& s = *config.rope_scaling;
+      const double low_freq_wavelen = static_cast<double>(s.original_max_pos) / s.low_freq_factor;
+      const double high_freq_wavelen =
+          static_cast<double>(s.original_max_pos) / s.high_freq_factor;
+      const double wavelen = 2.0 * std::numbers::pi / freq;
+      if (wavelen > low_freq_wavelen) {
+        freq = freq / s.factor;
+      } else if (wavelen >= high_freq_wavelen) {
+        const double smooth = (static_cast<double>(s.original_max_pos) / wavelen -
+                               s.low_freq_factor) /
+                              (s.high_freq_factor - s.low_freq_factor);
+        freq = (1.0 - smooth) * freq / s.factor + smooth * freq;
+      }
+    }
+    freqs[static_cast<size_t>(i)] = freq;
+  }
+  return torch::tensor(freqs, torch::kFloat64).to(torch::kFloat32);
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope, int64_t start_pos) {
+  const int64_t t = x.size(1);
+  const int64_t half = x.size(3) / 2;
+  auto cos = rope.cos.narrow(0, start_pos, t).view({1, t, 1, half});  // (1, T, 1, D/2)
+  auto sin = rope.sin.narrow(0, start_pos, t).view({1, t, 1, half});
+  // Rotate in fp32 (as Meta does with complex numbers), return in the input's dtype.
+  auto xf = x.to(torch::kFloat32).unflatten(-1, {half, 2});  // (B, T, H, D/2, 2)
+  auto x0 = xf.select(-1, 0);
+  auto x1 = xf.select(-1, 1);
+  auto out = torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1);
+  return out.flatten(3).to(x.scalar_type());
+}
+
+// ---- Attention ----
+
+AttentionImpl::AttentionImpl(const LlamaConfig& config, const torch::TensorOptions& options)
+    : n_heads_(config.n_heads), n_kv_heads_(config.n_kv_heads), head_dim_(config.head_dim()) {
+  wq = register_module("wq", Linear(config.dim, n_heads_ * head_dim_, options));
+  wk = register_module("wk", Linear(config.dim, n_kv_heads_ * head_dim_, options));
+  wv = register_module("wv", Linear(config.dim, n_kv_heads_ * head_dim_, options));
+  wo = register_module("wo", Linear(n_heads_ * head_dim_, config.dim, options));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, int64_t start_pos,
+                                     const RopeTables& rope, const torch::Tensor& mask,
+                                     KVCache* cache, int64_t layer) {
+  const int64_t b = x.size(0);
+  const int64_t t = x.size(1);
+  const int64_t rep = n_heads_ / n_kv_heads_;
+  auto q = apply_rope(wq(x).view({b, t, n_heads_, head_dim_}), rope, start_pos);
+  auto k = apply_rope(wk(x).view({b, t, n_kv_heads_, head_dim_}), rope, start_pos);
+  auto v = wv(x).view({b, t, n_kv_heads_, head_dim_});
+  k = k.transpose(1, 2);  // (B, KV, T, D)
+  v = v.transpose(1, 2);
+  if (cache != nullptr) std::tie(k, v) = cache->update(layer, start_pos, k, v);
+  const int64_t s = k.size(2);
+
+  // Grouped-query attention without repeating K and V: the `rep` query heads that share a KV
+  // head are stacked along the query axis, so one batched product serves them all.
+  q = q.transpose(1, 2).reshape({b, n_kv_heads_, rep * t, head_dim_});  // (B, KV, rep*T, D)
+  auto scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim_));
+  scores = scores.view({b, n_kv_heads_, rep, t, s});  // (B, KV, rep, T, S)
+  if (mask.defined()) scores = scores + mask;
+  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
+  auto out = torch::matmul(probs.view({b, n_kv_heads_, rep * t, s}), v);  // (B, KV, rep*T, D)
+  out = out.view({b, n_heads_, t, head_dim_}).transpose(1, 2).reshape({b, t, -1});
+  return wo(out);
+}
+
+// ---- Feed-forward, block ----
+
+FeedForwardImpl::FeedForwardImpl(const LlamaConfig& config, const torch::TensorOptions& options) {
+  w1 = register_module("w1", Linear(config.dim, config.ffn_hidden, options));
+  w2 = register_module("w2", Linear(config.ffn_hidden, config.dim, options));
+  w3 = register_module("w3", Linear(config.dim, config.ffn_hidden, options));
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  return w2(torch::silu(w1(x)) * w3(x));
+}
+
+TransformerBlockImpl::TransformerBlockImpl(const LlamaConfig& config, int64_t layer_id_,
+                                           const torch::TensorOptions& options)
+    : layer_id(layer_id_) {
+  attention = register_module("attention", Attention(config, options));
+  feed_forward = register_module("feed_forward", FeedForward(config, options));
+  attention_norm =
+      register_module("attention_norm", RMSNorm(config.dim, config.norm_eps, options));
+  ffn_norm = register_module("ffn_norm", RMSNorm(config.dim, config.norm_eps, options));
+}
+
+torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, int64_t start_pos,
+                                            const RopeTables& rope, const torch::Tensor& mask,
+                                            KVCache* cache) {
+  auto h = x + attention(attention_norm(x), start_pos, rope, mask, cache, layer_id);
+  return h + feed_forward(ffn_norm(h));
+}
+
+// ---- Transformer ----
+
+TransformerImpl::TransformerImpl(LlamaConfig config, const ModelOptions& options)
+    : config_(std::move(config)), options_(options) {
+  validate_config(config_);
+  const auto opts = options_.tensor_options();
+  tok_embeddings =
+      register_module("tok_embeddings", Embedding(config_.vocab_size, config_.dim, opts));
+  auto list = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    layers.push_back(TransformerBlock(config_, i, opts));
+    list->push_back(layers.back());
+  }
+  norm = register_module("norm", RMSNorm(config_.dim, config_.norm_eps, opts));
+  if (!config_.tie_embeddings)
+    output = register_module("output", Linear(config_.dim, config_.vocab_size, opts));
+  checkpointed_.assign(static_cast<size_t>(config_.n_layers), false);
+
+  if (options_.device.is_meta()) return;  // shapes only
+  auto freqs = rope_frequencies(config_);
+  auto positions = torch::arange(config_.max_seq_len, torch::kFloat32);
+  auto angles = torch::outer(positions, freqs);  // (max_seq_len, D/2)
+  rope_.cos = register_buffer("rope_cos", torch::cos(angles).to(options_.device));
+  rope_.sin = register_buffer("rope_sin", torch::sin(angles).to(options_.device));
+}
+
+void TransformerImpl::set_checkpointing(int64_t every) {
+  for (int64_t i = 0; i < config_.n_layers; ++i)
+    checkpointed_[static_cast<size_t>(i)] = every > 0 && i % every == 0;
+}
+
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, int64_t start_pos,
+                                      KVCache* cache) {
+  const int64_t t = tokens.size(1);
+  const int64_t s = start_pos + t;
+  if (s > config_.max_seq_len)
+    throw std::out_of_range("sequence of " + std::to_string(s) + " positions exceeds max_seq_len " +
+                            std::to_string(config_.max_seq_len) + " of " + config_.name);
+  // Causal mask over the keys [0, s): query i (position start_pos + i) sees keys <= its position.
+  // A single new token sees everything, so decoding needs no mask.
+  torch::Tensor mask;
+  if (t > 1) {
+    mask = torch::full({t, s}, -std::numeric_limits<float>::infinity(),
+                       torch::TensorOptions().device(options_.device))
+               .triu(start_pos + 1);
+  }
+  auto h = tok_embeddings(tokens);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (checkpointed_[i] && is_training() && torch::GradMode::is_enabled() && cache == nullptr) {
+      h = checkpoint_block(layers[i], h, start_pos, rope_, mask);
+    } else {
+      h = layers[i]->forward(h, start_pos, rope_, mask, cache);
+    }
+  }
+  return norm(h);
+}
+
+torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
+  auto out = output ? output(hidden) : torch::linear(hidden, tok_embeddings->weight);
+  return out.to(torch::kFloat32);
+}
+
+torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, int64_t start_pos,
+                                       KVCache* cache) {
+  return logits(hidden(tokens, start_pos, cache));
+}
+
+int64_t TransformerImpl::param_count() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+void init_random(Transformer& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& item : model->named_parameters()) {
+    auto& p = item.value();
+    const auto& name = item.key();
+    if (name.find("norm") != std::string::npos) {
+      p.fill_(1.0);
+    } else if (name.find("lora_b") != std::string::npos) {
+      p.zero_();  // B = 0: an adapter starts as the identity
+    } else {
+      // Drawn on the CPU with one generator: the same weights on every device.
+      p.copy_(torch::empty(p.sizes(), torch::kFloat32).normal_(0.0, 0.02, gen));
+    }
+  }
+}
+
+int64_t count_params_on_meta(const LlamaConfig& config) {
+  ModelOptions options;
+  options.device = torch::Device(torch::kMeta);
+  Transformer model(config, options);
+  return model->param_count();
+}
+
+}  // namespace hx

@@ -1,0 +1,174 @@
+#pragma once
+// The LLaMA architecture in libtorch, named as in Meta's checkpoints so that named_parameters()
+// are the checkpoint keys: tok_embeddings, layers.N.attention.{wq,wk,wv,wo},
+// layers.N.feed_forward.{w1,w2,w3}, layers.N.{attention_norm,ffn_norm}, norm, output.
+//
+// Techniques hook in at named seams: a LoRA adapter on a Linear (model/lora.h), a checkpoint
+// wrapper around a block (set_checkpointing), an autocast scope around the call (model/compat.h).
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "model/config.h"
+
+namespace hx {
+
+struct ModelOptions {
+  torch::Device device = torch::kCPU;
+  torch::Dtype dtype = torch::kFloat32;
+  torch::TensorOptions tensor_options() const {
+    return torch::TensorOptions().device(device).dtype(dtype);
+  }
+};
+
+// Low-rank adapter on a Linear: y = x W^T + (alpha / r) * dropout(x) A^T B^T.
+struct LoraOptions {
+  int64_t r = 16;
+  double alpha = 32.0;
+  double dropout = 0.05;
+};
+
+// A bias-free linear layer whose weight is created directly with the given options (so that the
+// whole model can be built on the meta device), with an optional LoRA adapter
+// (parameters `lora_a.weight` (r, in), `lora_b.weight` (out, r)).
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  void add_lora(const LoraOptions& options, uint64_t seed);
+  bool has_lora() const { return lora_a_.defined(); }
+  // W += (alpha/r) B A and the adapter is removed: the module has its base names again.
+  void merge_lora();
+
+  torch::Tensor weight;  // (out, in)
+
+ private:
+  torch::Tensor lora_a_, lora_b_;
+  double lora_scaling_ = 0.0;
+  double lora_dropout_ = 0.0;
+};
+TORCH_MODULE(Linear);
+
+// Token embedding with its weight created directly with the given options (meta-safe).
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t vocab_size, int64_t dim, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& tokens);
+  torch::Tensor weight;  // (vocab, dim)
+};
+TORCH_MODULE(Embedding);
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;  // (dim)
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Keys and values of every layer, preallocated for `max_seq_len` positions:
+// (batch, n_kv_heads, max_seq_len, head_dim) each.
+class KVCache {
+ public:
+  KVCache(const LlamaConfig& config, int64_t batch, int64_t max_seq_len,
+          const torch::TensorOptions& options);
+  // Writes k, v (B, n_kv_heads, T, head_dim) at positions [start_pos, start_pos + T) of `layer`
+  // and returns views of all keys and values so far: (B, n_kv_heads, start_pos + T, head_dim).
+  std::pair<torch::Tensor, torch::Tensor> update(int64_t layer, int64_t start_pos,
+                                                 const torch::Tensor& k, const torch::Tensor& v);
+  int64_t max_seq_len() const { return max_seq_len_; }
+  int64_t bytes() const;
+
+ private:
+  std::vector<torch::Tensor> keys_, values_;
+  int64_t max_seq_len_;
+};
+
+// Rotary tables for positions [0, max_seq_len): cos and sin, (max_seq_len, head_dim / 2), fp32.
+struct RopeTables {
+  torch::Tensor cos, sin;
+};
+// Frequencies 1 / theta^(2i / head_dim), with the Llama 3 scaling when configured; (head_dim/2).
+torch::Tensor rope_frequencies(const LlamaConfig& config);
+// x: (B, T, heads, head_dim), Meta's interleaved pairs (x[2i], x[2i+1]) rotated by position.
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope, int64_t start_pos);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const LlamaConfig& config, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x, int64_t start_pos, const RopeTables& rope,
+                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+  Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
+
+ private:
+  int64_t n_heads_, n_kv_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  FeedForwardImpl(const LlamaConfig& config, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+  Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+};
+TORCH_MODULE(FeedForward);
+
+class TransformerBlockImpl : public torch::nn::Module {
+ public:
+  TransformerBlockImpl(const LlamaConfig& config, int64_t layer_id,
+                       const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x, int64_t start_pos, const RopeTables& rope,
+                        const torch::Tensor& mask, KVCache* cache);
+  Attention attention{nullptr};
+  FeedForward feed_forward{nullptr};
+  RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
+  int64_t layer_id;
+};
+TORCH_MODULE(TransformerBlock);
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  TransformerImpl(LlamaConfig config, const ModelOptions& options);
+
+  // tokens (B, T) int64 at positions [start_pos, start_pos + T); cache == nullptr means no cache
+  // (the caller passes the whole sequence from position 0). Returns fp32 logits (B, T, vocab).
+  torch::Tensor forward(const torch::Tensor& tokens, int64_t start_pos = 0,
+                        KVCache* cache = nullptr);
+  // The final-normed hidden states (B, T, dim), and the output projection (fp32 logits).
+  torch::Tensor hidden(const torch::Tensor& tokens, int64_t start_pos, KVCache* cache);
+  torch::Tensor logits(const torch::Tensor& hidden);
+
+  // Gradient checkpointing: blocks whose index is a multiple of `every` are recomputed in
+  // backward instead of keeping their activations (every == 0: off).
+  void set_checkpointing(int64_t every);
+
+  const LlamaConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  int64_t param_count() const;
+
+  Embedding tok_embeddings{nullptr};
+  std::vector<TransformerBlock> layers;
+  RMSNorm norm{nullptr};
+  Linear output{nullptr};  // null when tied to tok_embeddings
+
+ private:
+  LlamaConfig config_;
+  ModelOptions options_;
+  RopeTables rope_;
+  std::vector<bool> checkpointed_;
+};
+TORCH_MODULE(Transformer);
+
+// Deterministic random weights: N(0, 0.02) for matrices, ones for norms (memory and time do not
+// depend on the values).
+void init_random(Transformer& model, uint64_t seed);
+
+// Builds the model on the meta device: parameter count without allocating memory.
+int64_t count_params_on_meta(const LlamaConfig& config);
+
+}  // namespace hx
