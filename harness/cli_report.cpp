@@ -1,0 +1,66 @@
+// `harness report SPEC [--db results/harness.db] [--format md|csv] [--out DIR]`: renders the
+// spec's tables from the stored runs; reading only, so it can run while `harness run` writes.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "harness/cli.h"
+#include "harness/json_io.h"
+#include "harness/report.h"
+#include "harness/spec.h"
+#include "harness/store.h"
+
+namespace hx {
+namespace {
+
+struct ReportOptions {
+  std::string spec_path;
+  std::string db = "results/harness.db";
+  std::string format = "md";
+  std::string out_dir;
+};
+
+int run_report(const ReportOptions& options) {
+  const Spec spec = load_spec(options.spec_path);  // throws std::invalid_argument
+  const ReportFormat format = parse_report_format(options.format);
+  // A typo in --db must not leave an empty database behind and report "no runs".
+  if (!std::filesystem::exists(options.db)) {
+    throw std::invalid_argument(options.db + ": no such database (run `harness run " +
+                                options.spec_path + " --db " + options.db + "` first)");
+  }
+  const Store store(options.db, Store::Mode::kExisting);
+  const std::string text = render_report(spec, expand(spec), store.load_runs(spec.name), format);
+  std::cout << text << std::flush;
+  if (!options.out_dir.empty()) {
+    std::filesystem::create_directories(options.out_dir);
+    const std::string path =
+        (std::filesystem::path(options.out_dir) / (spec.name + "." + report_extension(format)))
+            .string();
+    write_file_atomic(path, text);
+    std::fprintf(stderr, "wrote %s\n", path.c_str());
+  }
+  return kExitOk;
+}
+
+const CommandRegistrar kRegistrar{
+    "report", [](CLI::App& app, std::function<void(int)> set_exit) {
+      // The callback runs after this function returns: the options live as long as it does.
+      auto options = std::make_shared<ReportOptions>();
+      CLI::App* sub = app.add_subcommand(
+          "report", "Render the spec's tables (Markdown or CSV) from the runs stored in the db");
+      sub->add_option("spec", options->spec_path, "Experiment spec (YAML)")->required();
+      sub->add_option("--db", options->db, "Run database")->capture_default_str();
+      sub->add_option("--format", options->format, "md | csv")
+          ->check(CLI::IsMember({"md", "csv"}))
+          ->capture_default_str();
+      sub->add_option("--out", options->out_dir,
+                      "Also write the report to DIR/<spec name>.<md|csv>");
+      sub->callback([options, set_exit] { set_exit(run_report(*options)); });
+    }};
+
+}  // namespace
+}  // namespace hx

@@ -1,0 +1,70 @@
+#include "harness/fields.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <utility>
+
+namespace hx {
+
+const Field* find_metric_field(std::string_view name) {
+  for (const Field& field : kMetricFields) {
+    if (field.name == name) return &field;
+  }
+  return nullptr;
+}
+
+int display_decimals(const Field& field, double value) {
+  if (field.format == NumberFormat::kFixed) return field.digits;
+  if (!std::isfinite(value) || value == 0.0) return field.digits - 1;
+  // Enough decimals for `digits` significant ones, and never fewer than zero: a large value keeps
+  // all its integer digits rather than turning into 1.23e+04.
+  const int magnitude = static_cast<int>(std::floor(std::log10(std::fabs(value))));
+  const int decimals = field.digits - 1 - magnitude;
+  return decimals < 0 ? 0 : decimals;
+}
+
+std::string format_fixed(double value, int decimals) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.*f", decimals, value);
+  std::string text = buffer;
+  // "-0.000" (a tiny negative rounded away) is noise, not a sign.
+  if (text.front() == '-' && text.find_first_not_of("-0.") == std::string::npos) text.erase(0, 1);
+  return text;
+}
+
+std::string format_full(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  char buffer[64];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  return {buffer, result.ptr};
+}
+
+std::string axis_label(std::string_view key) {
+  static constexpr std::pair<std::string_view, std::string_view> kLabels[] = {
+      {"gc", "GC"},
+      {"ga", "GA"},
+      {"mp", "MP"},
+      {"lora", "LoRA"},
+      {"lora_r", "LoRA r"},
+      {"lora_alpha", "LoRA alpha"},
+      {"kv_cache", "KV cache"},
+      {"batch_size", "Batch"},
+      {"seq_len", "Seq len"},
+      {"max_seq_len", "Max seq len"},
+      {"prompt_len", "Prompt len"},
+      {"new_tokens", "New tokens"},
+      {"dtype", "DType"},
+      {"optimizer", "Optimizer"},
+      {"gc_every", "GC every"},
+  };
+  for (const auto& [name, label] : kLabels) {
+    if (name == key) return std::string(label);
+  }
+  return std::string(key);
+}
+
+}  // namespace hx

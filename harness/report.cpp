@@ -1,0 +1,633 @@
+#include "harness/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <utility>
+
+namespace hx {
+namespace {
+
+template <typename T>
+bool contains(const std::vector<T>& values, const T& value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
+}
+
+// Status word in a cell whose runs all ended this way (the runs table's status -> table text).
+std::string verdict_word(const std::string& status) {
+  if (status == "oom") return "OOM";
+  if (status == "crashed") return "crash";
+  return status;  // timeout, error, skipped
+}
+
+std::string value_text(const Json& value) {
+  if (value.is_null()) return "(none)";
+  if (value.is_string()) return value.get<std::string>();
+  return value.dump();
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+// Half the range: see the header's rules.
+double spread(const std::vector<double>& values) {
+  const auto [lo, hi] = std::minmax_element(values.begin(), values.end());
+  return (*hi - *lo) / 2;
+}
+
+std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (const std::string& part : parts) {
+    if (!out.empty()) out += separator;
+    out += part;
+  }
+  return out;
+}
+
+std::string env_string(const Json& env, const char* key) {
+  const auto it = env.find(key);
+  if (it == env.end() || it->is_null()) return {};
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+// "NVIDIA H100 (81559 MB, driver 580.65, CUDA 13.0), libtorch 2.11.0, 16 threads, Release
+// build, commit 1a2b3c4d5e6f"
+std::string environment_line(const Json& env) {
+  std::vector<std::string> parts;
+  const std::string gpu = env_string(env, "gpu_name");
+  if (!gpu.empty()) {
+    std::vector<std::string> details;
+    if (const std::string mem = env_string(env, "gpu_mem_mb"); !mem.empty() && mem != "0") {
+      details.push_back(mem + " MB");
+    }
+    if (const std::string driver = env_string(env, "driver"); !driver.empty()) {
+      details.push_back("driver " + driver);
+    }
+    if (const std::string cuda = env_string(env, "cuda"); !cuda.empty()) {
+      details.push_back("CUDA " + cuda);
+    }
+    parts.push_back(details.empty() ? gpu : gpu + " (" + join(details, ", ") + ")");
+  } else {
+    const std::string cpu = env_string(env, "cpu");
+    parts.push_back("CPU " + (cpu.empty() ? std::string("(unknown)") : cpu));
+  }
+  if (const std::string v = env_string(env, "libtorch"); !v.empty())
+    parts.push_back("libtorch " + v);
+  if (const std::string v = env_string(env, "threads"); !v.empty()) parts.push_back(v + " threads");
+  if (const std::string v = env_string(env, "build_type"); !v.empty())
+    parts.push_back(v + " build");
+  if (const std::string v = env_string(env, "compiler"); !v.empty()) parts.push_back(v);
+  if (const std::string v = env_string(env, "git_commit"); !v.empty()) {
+    parts.push_back("commit " + v);
+  }
+  return join(parts, ", ");
+}
+
+bool is_debug_build(const Json& env) {
+  std::string build = env_string(env, "build_type");
+  std::transform(build.begin(), build.end(), build.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return build == "debug";
+}
+
+// The order in which a key's values appear: the spec's axis order first, then values met only
+// in runs (include entries, fixed keys) in plan order.
+class ValueOrder {
+ public:
+  void add(const std::string& key, const Json& value) {
+    auto& values = order_[key];
+    if (!contains(values, value)) values.push_back(value);
+  }
+  size_t rank(const std::string& key, const Json& value) const {
+    const auto& values = order_.at(key);
+    return static_cast<size_t>(std::find(values.begin(), values.end(), value) - values.begin());
+  }
+
+ private:
+  std::map<std::string, std::vector<Json>> order_;
+};
+
+Json config_value(const Json& config, const std::string& key) {
+  const auto it = config.find(key);
+  return it == config.end() ? Json(nullptr) : *it;
+}
+
+using Combo = std::vector<Json>;
+
+Combo combo_of(const Json& config, const std::vector<std::string>& keys) {
+  Combo combo;
+  combo.reserve(keys.size());
+  for (const std::string& key : keys) combo.push_back(config_value(config, key));
+  return combo;
+}
+
+// Distinct combinations of `keys` over `runs`, sorted by the value order of each key in turn
+// (the first key varies slowest, as in the seed tables).
+std::vector<Combo> distinct_combos(const std::vector<const RunConfig*>& runs,
+                                   const std::vector<std::string>& keys, const ValueOrder& order) {
+  std::vector<Combo> combos;
+  for (const RunConfig* run : runs) {
+    Combo combo = combo_of(run->config, keys);
+    if (!contains(combos, combo)) combos.push_back(std::move(combo));
+  }
+  std::stable_sort(combos.begin(), combos.end(), [&](const Combo& a, const Combo& b) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const size_t ra = order.rank(keys[i], a[i]);
+      const size_t rb = order.rank(keys[i], b[i]);
+      if (ra != rb) return ra < rb;
+    }
+    return false;
+  });
+  return combos;
+}
+
+std::string describe(const std::vector<std::string>& keys, const Combo& combo) {
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < keys.size(); ++i) parts.push_back(keys[i] + "=" + value_text(combo[i]));
+  return join(parts, ", ");
+}
+
+ReportCell make_cell(const std::vector<const StoredRun*>& runs, const std::string& metric) {
+  ReportCell cell;
+  if (runs.empty()) {
+    cell.missing = true;
+    return cell;
+  }
+  std::vector<std::string> failures;
+  bool any_ok = false;
+  for (const StoredRun* run : runs) {
+    if (run->status != "ok") {
+      failures.push_back(verdict_word(run->status));
+      continue;
+    }
+    any_ok = true;
+    const auto it = run->metrics.find(metric);
+    if (it != run->metrics.end() && !std::isnan(it->second)) cell.values.push_back(it->second);
+  }
+  if (!any_ok) {
+    std::vector<std::string> distinct;
+    for (const std::string& word : failures) {
+      if (!contains(distinct, word)) distinct.push_back(word);
+    }
+    cell.verdict = join(distinct, "/");
+    return cell;
+  }
+  cell.failed = failures;
+  if (cell.values.empty()) cell.not_measured = true;
+  return cell;
+}
+
+std::string part_name(const Spec& spec, int part) {
+  if (part >= 0 && static_cast<size_t>(part) < spec.parts.size() &&
+      !spec.parts[static_cast<size_t>(part)].label.empty()) {
+    return spec.parts[static_cast<size_t>(part)].label;
+  }
+  return std::to_string(part);
+}
+
+// How a table's config keys are used: columns (the TableSpec's), split keys (vary outside the
+// columns: one table per combination) and constants (matrix axes of one value, stated once).
+struct KeyRoles {
+  ValueOrder order;
+  std::vector<std::string> split_keys;
+  std::vector<std::string> constants;  // "key=value"
+};
+
+KeyRoles assign_key_roles(const Spec& spec, const TableSpec& table_spec, int part,
+                          const std::vector<const RunConfig*>& plan) {
+  KeyRoles roles;
+  // The part's matrix axes in spec order, with their values in spec order.
+  std::vector<std::string> axes;
+  if (part >= 0 && static_cast<size_t>(part) < spec.parts.size()) {
+    for (const auto& [key, values] : spec.parts[static_cast<size_t>(part)].axes) {
+      if (!contains(axes, key)) axes.push_back(key);
+      for (const Json& value : values) roles.order.add(key, value);
+    }
+  }
+  std::set<std::string> keys(table_spec.columns.begin(), table_spec.columns.end());
+  for (const RunConfig* run : plan) {
+    for (const auto& item : run->config.items()) keys.insert(item.key());
+  }
+  for (const RunConfig* run : plan) {
+    for (const std::string& key : keys) roles.order.add(key, config_value(run->config, key));
+  }
+
+  // Axes in spec order first, so that subtitles read like the matrix; then other keys (an
+  // include entry may set a fixed key to another value).
+  std::vector<std::string> ordered = axes;
+  for (const std::string& key : keys) {
+    if (!contains(axes, key)) ordered.push_back(key);
+  }
+  for (const std::string& key : ordered) {
+    if (contains(table_spec.columns, key)) continue;
+    std::vector<Json> seen;
+    for (const RunConfig* run : plan) {
+      Json value = config_value(run->config, key);
+      if (!contains(seen, value)) seen.push_back(std::move(value));
+    }
+    if (seen.size() > 1) {
+      roles.split_keys.push_back(key);
+    } else if (!seen.empty() && contains(axes, key)) {
+      roles.constants.push_back(key + "=" + value_text(seen.front()));
+    }
+  }
+  return roles;
+}
+
+// The header rows of a table: column axes with one value in every column are stated in
+// `hidden` instead, unless that would leave no header row at all.
+std::vector<ReportHeaderRow> header_rows(const std::vector<std::string>& column_keys,
+                                         const std::vector<Combo>& columns,
+                                         std::vector<std::string>& hidden) {
+  std::vector<ReportHeaderRow> rows;
+  std::vector<std::string> constant;
+  for (size_t i = 0; i < column_keys.size(); ++i) {
+    ReportHeaderRow row{column_keys[i], axis_label(column_keys[i]), {}};
+    for (const Combo& column : columns) row.values.push_back(value_text(column[i]));
+    const bool same = std::all_of(row.values.begin(), row.values.end(),
+                                  [&](const std::string& v) { return v == row.values.front(); });
+    if (same && !row.values.empty()) {
+      constant.push_back(column_keys[i] + "=" + row.values.front());
+    } else {
+      rows.push_back(std::move(row));
+    }
+  }
+  if (rows.empty()) {
+    for (size_t i = 0; i < column_keys.size(); ++i) {
+      ReportHeaderRow row{column_keys[i], axis_label(column_keys[i]), {}};
+      for (const Combo& column : columns) row.values.push_back(value_text(column[i]));
+      rows.push_back(std::move(row));
+    }
+    constant.clear();
+  }
+  hidden.insert(hidden.begin(), constant.begin(), constant.end());
+  return rows;
+}
+
+// Distinct environments of the plan's stored runs, in plan order.
+void collect_environments(const std::vector<const RunConfig*>& plan,
+                          const std::map<std::string, const StoredRun*>& stored,
+                          ReportTable& table) {
+  for (const RunConfig* run : plan) {
+    const auto it = stored.find(run->run_id);
+    if (it == stored.end() || it->second->env.empty()) continue;
+    std::string line = environment_line(it->second->env);
+    if (!contains(table.environment, line)) table.environment.push_back(std::move(line));
+    table.debug_build = table.debug_build || is_debug_build(it->second->env);
+  }
+}
+
+std::vector<ReportRow> metric_rows(const std::vector<std::string>& metrics,
+                                   const std::vector<std::vector<const StoredRun*>>& cell_runs) {
+  std::vector<ReportRow> rows;
+  rows.reserve(metrics.size());
+  for (const std::string& metric : metrics) {
+    ReportRow row;
+    row.metric = metric;
+    if (const Field* field = find_metric_field(metric)) {
+      row.label = std::string(field->label);
+      row.format = field->format;
+      row.digits = field->digits;
+    } else {
+      row.label = metric;  // stored but unknown to the field table: shown by its name
+    }
+    row.cells.reserve(cell_runs.size());
+    for (const auto& runs : cell_runs) row.cells.push_back(make_cell(runs, metric));
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+// Builds the tables of one TableSpec over the planned runs of one part of the spec.
+void build_pivot(const Spec& spec, const TableSpec& table_spec, int part, bool name_part,
+                 const std::vector<const RunConfig*>& plan,
+                 const std::map<std::string, const StoredRun*>& stored,
+                 std::vector<ReportTable>& out) {
+  const KeyRoles roles = assign_key_roles(spec, table_spec, part, plan);
+  const std::vector<Combo> columns = distinct_combos(plan, table_spec.columns, roles.order);
+  const std::vector<Combo> splits = distinct_combos(plan, roles.split_keys, roles.order);
+
+  ReportTable shared;
+  shared.title = table_spec.title;
+  std::vector<std::string> constants = roles.constants;
+  shared.header = header_rows(table_spec.columns, columns, constants);
+  shared.constants = join(constants, ", ");
+  collect_environments(plan, stored, shared);
+
+  for (size_t s = 0; s < splits.size(); ++s) {
+    ReportTable table = shared;
+    table.first_of_title = s == 0;
+    std::vector<std::string> subtitle;
+    if (name_part) subtitle.push_back("part " + part_name(spec, part));
+    if (!roles.split_keys.empty()) subtitle.push_back(describe(roles.split_keys, splits[s]));
+    table.subtitle = join(subtitle, ", ");
+
+    // The stored runs of each column, all repeats.
+    std::vector<std::vector<const StoredRun*>> cell_runs(columns.size());
+    for (const RunConfig* run : plan) {
+      if (combo_of(run->config, roles.split_keys) != splits[s]) continue;
+      const auto column =
+          std::find(columns.begin(), columns.end(), combo_of(run->config, table_spec.columns));
+      if (const auto it = stored.find(run->run_id); it != stored.end()) {
+        cell_runs[static_cast<size_t>(column - columns.begin())].push_back(it->second);
+      }
+    }
+    table.rows = metric_rows(table_spec.rows, cell_runs);
+    out.push_back(std::move(table));
+  }
+}
+
+bool has_spread(const ReportRow& row) {
+  return std::any_of(row.cells.begin(), row.cells.end(),
+                     [](const ReportCell& cell) { return cell.values.size() > 1; });
+}
+
+std::string markdown_escape(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string markdown_cell(const ReportRow& row, const ReportCell& cell) {
+  if (cell.missing) return "-";
+  if (!cell.verdict.empty()) return cell.verdict;
+  if (cell.not_measured) return "n/a";
+  const double mid = median(cell.values);
+  const Field format{"", "", "", "", row.format, row.digits};
+  const int decimals = display_decimals(format, mid);
+  std::string text = format_fixed(mid, decimals);
+  if (cell.values.size() > 1) text += " ± " + format_fixed(spread(cell.values), decimals);
+  if (!cell.failed.empty()) {
+    std::map<std::string, int> counts;
+    for (const std::string& word : cell.failed) ++counts[word];
+    std::vector<std::string> parts;
+    for (const auto& [word, count] : counts)
+      parts.push_back("+" + std::to_string(count) + " " + word);
+    text += " (" + join(parts, ", ") + ")";
+  }
+  return text;
+}
+
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string csv_cell(const ReportCell& cell) {
+  if (cell.missing) return "-";
+  if (!cell.verdict.empty()) return cell.verdict;
+  if (cell.not_measured) return "n/a";
+  return format_full(median(cell.values));
+}
+
+void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
+  std::vector<std::string> escaped;
+  escaped.reserve(fields.size());
+  for (const std::string& field : fields) escaped.push_back(csv_field(field));
+  out << join(escaped, ",") << "\n";
+}
+
+// The first part whose workload, fixed values and axis values admit the run's config (the
+// database does not record the part); 0 when none does.
+int infer_part(const Spec& spec, const StoredRun& run) {
+  for (size_t p = 0; p < spec.parts.size(); ++p) {
+    const PartSpec& part = spec.parts[p];
+    if (!part.workload.empty() && !run.workload.empty() && part.workload != run.workload) {
+      continue;
+    }
+    bool fits = true;
+    for (const auto& [key, value] : part.fixed.items()) {
+      const bool is_axis =
+          std::any_of(part.axes.begin(), part.axes.end(),
+                      [&key = key](const auto& axis) { return axis.first == key; });
+      if (!is_axis && config_value(run.config, key) != value) fits = false;
+    }
+    for (const auto& [key, values] : part.axes) {
+      if (!contains(values, config_value(run.config, key))) fits = false;
+    }
+    if (fits) return static_cast<int>(p);
+  }
+  return 0;
+}
+
+// The planned runs a table selects by workload and part.
+std::vector<const RunConfig*> table_plan(const Spec& spec, const TableSpec& table_spec,
+                                         const std::vector<RunConfig>& planned) {
+  std::vector<const RunConfig*> plan;
+  for (const RunConfig& run : planned) {
+    if (!table_spec.workload.empty() && run.workload != table_spec.workload) continue;
+    if (!table_spec.part.empty() && part_name(spec, run.part) != table_spec.part) continue;
+    plan.push_back(&run);
+  }
+  return plan;
+}
+
+ReportTable note_table(const TableSpec& table_spec, const std::string& note) {
+  ReportTable table;
+  table.title = table_spec.title;
+  table.notes.push_back(note);
+  return table;
+}
+
+}  // namespace
+
+ReportFormat parse_report_format(const std::string& name) {
+  if (name == "md" || name == "markdown") return ReportFormat::kMarkdown;
+  if (name == "csv") return ReportFormat::kCsv;
+  throw std::invalid_argument("unknown report format \"" + name + "\" (expected md, csv)");
+}
+
+std::string report_extension(ReportFormat format) {
+  return format == ReportFormat::kCsv ? "csv" : "md";
+}
+
+// ---- Markdown ----
+
+void MarkdownReporter::begin(const Spec& spec, int stale_runs) {
+  out_ << "# " << spec.name << "\n\n";
+  out_ << "Generated by `harness report " << spec.path << "`.\n";
+  if (stale_runs > 0) {
+    out_ << "\n"
+         << stale_runs
+         << " stored run(s) of this experiment belong to an earlier version of the spec and are "
+            "not shown.\n";
+  }
+}
+
+void MarkdownReporter::header(const ReportTable& table) {
+  if (table.first_of_title) {
+    out_ << "\n## " << table.title << "\n\n";
+    if (table.debug_build) {
+      out_ << "> **Warning:** measured in a Debug build: timings are not representative.\n\n";
+    }
+    if (table.environment.empty()) {
+      out_ << "Environment: unknown (no stored run).\n";
+    } else if (table.environment.size() == 1) {
+      out_ << "Environment: " << table.environment.front() << "\n";
+    } else {
+      out_ << "Environments (runs of this table come from " << table.environment.size()
+           << "; compare with care):\n";
+      for (const std::string& line : table.environment) out_ << "- " << line << "\n";
+    }
+    if (!table.constants.empty()) out_ << "\nConstant: " << table.constants << "\n";
+  }
+  if (!table.subtitle.empty()) out_ << "\n### " << table.subtitle << "\n";
+  out_ << "\n";
+  for (const std::string& note : table.notes) out_ << note << "\n";
+  if (table.header.empty()) return;
+  for (size_t h = 0; h < table.header.size(); ++h) {
+    const ReportHeaderRow& header = table.header[h];
+    out_ << "| " << markdown_escape(header.label);
+    for (const std::string& value : header.values) out_ << " | " << markdown_escape(value);
+    out_ << " |\n";
+    if (h == 0) {
+      out_ << "|---";
+      for (size_t i = 0; i < header.values.size(); ++i) out_ << "|---";
+      out_ << "|\n";
+    }
+  }
+}
+
+void MarkdownReporter::row(const ReportTable& /*table*/, const ReportRow& row) {
+  out_ << "| " << markdown_escape(row.label);
+  for (const ReportCell& cell : row.cells)
+    out_ << " | " << markdown_escape(markdown_cell(row, cell));
+  out_ << " |\n";
+}
+
+void MarkdownReporter::footer(const ReportTable& table) {
+  if (table.header.empty()) return;
+  bool spread_shown = false;
+  for (const ReportRow& row : table.rows) spread_shown = spread_shown || has_spread(row);
+  if (spread_shown) out_ << "\nCells: median over repeats ± half their range, (max - min) / 2.\n";
+}
+
+// ---- CSV ----
+
+void CsvReporter::begin(const Spec& spec, int stale_runs) {
+  csv_line(out_, {"experiment", spec.name});
+  if (stale_runs > 0) {
+    csv_line(out_, {"stale_runs", std::to_string(stale_runs)});
+  }
+}
+
+void CsvReporter::header(const ReportTable& table) {
+  out_ << "\n";
+  csv_line(out_, {"table", table.title});
+  if (!table.subtitle.empty()) csv_line(out_, {"subtable", table.subtitle});
+  for (const std::string& line : table.environment) csv_line(out_, {"environment", line});
+  if (table.debug_build) csv_line(out_, {"warning", "Debug build: timings are not representative"});
+  if (!table.constants.empty()) csv_line(out_, {"constant", table.constants});
+  for (const std::string& note : table.notes) csv_line(out_, {"note", note});
+  for (const ReportHeaderRow& header : table.header) {
+    std::vector<std::string> fields{header.key};
+    fields.insert(fields.end(), header.values.begin(), header.values.end());
+    csv_line(out_, fields);
+  }
+}
+
+void CsvReporter::row(const ReportTable& /*table*/, const ReportRow& row) {
+  std::vector<std::string> fields{row.metric};
+  for (const ReportCell& cell : row.cells) fields.push_back(csv_cell(cell));
+  csv_line(out_, fields);
+  if (!has_spread(row)) return;
+  std::vector<std::string> spreads{row.metric + " half_range"};
+  for (const ReportCell& cell : row.cells) {
+    spreads.push_back(cell.values.size() > 1 ? format_full(spread(cell.values)) : "");
+  }
+  csv_line(out_, spreads);
+}
+
+void CsvReporter::footer(const ReportTable& /*table*/) {}
+
+std::unique_ptr<Reporter> make_reporter(ReportFormat format) {
+  if (format == ReportFormat::kCsv) return std::make_unique<CsvReporter>();
+  return std::make_unique<MarkdownReporter>();
+}
+
+// ---- Building and rendering ----
+
+std::vector<ReportTable> build_report_tables(const Spec& spec,
+                                             const std::vector<RunConfig>& planned,
+                                             const std::vector<StoredRun>& runs) {
+  std::map<std::string, const StoredRun*> stored;
+  for (const StoredRun& run : runs) stored.emplace(run.run_id, &run);
+
+  std::vector<ReportTable> out;
+  for (const TableSpec& table_spec : spec.tables) {
+    if (table_spec.kind != "pivot") {
+      out.push_back(note_table(table_spec, "(Tables of kind \"" + table_spec.kind +
+                                               "\" are not rendered by this version.)"));
+      continue;
+    }
+    const std::vector<const RunConfig*> plan = table_plan(spec, table_spec, planned);
+    if (plan.empty()) {
+      out.push_back(note_table(table_spec, "(No runs of the spec belong to this table.)"));
+      continue;
+    }
+    // One table per part: two parts may run the same config on different data or models,
+    // so their runs must not meet in one cell.
+    std::vector<int> parts;
+    for (const RunConfig* run : plan) {
+      if (!contains(parts, run->part)) parts.push_back(run->part);
+    }
+    std::sort(parts.begin(), parts.end());
+    for (const int part : parts) {
+      std::vector<const RunConfig*> part_plan;
+      for (const RunConfig* run : plan) {
+        if (run->part == part) part_plan.push_back(run);
+      }
+      build_pivot(spec, table_spec, part, parts.size() > 1, part_plan, stored, out);
+    }
+  }
+  return out;
+}
+
+std::string render_report(const Spec& spec, const std::vector<RunConfig>& planned,
+                          const std::vector<StoredRun>& runs, ReportFormat format) {
+  std::set<std::string> planned_ids;
+  for (const RunConfig& run : planned) planned_ids.insert(run.run_id);
+  int stale = 0;
+  for (const StoredRun& run : runs) stale += planned_ids.count(run.run_id) == 0 ? 1 : 0;
+
+  const std::unique_ptr<Reporter> reporter = make_reporter(format);
+  reporter->begin(spec, stale);
+  for (const ReportTable& table : build_report_tables(spec, planned, runs)) {
+    reporter->header(table);
+    for (const ReportRow& row : table.rows) reporter->row(table, row);
+    reporter->footer(table);
+  }
+  return reporter->str();
+}
+
+std::string render_report(const Spec& spec, const std::vector<StoredRun>& runs,
+                          ReportFormat format) {
+  std::vector<RunConfig> planned;
+  planned.reserve(runs.size());
+  for (const StoredRun& run : runs) {
+    RunConfig config;
+    config.run_id = run.run_id;
+    config.repeat = run.repeat;
+    config.workload = run.workload;
+    config.config = run.config;
+    config.canonical = run.config.dump();
+    config.part = infer_part(spec, run);
+    planned.push_back(std::move(config));
+  }
+  return render_report(spec, planned, runs, format);
+}
+
+}  // namespace hx

@@ -1,0 +1,129 @@
+#pragma once
+// The run record: one SQLite database that the parent alone writes (DESIGN.md "The run record").
+// Every ingest is one transaction, so a reader never sees half a run, and a rerun replaces the
+// old record whole.
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "harness/spec.h"
+
+struct sqlite3;
+
+namespace hx {
+
+inline constexpr int kSchemaVersion = 1;
+
+struct Metric {
+  std::string name;
+  double value = 0;  // NaN is stored as NULL and reads back as NaN
+  std::string unit;  // "" = the unit of the field table (fields.h), if the metric is known
+};
+
+struct StepRow {
+  int64_t step = 0;
+  double seconds = 0;
+  std::optional<double> loss;  // none for generate (decode steps)
+  std::optional<int64_t> tokens;
+  std::optional<double> mem_mb;
+};
+
+// Everything known about one run: the worker's result.json plus the parent's verdict.
+struct RunRecord {
+  std::string run_id, experiment, workload;
+  int repeat = 0;
+  std::string config;  // canonical JSON (RunConfig::canonical)
+  std::string status;  // ok | oom | timeout | crashed | error | skipped
+  std::optional<int> exit_code, signal;
+  std::string started_at, finished_at;  // ISO-8601 UTC (utc_now_iso8601); "" = unknown
+  std::string stderr_tail, error;
+  Json env;  // worker-protocol.md `env`; null or {} = none (the child died before writing one)
+  std::vector<Metric> metrics;
+  std::vector<StepRow> steps;
+  std::vector<std::pair<std::string, std::string>> texts;  // name -> text
+};
+
+// A run as read back for reports and checks.
+struct StoredRun {
+  std::string run_id, experiment, workload;
+  int repeat = 0;
+  Json config;  // parsed runs.config
+  std::string status;
+  std::optional<int> exit_code, signal;
+  std::string started_at, finished_at, stderr_tail, error;
+  std::string env_id;  // "" = none
+  Json env;            // the environments row as an object; {} = none
+  std::map<std::string, double> metrics;
+};
+
+// The status words of the runs table, in the order of the CHECK constraint.
+bool is_valid_status(const std::string& status);
+
+// "2024-05-01T12:34:56Z".
+std::string utc_now_iso8601();
+
+// A record that names the run (id, experiment, workload, repeat, config) and nothing else; the
+// runner fills in its verdict for runs that wrote no result (crashed, timeout, skipped).
+RunRecord make_run_record(const std::string& experiment, const RunConfig& run);
+
+// Converts the worker's result.json (docs/worker-protocol.md) into a record of `run`. The caller
+// adds what only the parent knows: exit code, signal, times, stderr tail. Throws
+// std::runtime_error naming the offending key when the result does not follow the protocol.
+RunRecord record_from_result_json(const Json& result, const std::string& experiment,
+                                  const RunConfig& run);
+
+// The env_id of an environment object: FNV-1a of the canonical JSON of exactly the keys of
+// kEnvFields (fields.h); "" for an empty environment.
+std::string environment_id(const Json& env);
+
+class Store {
+ public:
+  enum class Mode {
+    kCreate,    // create the file (and its parent directories) and the schema if needed
+    kExisting,  // the database must exist and be a harness database; nothing is created
+  };
+
+  // Throws std::runtime_error naming `path` when it cannot be opened, is not a harness database
+  // (kExisting), or was written by a newer schema version.
+  explicit Store(const std::string& path, Mode mode = Mode::kCreate);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  const std::string& path() const { return path_; }
+
+  // Records the spec that produced an experiment's runs; a later call replaces path and text
+  // and keeps created_at.
+  void upsert_experiment(const std::string& name, const std::string& spec_path,
+                         const std::string& spec_text);
+
+  // Writes the environment, the run (replacing an earlier record of the same run id, with its
+  // metrics, steps and texts), its metrics, steps and texts, all in one transaction: on any
+  // error nothing is written and std::runtime_error is thrown.
+  void ingest(const RunRecord& record);
+
+  // run_id -> status for resuming `harness run`.
+  std::map<std::string, std::string> run_statuses(const std::string& experiment) const;
+
+  // The experiment's runs with config, status, metrics and environment, by start time then id.
+  std::vector<StoredRun> load_runs(const std::string& experiment) const;
+
+  std::vector<StepRow> load_steps(const std::string& run_id) const;
+  std::vector<std::pair<std::string, std::string>> load_texts(const std::string& run_id) const;
+
+  // "ok", or SQLite's findings one per line.
+  std::string integrity_check() const;
+
+ private:
+  void exec(const char* sql) const;
+  void create_schema();
+
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+}  // namespace hx

@@ -1,0 +1,289 @@
+// Reports: a fixed small database renders to committed golden files, plus the rules of
+// report.h one by one.
+//
+// Golden files: tests/golden/report_small.md and report_small.csv. After an intended change of
+// the report's shape, regenerate them with
+//   HX_UPDATE_GOLDEN=1 ./test_core --gtest_filter='ReportGolden*'
+// and review the diff before committing: the test then rewrites the files instead of comparing.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "harness/fields.h"
+#include "harness/json_io.h"
+#include "harness/report.h"
+#include "harness/store.h"
+
+namespace hx {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The spec is built by hand (not parsed) so that these tests depend on the structs only.
+Spec small_spec() {
+  Spec spec;
+  spec.path = "tests/specs/report_small.yaml";
+  spec.name = "report_small";
+  spec.device = "cuda";
+  PartSpec part;
+  part.workload = "finetune";
+  part.fixed = {{"batch_size", 1}, {"lr", 1e-5}};
+  part.axes = {{"gc", {"off", "on"}}, {"mp", {"off", "fp16"}}, {"ga", {1}}};
+  spec.parts.push_back(part);
+  TableSpec pivot;
+  pivot.title = "Fine-Tuning System Performance Benchmark";
+  pivot.columns = {"gc", "mp", "ga"};
+  pivot.rows = {"peak_mem_mb", "step_time_s", "loss_last", "mfu"};
+  pivot.workload = "finetune";
+  spec.tables.push_back(pivot);
+  TableSpec by_precision;
+  by_precision.title = "Memory by precision";
+  by_precision.columns = {"mp"};
+  by_precision.rows = {"peak_mem_mb", "tokens_per_s"};
+  spec.tables.push_back(by_precision);
+  return spec;
+}
+
+RunConfig planned(const std::string& gc, const std::string& mp, int repeat) {
+  RunConfig run;
+  run.run_id = "run-" + gc + "-" + mp + "-" + std::to_string(repeat);
+  run.repeat = repeat;
+  run.workload = "finetune";
+  run.config = {{"batch_size", 1}, {"ga", 1}, {"gc", gc}, {"lr", 1e-5}, {"mp", mp}};
+  run.canonical = run.config.dump();
+  return run;
+}
+
+Json p100() {
+  return {{"host", "node7"},
+          {"cpu", "Intel Xeon E5-2690 v4"},
+          {"gpu_name", "Tesla P100-PCIE-16GB"},
+          {"gpu_mem_mb", 16280},
+          {"driver", "535.54.03"},
+          {"cuda", "12.2"},
+          {"libtorch", "2.1.0"},
+          {"compiler", "GCC 12.2.0"},
+          {"build_type", "Release"},
+          {"git_commit", "0123456789ab"},
+          {"threads", 4}};
+}
+
+RunRecord ok_run(const RunConfig& run, double peak_mb, double step_s, double loss,
+                 double tokens_per_s) {
+  RunRecord r = make_run_record("report_small", run);
+  r.status = "ok";
+  r.exit_code = 0;
+  r.started_at = "2024-05-01T10:00:0" + std::to_string(run.repeat) + "Z";
+  r.env = p100();
+  r.metrics = {{"peak_mem_mb", peak_mb, "MB"},
+               {"step_time_s", step_s, "s"},
+               {"loss_last", loss, ""},
+               {"tokens_per_s", tokens_per_s, "tok/s"}};
+  return r;
+}
+
+// A 2x2 matrix (gc x mp, ga constant): gc=off,mp=off repeated three times, gc=on,mp=fp16 out of
+// memory.
+std::vector<RunConfig> small_plan() {
+  return {planned("off", "off", 0),  planned("off", "off", 1), planned("off", "off", 2),
+          planned("off", "fp16", 0), planned("on", "off", 0),  planned("on", "fp16", 0)};
+}
+
+void fill_small_db(Store& store) {
+  const std::vector<RunConfig> plan = small_plan();
+  store.upsert_experiment("report_small", "tests/specs/report_small.yaml", "name: report_small\n");
+  store.ingest(ok_run(plan[0], 11954.0, 0.336, 2.0625, 3047.6));
+  store.ingest(ok_run(plan[1], 11954.25, 0.341, 2.0625, 3003.1));
+  store.ingest(ok_run(plan[2], 11953.5, 0.329, 2.0625, 3112.5));
+  store.ingest(ok_run(plan[3], 10395.0, 0.2571, 2.0703125, 3983.7));
+  store.ingest(ok_run(plan[4], 8396.4, 0.48612, 2.0625, 2106.2));
+  RunRecord oom = make_run_record("report_small", plan[5]);
+  oom.status = "oom";
+  oom.exit_code = 3;
+  oom.error = "out of memory";
+  oom.env = p100();
+  store.ingest(oom);
+}
+
+class ReportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           ("hx_report_" + std::to_string(::getpid()) + "_" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::vector<StoredRun> small_runs() const {
+    Store store((dir_ / "harness.db").string());
+    fill_small_db(store);
+    return store.load_runs("report_small");
+  }
+
+  fs::path dir_;
+};
+
+void expect_golden(const std::string& actual, const std::string& name) {
+  const fs::path path = fs::path(HX_SOURCE_DIR) / "tests" / "golden" / name;
+  const char* update = std::getenv("HX_UPDATE_GOLDEN");
+  if (update != nullptr && std::string(update) == "1") {
+    write_file_atomic(path.string(), actual);
+    GTEST_SKIP() << "rewrote " << path;
+  }
+  ASSERT_TRUE(fs::exists(path)) << path << " is missing; create it with HX_UPDATE_GOLDEN=1";
+  EXPECT_EQ(actual, read_file(path.string())) << "differs from " << path;
+}
+
+TEST_F(ReportTest, ReportGoldenMarkdown) {
+  const std::string md =
+      render_report(small_spec(), small_plan(), small_runs(), ReportFormat::kMarkdown);
+  expect_golden(md, "report_small.md");
+}
+
+TEST_F(ReportTest, ReportGoldenCsv) {
+  const std::string csv =
+      render_report(small_spec(), small_plan(), small_runs(), ReportFormat::kCsv);
+  expect_golden(csv, "report_small.csv");
+}
+
+TEST_F(ReportTest, PivotShape) {
+  const auto tables = build_report_tables(small_spec(), small_plan(), small_runs());
+  // The pivot, then the precision table split by gc (not in its columns, and varying).
+  ASSERT_EQ(tables.size(), 3U);
+  const ReportTable& pivot = tables[0];
+  // ga has one value: stated once, no header row.
+  EXPECT_EQ(pivot.constants, "ga=1");
+  ASSERT_EQ(pivot.header.size(), 2U);
+  EXPECT_EQ(pivot.header[0].label, "GC");
+  EXPECT_EQ(pivot.header[0].values, (std::vector<std::string>{"off", "off", "on", "on"}));
+  EXPECT_EQ(pivot.header[1].label, "MP");
+  EXPECT_EQ(pivot.header[1].values, (std::vector<std::string>{"off", "fp16", "off", "fp16"}));
+  ASSERT_EQ(pivot.rows.size(), 4U);
+  EXPECT_EQ(pivot.rows[0].label, "Peak Mem (MB)");
+  EXPECT_EQ(pivot.rows[0].cells[0].values.size(), 3U);  // the repeats of one config
+  EXPECT_EQ(pivot.rows[0].cells[3].verdict, "OOM");
+  EXPECT_TRUE(pivot.rows[3].cells[0].not_measured);  // mfu was not written
+  EXPECT_EQ(pivot.environment.size(), 1U);
+
+  EXPECT_EQ(tables[1].subtitle, "gc=off");
+  EXPECT_EQ(tables[2].subtitle, "gc=on");
+  EXPECT_TRUE(tables[1].first_of_title);
+  EXPECT_FALSE(tables[2].first_of_title);
+  EXPECT_EQ(tables[1].constants, "ga=1");
+}
+
+TEST_F(ReportTest, MissingRunsAndPartialFailures) {
+  std::vector<RunConfig> plan = small_plan();
+  plan.push_back(planned("on", "off", 1));  // planned, never stored
+  std::vector<StoredRun> runs = small_runs();
+  // One repeat of gc=off,mp=off timed out: the others still give the cell's value.
+  for (StoredRun& run : runs) {
+    if (run.run_id == "run-off-off-2") {
+      run.status = "timeout";
+      run.metrics.clear();
+    }
+  }
+  // A run without a plan entry (an older spec) is counted, not shown.
+  StoredRun stale = runs.front();
+  stale.run_id = "stale";
+  stale.metrics["peak_mem_mb"] = 1;
+  runs.push_back(stale);
+
+  const std::string md = render_report(small_spec(), plan, runs, ReportFormat::kMarkdown);
+  EXPECT_NE(md.find("11954.1 ± 0.1 (+1 timeout)"), std::string::npos) << md;
+  EXPECT_NE(md.find("1 stored run(s)"), std::string::npos) << md;
+
+  // Drop the on/fp16 run entirely: its cell reads "-".
+  std::vector<StoredRun> fewer;
+  for (const StoredRun& run : runs) {
+    if (run.run_id != "run-on-fp16-0") fewer.push_back(run);
+  }
+  const auto tables = build_report_tables(small_spec(), plan, fewer);
+  EXPECT_TRUE(tables[0].rows[0].cells[3].missing);
+  const std::string md2 = render_report(small_spec(), plan, fewer, ReportFormat::kMarkdown);
+  EXPECT_NE(md2.find("| Peak Mem (MB) | 11954.1 ± 0.1 (+1 timeout) | 10395.0 | 8396.4 | - |"),
+            std::string::npos)
+      << md2;
+}
+
+TEST_F(ReportTest, DebugBuildWarns) {
+  std::vector<StoredRun> runs = small_runs();
+  runs[0].env["build_type"] = "Debug";
+  const std::string md = render_report(small_spec(), small_plan(), runs, ReportFormat::kMarkdown);
+  EXPECT_NE(md.find("Debug build"), std::string::npos);
+  // Two environments now: both are listed.
+  EXPECT_NE(md.find("runs of this table come from 2"), std::string::npos) << md;
+  const std::string csv = render_report(small_spec(), small_plan(), runs, ReportFormat::kCsv);
+  EXPECT_NE(csv.find("warning,Debug build"), std::string::npos) << csv;
+}
+
+TEST_F(ReportTest, StoredRunsAsThePlan) {
+  // Without expand(): the stored runs stand for the plan; same cells as with the plan.
+  const std::vector<StoredRun> runs = small_runs();
+  EXPECT_EQ(render_report(small_spec(), runs, ReportFormat::kMarkdown),
+            render_report(small_spec(), small_plan(), runs, ReportFormat::kMarkdown));
+}
+
+TEST_F(ReportTest, TableSplitByPart) {
+  // Two parts with the same configs (as if on different data): never merged into one cell.
+  Spec spec = small_spec();
+  spec.parts.push_back(spec.parts[0]);
+  spec.parts[0].label = "alpaca";
+  spec.parts[1].label = "random";
+  spec.tables.resize(1);
+  std::vector<RunConfig> plan = small_plan();
+  for (RunConfig run : small_plan()) {
+    run.part = 1;
+    run.run_id += "-random";
+    plan.push_back(run);
+  }
+  const auto tables = build_report_tables(spec, plan, small_runs());
+  ASSERT_EQ(tables.size(), 2U);
+  EXPECT_EQ(tables[0].subtitle, "part alpaca");
+  EXPECT_EQ(tables[1].subtitle, "part random");
+  EXPECT_TRUE(tables[1].rows[0].cells[0].missing);
+
+  spec.tables[0].part = "random";
+  EXPECT_EQ(build_report_tables(spec, plan, small_runs()).size(), 1U);
+}
+
+TEST(ReportFormatTest, ParseAndExtension) {
+  EXPECT_EQ(parse_report_format("md"), ReportFormat::kMarkdown);
+  EXPECT_EQ(parse_report_format("csv"), ReportFormat::kCsv);
+  EXPECT_THROW(parse_report_format("html"), std::invalid_argument);
+  EXPECT_EQ(report_extension(ReportFormat::kCsv), "csv");
+}
+
+TEST(FieldsTest, NumberFormats) {
+  const Field& time = *find_metric_field("step_time_s");
+  EXPECT_EQ(format_fixed(0.336, display_decimals(time, 0.336)), "0.336");
+  EXPECT_EQ(format_fixed(0.0012345, display_decimals(time, 0.0012345)), "0.00123");
+  EXPECT_EQ(format_fixed(52.42, display_decimals(time, 52.42)), "52.4");
+  EXPECT_EQ(format_fixed(1234.7, display_decimals(time, 1234.7)), "1235");
+  const Field& mem = *find_metric_field("peak_mem_mb");
+  EXPECT_EQ(format_fixed(3230.123, display_decimals(mem, 3230.123)), "3230.1");
+  EXPECT_EQ(format_fixed(-0.0001, 2), "0.00");
+  EXPECT_EQ(format_full(0.1), "0.1");
+  EXPECT_EQ(format_full(1.0 / 3), "0.3333333333333333");
+  EXPECT_EQ(find_metric_field("no_such_metric"), nullptr);
+  EXPECT_EQ(axis_label("lora"), "LoRA");
+  EXPECT_EQ(axis_label("something"), "something");
+  // Every metric of DESIGN.md has a row, with a label.
+  for (const char* name : {"peak_mem_mb", "peak_reserved_mb", "step_time_s", "step_time_p50_s",
+                           "total_time_s", "tokens_per_s", "mfu", "loss_first", "loss_last",
+                           "trainable_params", "trainable_pct", "mem_params_mb", "mem_grads_mb",
+                           "mem_optimizer_mb", "mem_activations_mb", "prefill_s", "decode_s"}) {
+    const Field* field = find_metric_field(name);
+    ASSERT_NE(field, nullptr) << name;
+    EXPECT_FALSE(field->label.empty()) << name;
+  }
+}
+
+}  // namespace
+}  // namespace hx
