@@ -42,9 +42,9 @@ double spread(const std::vector<double>& values) {
 
 std::string join(const std::vector<std::string>& parts, const std::string& separator) {
   std::string out;
-  for (const std::string& part : parts) {
-    if (!out.empty()) out += separator;
-    out += part;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += separator;
+    out += parts[i];
   }
   return out;
 }
@@ -103,6 +103,7 @@ class ValueOrder {
     auto& values = order_[key];
     if (!contains(values, value)) values.push_back(value);
   }
+  const std::vector<Json>& values(const std::string& key) const { return order_.at(key); }
   size_t rank(const std::string& key, const Json& value) const {
     const auto& values = order_.at(key);
     return static_cast<size_t>(std::find(values.begin(), values.end(), value) - values.begin());
@@ -303,19 +304,69 @@ std::vector<ReportRow> metric_rows(const std::vector<std::string>& metrics,
   return rows;
 }
 
+// The columns of an arrows table: the baseline (every column axis at its first value), then
+// each axis's other values in turn with the rest at baseline.
+std::vector<Combo> arrow_columns(const std::vector<std::string>& keys, const ValueOrder& order,
+                                 ReportHeaderRow& header) {
+  Combo baseline;
+  for (const std::string& key : keys) baseline.push_back(order.values(key).front());
+  std::vector<Combo> columns = {baseline};
+  header = {"metric", "Metric", {"baseline"}};
+  for (size_t i = 0; i < keys.size(); ++i) {
+    for (const Json& value : order.values(keys[i])) {
+      if (value == baseline[i]) continue;
+      Combo column = baseline;
+      column[i] = value;
+      columns.push_back(std::move(column));
+      header.values.push_back(axis_label(keys[i]) + "=" + value_text(value));
+    }
+  }
+  return columns;
+}
+
+// Arrows against the first column; a change within 2% counts as none.
+void mark_changes(std::vector<ReportRow>& rows) {
+  constexpr double kNoise = 0.02;
+  for (ReportRow& row : rows) {
+    const ReportCell& base = row.cells.front();
+    if (base.values.empty()) continue;
+    const double reference = median(base.values);
+    for (size_t c = 1; c < row.cells.size(); ++c) {
+      ReportCell& cell = row.cells[c];
+      if (cell.values.empty()) continue;
+      const double delta = median(cell.values) - reference;
+      if (std::fabs(delta) <= kNoise * std::fabs(reference)) {
+        cell.change = "-";
+      } else if (reference == 0) {
+        cell.change = delta > 0 ? "up" : "down";
+      } else {
+        const long percent = std::lround(100 * std::fabs(delta / reference));
+        cell.change = (delta > 0 ? "up " : "down ") + std::to_string(percent) + "%";
+      }
+    }
+  }
+}
+
 // Builds the tables of one TableSpec over the planned runs of one part of the spec.
-void build_pivot(const Spec& spec, const TableSpec& table_spec, int part, bool name_part,
+void build_table(const Spec& spec, const TableSpec& table_spec, int part, bool name_part,
                  const std::vector<const RunConfig*>& plan,
                  const std::map<std::string, const StoredRun*>& stored,
                  std::vector<ReportTable>& out) {
   const KeyRoles roles = assign_key_roles(spec, table_spec, part, plan);
-  const std::vector<Combo> columns = distinct_combos(plan, table_spec.columns, roles.order);
+  const bool arrows = table_spec.kind == "arrows";
   const std::vector<Combo> splits = distinct_combos(plan, roles.split_keys, roles.order);
 
   ReportTable shared;
   shared.title = table_spec.title;
   std::vector<std::string> constants = roles.constants;
-  shared.header = header_rows(table_spec.columns, columns, constants);
+  std::vector<Combo> columns;
+  if (arrows) {
+    shared.header.emplace_back();
+    columns = arrow_columns(table_spec.columns, roles.order, shared.header.front());
+  } else {
+    columns = distinct_combos(plan, table_spec.columns, roles.order);
+    shared.header = header_rows(table_spec.columns, columns, constants);
+  }
   shared.constants = join(constants, ", ");
   collect_environments(plan, stored, shared);
 
@@ -333,11 +384,13 @@ void build_pivot(const Spec& spec, const TableSpec& table_spec, int part, bool n
       if (combo_of(run->config, roles.split_keys) != splits[s]) continue;
       const auto column =
           std::find(columns.begin(), columns.end(), combo_of(run->config, table_spec.columns));
+      if (column == columns.end()) continue;  // arrows: two techniques at once
       if (const auto it = stored.find(run->run_id); it != stored.end()) {
         cell_runs[static_cast<size_t>(column - columns.begin())].push_back(it->second);
       }
     }
     table.rows = metric_rows(table_spec.rows, cell_runs);
+    if (arrows) mark_changes(table.rows);
     out.push_back(std::move(table));
   }
 }
@@ -373,6 +426,7 @@ std::string markdown_cell(const ReportRow& row, const ReportCell& cell) {
       parts.push_back("+" + std::to_string(count) + " " + word);
     text += " (" + join(parts, ", ") + ")";
   }
+  if (!cell.change.empty()) text += " (" + cell.change + ")";
   return text;
 }
 
@@ -568,7 +622,7 @@ std::vector<ReportTable> build_report_tables(const Spec& spec,
 
   std::vector<ReportTable> out;
   for (const TableSpec& table_spec : spec.tables) {
-    if (table_spec.kind != "pivot") {
+    if (table_spec.kind != "pivot" && table_spec.kind != "arrows") {
       out.push_back(note_table(table_spec, "(Tables of kind \"" + table_spec.kind +
                                                "\" are not rendered by this version.)"));
       continue;
@@ -590,7 +644,7 @@ std::vector<ReportTable> build_report_tables(const Spec& spec,
       for (const RunConfig* run : plan) {
         if (run->part == part) part_plan.push_back(run);
       }
-      build_pivot(spec, table_spec, part, parts.size() > 1, part_plan, stored, out);
+      build_table(spec, table_spec, part, parts.size() > 1, part_plan, stored, out);
     }
   }
   return out;

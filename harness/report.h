@@ -17,6 +17,10 @@
 // - A cell whose runs all failed shows the verdict (OOM, timeout, crash, error, skipped); a cell
 //   with no stored run shows `-`; an ok run without the metric shows `n/a`. A cell where some
 //   repeats failed shows the median of the rest and, in Markdown, the failures: `(+1 OOM)`.
+// - A table of kind `arrows` (SEED_TABLES.md B, "effect of each technique alone") has one
+//   baseline column (every `columns` axis at its first value) and one column per other value of
+//   each axis with the rest at baseline; Markdown cells read `value (down 30%)` against the
+//   baseline, `(-)` within 2%, which is below the run-to-run noise of this kind of measurement.
 // - Only runs of the plan (spec expansion) are shown: stored runs of an older version of the
 //   spec (their run id differs) are counted in a note, not mixed in.
 #include <memory>
@@ -43,6 +47,7 @@ struct ReportCell {
   std::vector<std::string> failed;  // verdicts of failed runs next to ok ones (one per run)
   bool missing = false;             // no stored run for this cell: `-`
   bool not_measured = false;        // ok runs that lack the metric: `n/a`
+  std::string change;  // arrows tables: "down 30%", "up 4%", "-" against the baseline column
 };
 
 struct ReportRow {

@@ -45,6 +45,12 @@ Spec small_spec() {
   by_precision.columns = {"mp"};
   by_precision.rows = {"peak_mem_mb", "tokens_per_s"};
   spec.tables.push_back(by_precision);
+  TableSpec arrows;
+  arrows.title = "Effect of each technique alone";
+  arrows.kind = "arrows";
+  arrows.columns = {"gc", "mp"};
+  arrows.rows = {"peak_mem_mb", "step_time_s", "loss_last"};
+  spec.tables.push_back(arrows);
   return spec;
 }
 
@@ -154,8 +160,8 @@ TEST_F(ReportTest, ReportGoldenCsv) {
 
 TEST_F(ReportTest, PivotShape) {
   const auto tables = build_report_tables(small_spec(), small_plan(), small_runs());
-  // The pivot, then the precision table split by gc (not in its columns, and varying).
-  ASSERT_EQ(tables.size(), 3U);
+  // The pivot, the precision table split by gc (not in its columns, and varying), the arrows.
+  ASSERT_EQ(tables.size(), 4U);
   const ReportTable& pivot = tables[0];
   // ga has one value: stated once, no header row.
   EXPECT_EQ(pivot.constants, "ga=1");
@@ -176,6 +182,22 @@ TEST_F(ReportTest, PivotShape) {
   EXPECT_TRUE(tables[1].first_of_title);
   EXPECT_FALSE(tables[2].first_of_title);
   EXPECT_EQ(tables[1].constants, "ga=1");
+}
+
+TEST_F(ReportTest, ArrowsAgainstTheBaseline) {
+  const auto tables = build_report_tables(small_spec(), small_plan(), small_runs());
+  const ReportTable& arrows = tables.back();
+  ASSERT_EQ(arrows.header.size(), 1U);
+  EXPECT_EQ(arrows.header[0].values, (std::vector<std::string>{"baseline", "GC=on", "MP=fp16"}));
+  ASSERT_EQ(arrows.rows.size(), 3U);
+  const auto& memory = arrows.rows[0].cells;
+  EXPECT_EQ(memory[0].values.size(), 3U);   // the baseline's repeats
+  EXPECT_EQ(memory[1].change, "down 30%");  // 8396.4 vs 11954.0
+  EXPECT_EQ(memory[2].change, "down 13%");  // 10395.0 vs 11954.0
+  const auto& time = arrows.rows[1].cells;
+  EXPECT_EQ(time[1].change, "up 45%");             // 0.48612 vs 0.336
+  EXPECT_EQ(arrows.rows[2].cells[1].change, "-");  // same loss
+  EXPECT_EQ(arrows.rows[2].cells[2].change, "-");  // within 2%
 }
 
 TEST_F(ReportTest, MissingRunsAndPartialFailures) {
