@@ -1,6 +1,7 @@
 #include "harness/worker/data.h"
 
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <random>
 #include <stdexcept>
 
@@ -97,8 +98,21 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id) {
 }
 
 DataSource::DataSource(std::vector<Example> examples, int64_t batch_size, int64_t pad_id)
-    : examples_(std::move(examples)), batch_size_(batch_size), pad_id_(pad_id) {
-  if (examples_.empty()) throw std::invalid_argument("no training examples");
+    : batch_size_(batch_size), pad_id_(pad_id) {
+  // An example whose response was cut away entirely by max_seq_len teaches nothing (and alone
+  // in a batch would make the loss 0/0): leave it out.
+  for (auto& ex : examples) {
+    const bool has_label = std::any_of(ex.labels.begin(), ex.labels.end(),
+                                       [](int64_t l) { return l != kIgnoreIndex; });
+    if (has_label) {
+      examples_.push_back(std::move(ex));
+    } else {
+      ++dropped_;
+    }
+  }
+  if (examples_.empty())
+    throw std::invalid_argument("no training example keeps a response token within max_seq_len (" +
+                                std::to_string(dropped_) + " examples dropped)");
 }
 
 DataSource DataSource::random(int64_t vocab_size, int64_t seq_len, int64_t batch_size,

@@ -64,19 +64,21 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id);
 // Yields batches in order, cycling over the examples.
 class DataSource {
  public:
-  // Alpaca records (tokenised once).
+  // Alpaca records (tokenised once); examples without any label are dropped.
   DataSource(std::vector<Example> examples, int64_t batch_size, int64_t pad_id);
   // Random tokens in [3, vocab) of one fixed length, every position a label.
   static DataSource random(int64_t vocab_size, int64_t seq_len, int64_t batch_size, uint64_t seed,
                            int64_t count = 64);
   Batch next();
   size_t size() const { return examples_.size(); }
+  int64_t dropped() const { return dropped_; }
 
  private:
   std::vector<Example> examples_;
   int64_t batch_size_;
   int64_t pad_id_;
   size_t cursor_ = 0;
+  int64_t dropped_ = 0;
 };
 
 }  // namespace hx

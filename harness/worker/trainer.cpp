@@ -62,7 +62,8 @@ Trainer::Trainer(Transformer& model, TrainOptions options)
     throw std::invalid_argument("unknown optimizer \"" + options_.optimizer +
                                 "\" (expected sgd, adamw)");
   }
-  if (options_.mp == "fp16") scaler_ = std::make_unique<LossScaler>();
+  if (options_.loss_scaling.value_or(options_.mp == "fp16"))
+    scaler_ = std::make_unique<LossScaler>();
   if (options_.mp != "off" && options_.mp != "fp16" && options_.mp != "bf16")
     throw std::invalid_argument("unknown mp \"" + options_.mp + "\" (expected off, fp16, bf16)");
 }

@@ -3,7 +3,9 @@
 // autocast (fp16 with a dynamic loss scaler), then the optimizer on the trainable parameters.
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "harness/worker/data.h"
@@ -37,6 +39,8 @@ struct TrainOptions {
   std::string optimizer = "sgd";
   double lr = 1e-5;
   double weight_decay = 0.0;
+  // Dynamic loss scaling; by default on exactly for fp16.
+  std::optional<bool> loss_scaling;
 };
 
 struct StepStats {
