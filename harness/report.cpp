@@ -199,6 +199,16 @@ struct KeyRoles {
   std::vector<std::string> constants;  // "key=value"
 };
 
+std::vector<Json> distinct_values(const std::vector<const RunConfig*>& plan,
+                                  const std::string& key) {
+  std::vector<Json> seen;
+  for (const RunConfig* run : plan) {
+    Json value = config_value(run->config, key);
+    if (!contains(seen, value)) seen.push_back(std::move(value));
+  }
+  return seen;
+}
+
 KeyRoles assign_key_roles(const Spec& spec, const TableSpec& table_spec, int part,
                           const std::vector<const RunConfig*>& plan) {
   KeyRoles roles;
@@ -226,11 +236,7 @@ KeyRoles assign_key_roles(const Spec& spec, const TableSpec& table_spec, int par
   }
   for (const std::string& key : ordered) {
     if (contains(table_spec.columns, key)) continue;
-    std::vector<Json> seen;
-    for (const RunConfig* run : plan) {
-      Json value = config_value(run->config, key);
-      if (!contains(seen, value)) seen.push_back(std::move(value));
-    }
+    const std::vector<Json> seen = distinct_values(plan, key);
     if (seen.size() > 1) {
       roles.split_keys.push_back(key);
     } else if (!seen.empty() && contains(axes, key)) {
@@ -422,8 +428,10 @@ std::string markdown_cell(const ReportRow& row, const ReportCell& cell) {
     std::map<std::string, int> counts;
     for (const std::string& word : cell.failed) ++counts[word];
     std::vector<std::string> parts;
-    for (const auto& [word, count] : counts)
+    parts.reserve(counts.size());
+    for (const auto& [word, count] : counts) {
       parts.push_back("+" + std::to_string(count) + " " + word);
+    }
     text += " (" + join(parts, ", ") + ")";
   }
   if (!cell.change.empty()) text += " (" + cell.change + ")";
@@ -655,7 +663,7 @@ std::string render_report(const Spec& spec, const std::vector<RunConfig>& planne
   std::set<std::string> planned_ids;
   for (const RunConfig& run : planned) planned_ids.insert(run.run_id);
   int stale = 0;
-  for (const StoredRun& run : runs) stale += planned_ids.count(run.run_id) == 0 ? 1 : 0;
+  for (const StoredRun& run : runs) stale += planned_ids.contains(run.run_id) ? 0 : 1;
 
   const std::unique_ptr<Reporter> reporter = make_reporter(format);
   reporter->begin(spec, stale);
