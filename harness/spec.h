@@ -1,5 +1,10 @@
 #pragma once
 // The experiment spec (YAML) and its expansion into runs. No libtorch.
+//
+// A spec has one matrix (top-level workload, data, fixed, matrix, include, exclude) or several
+// (`parts:`, a list of mappings with those keys plus an optional `label`; top-level data and
+// fixed are then defaults merged under each part's). A table selects runs by `workload:` and/or
+// `part:` (a part's label). See DESIGN.md "The spec" and experiments/phase3.yaml.
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -18,22 +23,28 @@ struct TableSpec {
   std::vector<std::string> rows;       // metric names
   std::string workload;                // which part's runs the table uses ("" = all)
   int line = 0;                        // where it was declared, for messages
+  std::string part;                    // label of the part whose runs the table uses ("" = all)
 };
 
 // One matrix of runs. A spec has one part (the top-level keys) or several (`parts:` list), each
 // with its own workload, data, fixed, matrix, include, exclude.
+// data["path"] is absolute (for the worker); data["path_as_written"] keeps the spec's text, which
+// is what run ids hash, so that they do not depend on where the checkout lives.
 struct PartSpec {
   std::string workload;                                       // finetune | generate
   Json data = Json::object();                                 // as in the spec, path made absolute
   Json fixed = Json::object();                                // key -> value
   std::vector<std::pair<std::string, std::vector<Json>>> axes;  // in spec order
   std::vector<Json> include, exclude;                         // objects key -> value
+  std::string label;  // `parts[i].label`, "" when unnamed; tables select a part by it
 };
 
 struct Spec {
   std::string path;        // as given on the command line
   std::string text;        // the file's bytes, stored with the experiment
   std::string name;
+  // A weights path is made absolute, with the spec's text in "weights_as_written" (hashed into
+  // run ids instead, like data paths).
   Json model = Json::object();  // {"preset": "tiny", "weights": "random", "seed": 0}
   std::vector<PartSpec> parts;
   int repeats = 1;
@@ -54,9 +65,12 @@ struct RunConfig {
   std::string workload;
   Json config;            // fixed merged with this run's axis values, keys sorted
   std::string canonical;  // canonical_json(config)
+  int part = 0;           // index into Spec::parts of the part this run came from
 };
 
-// Cartesian product of the axes, minus exclude, plus include, times repeats; stable order.
+// Cartesian product of the axes (first axis slowest), minus exclude, plus include, times repeats
+// (repeat innermost); stable order. A combination that comes up twice (an include repeating a
+// product row, or two identical parts) runs once: run ids are unique in the result.
 std::vector<RunConfig> expand(const Spec& spec);
 
 // Keys sorted, no spaces, values as written.

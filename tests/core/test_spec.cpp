@@ -1,0 +1,409 @@
+// The spec: parsing, validation messages (a corpus of bad specs), expansion and run ids.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "harness/spec.h"
+
+namespace hx {
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kSourceDir = HX_SOURCE_DIR;
+
+// Specs are real files: load_spec is what `harness` calls, and relative paths resolve against
+// the spec's directory.
+fs::path scratch_dir() {
+  const fs::path dir =
+      fs::path(::testing::TempDir()) / ("hx_test_spec_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return dir;
+}
+
+fs::path write_file(const fs::path& path, const std::string& text) {
+  fs::create_directories(path.parent_path());
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
+
+Spec load_text(const std::string& text, const std::string& file = "spec.yaml") {
+  return load_spec(write_file(scratch_dir() / file, text).string());
+}
+
+// Gives the message of the std::invalid_argument that `load` throws, or fails the test.
+template <typename Load>
+std::string error_of(Load load) {
+  try {
+    load();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no std::invalid_argument thrown";
+  return "";
+}
+
+constexpr const char* kFinetune = R"(name: ft
+model: {preset: tiny}
+workload: finetune
+device: cpu
+data: {format: random, seq_len: 16}
+fixed: {batch_size: 1, lr: 1.0e-5, lora_alpha: 32, lora_dropout: 0.05, lora_targets: [wq, wv]}
+matrix:
+  gc: [off, on]
+  mp: [off, bf16]
+  lora: [off, on]
+)";
+
+std::vector<std::string> ids_of(const std::vector<RunConfig>& runs) {
+  std::vector<std::string> ids;
+  for (const RunConfig& run : runs) ids.push_back(run.run_id);
+  return ids;
+}
+
+TEST(Spec, ProductOrderFirstAxisSlowestRepeatInnermost) {
+  const Spec spec = load_text(std::string(kFinetune) + "repeats: 2\n");
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(runs.size(), 16u);
+  EXPECT_EQ(runs[0].config["gc"], "off");
+  EXPECT_EQ(runs[0].config["mp"], "off");
+  EXPECT_EQ(runs[0].config["lora"], "off");
+  EXPECT_EQ(runs[0].repeat, 0);
+  EXPECT_EQ(runs[1].repeat, 1);
+  EXPECT_EQ(runs[1].canonical, runs[0].canonical);
+  EXPECT_EQ(runs[2].config["lora"], "on");
+  EXPECT_EQ(runs[4].config["mp"], "bf16");
+  EXPECT_EQ(runs[8].config["gc"], "on");
+  for (const RunConfig& run : runs) EXPECT_EQ(run.workload, "finetune");
+}
+
+TEST(Spec, ExcludeIncludeAndDuplicates) {
+  const Spec spec = load_text(std::string(kFinetune) + R"(
+exclude: [{gc: on, lora: off, mp: bf16}, {gc: off, lora: on}]
+include:
+  - {gc: on, mp: off, lora: on, batch_size: 4}   # new: overrides a fixed key
+  - {gc: off, mp: off, lora: off}                # repeats a product row: dropped
+repeats: 3
+)");
+  // 8 combinations; the first exclude removes 1, the second (two keys) removes 2; one include is
+  // new.
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(runs.size(), (8u - 1 - 2 + 1) * 3);
+  const RunConfig& last = runs.back();
+  EXPECT_EQ(last.canonical,
+            R"({"batch_size":4,"gc":"on","lora":"on","lora_alpha":32,"lora_dropout":0.05,)"
+            R"("lora_targets":["wq","wv"],"lr":1e-05,"mp":"off"})");
+  EXPECT_EQ(last.repeat, 2);
+  for (const RunConfig& run : runs) {
+    EXPECT_FALSE(run.config["gc"] == "off" && run.config["lora"] == "on") << run.canonical;
+  }
+  const std::vector<std::string> ids = ids_of(runs);
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), ids.size());
+}
+
+TEST(Spec, IncludeMayUseValuesOutsideTheAxis) {
+  const Spec spec = load_text(R"(name: inc
+model: {preset: tiny}
+workload: finetune
+device: cuda
+data: {format: random, seq_len: 16}
+matrix: {gc: [off, on], mp: [off, fp16], lora: [off, on]}
+include: [{gc: on, mp: bf16, lora: on}]
+exclude: [{gc: on, lora: off, mp: fp16}]
+)");
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(runs.size(), 8u);
+  EXPECT_EQ(runs.back().canonical, R"({"gc":"on","lora":"on","mp":"bf16"})");
+}
+
+TEST(Spec, NoMatrixIsOneRun) {
+  const Spec spec = load_text(R"(name: one
+model: {preset: tiny}
+workload: generate
+fixed: {prompt_len: 8, new_tokens: 4}
+repeats: 2
+)");
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[0].canonical, R"({"new_tokens":4,"prompt_len":8})");
+  EXPECT_NE(runs[0].run_id, runs[1].run_id);
+}
+
+TEST(Spec, ValuesAsWritten) {
+  const Spec spec = load_text(std::string(kFinetune) + "timeout_s: 60\nmemory_limit_mb: 512\n");
+  ASSERT_EQ(spec.parts.size(), 1u);
+  const PartSpec& part = spec.parts[0];
+  EXPECT_EQ(spec.name, "ft");
+  EXPECT_EQ(spec.device, "cpu");
+  EXPECT_EQ(spec.timeout_s, 60);
+  EXPECT_EQ(spec.memory_limit_mb, 512);
+  EXPECT_EQ(spec.model, (Json{{"preset", "tiny"}, {"weights", "random"}, {"seed", 0}}));
+  EXPECT_TRUE(part.fixed["batch_size"].is_number_integer());
+  EXPECT_TRUE(part.fixed["lr"].is_number_float());
+  EXPECT_TRUE(part.fixed["lora_alpha"].is_number_integer());  // 32, as written
+  EXPECT_EQ(part.fixed["lora_targets"], (Json{"wq", "wv"}));
+  ASSERT_EQ(part.axes.size(), 3u);
+  EXPECT_EQ(part.axes[0].first, "gc");
+  // off/on stay words: yaml-cpp would read them as booleans.
+  EXPECT_EQ(part.axes[0].second, (std::vector<Json>{"off", "on"}));
+  EXPECT_EQ(part.data, (Json{{"format", "random"}, {"seq_len", 16}}));
+}
+
+TEST(Spec, CanonicalJson) {
+  EXPECT_EQ(canonical_json(Json{{"mp", "fp16"}, {"lora", "off"}, {"gc", "on"}}),
+            R"({"gc":"on","lora":"off","mp":"fp16"})");
+  EXPECT_EQ(canonical_json(Json{{"lr", 1e-5}, {"a", 32.0}, {"b", 0.05}, {"t", {"wq", "wv"}}}),
+            R"({"a":32.0,"b":0.05,"lr":1e-05,"t":["wq","wv"]})");
+  const Spec spec = load_text(R"(name: c
+model: {preset: tiny}
+workload: finetune
+device: cuda
+data: {format: random, seq_len: 16}
+matrix: {mp: [fp16], lora: [off], gc: [on]}
+)");
+  EXPECT_EQ(expand(spec).at(0).canonical, R"({"gc":"on","lora":"off","mp":"fp16"})");
+}
+
+TEST(Spec, RunIdsAreStable) {
+  const std::vector<std::string> first = ids_of(expand(load_text(kFinetune)));
+  const std::vector<std::string> second = ids_of(expand(load_text(kFinetune, "copy.yaml")));
+  EXPECT_EQ(first, second);
+  for (const std::string& id : first) {
+    EXPECT_EQ(id.size(), 16u);
+    EXPECT_EQ(id.find_first_not_of("0123456789abcdef"), std::string::npos) << id;
+  }
+  // Pinned: the hashed text and the hash are an interface (the database's keys); if this changes,
+  // no stored result resumes. Computed independently, with Python's json.dumps(sort_keys=True,
+  // separators=(",", ":")) and a hand-written FNV-1a 64 over
+  // name \n context \n config \n repeat.
+  EXPECT_EQ(first[0], "cf25a26bbd04f9ae");
+}
+
+TEST(Spec, RunIdsDependOnModelAndRepeat) {
+  std::string other = kFinetune;
+  other.replace(other.find("preset: tiny"), 12, "preset: llama3.2-1b");
+  const std::vector<std::string> tiny = ids_of(expand(load_text(kFinetune)));
+  const std::vector<std::string> big = ids_of(expand(load_text(other)));
+  ASSERT_EQ(tiny.size(), big.size());
+  for (size_t i = 0; i < tiny.size(); ++i) EXPECT_NE(tiny[i], big[i]);
+
+  const Spec spec = load_text(kFinetune);
+  const RunConfig run = expand(spec).at(0);
+  EXPECT_EQ(make_run_id(spec, spec.parts[0], run.canonical, 0), run.run_id);
+  EXPECT_NE(make_run_id(spec, spec.parts[0], run.canonical, 1), run.run_id);
+}
+
+// A spec and its data, copied to two places: the worker gets absolute paths, run ids hash the
+// paths as written, so they do not depend on where the checkout lives.
+TEST(Spec, DataPathsAbsoluteButIdsDoNotDependOnLocation) {
+  const std::string text = R"(name: moved
+model: {preset: tiny}
+workload: finetune
+data: {format: alpaca, path: data/set.json, samples: 4, max_seq_len: 32}
+matrix: {lora: [off, on]}
+)";
+  std::vector<std::vector<std::string>> ids;
+  for (const char* where : {"a", "b/c"}) {
+    const fs::path dir = scratch_dir() / where;
+    write_file(dir / "data/set.json", "[]");
+    const Spec spec = load_spec(write_file(dir / "moved.yaml", text).string());
+    const Json& data = spec.parts.at(0).data;
+    EXPECT_EQ(data["path"], (fs::absolute(dir) / "data/set.json").lexically_normal().string());
+    EXPECT_EQ(data["path_as_written"], "data/set.json");
+    EXPECT_EQ(data["samples"], 4);
+    ids.push_back(ids_of(expand(spec)));
+  }
+  EXPECT_EQ(ids[0], ids[1]);
+}
+
+TEST(Spec, PartsMergeDefaultsAndTablesSelectByLabel) {
+  const Spec spec = load_text(R"(name: parts
+model: {preset: tiny}
+device: cuda
+data: {format: random, seq_len: 32}
+fixed: {batch_size: 1, lr: 1.0e-4, gc: off}
+parts:
+  - label: a
+    workload: finetune
+    fixed: {batch_size: 2}
+    matrix: {gc: [off, on], mp: [off, fp16]}        # gc: an axis here, a default elsewhere
+  - label: b
+    workload: finetune
+    data: {format: random, seq_len: 64}
+    matrix: {ga: [1, 8]}
+tables:
+  - {title: A, columns: [gc, mp], rows: [peak_mem_mb], part: a}
+  - {title: B, columns: [ga], rows: [step_time_s], part: b, kind: arrows}
+  - {title: All, columns: [gc, ga], rows: [peak_mem_mb], workload: finetune}
+)");
+  ASSERT_EQ(spec.parts.size(), 2u);
+  EXPECT_EQ(spec.parts[0].label, "a");
+  EXPECT_EQ(spec.parts[0].fixed, (Json{{"batch_size", 2}, {"lr", 1e-4}}));
+  EXPECT_EQ(spec.parts[1].fixed, (Json{{"batch_size", 1}, {"gc", "off"}, {"lr", 1e-4}}));
+  EXPECT_EQ(spec.parts[1].data["seq_len"], 64);
+  ASSERT_EQ(spec.tables.size(), 3u);
+  EXPECT_EQ(spec.tables[0].part, "a");
+  EXPECT_EQ(spec.tables[1].kind, "arrows");
+  EXPECT_EQ(spec.tables[2].workload, "finetune");
+  EXPECT_EQ(spec.tables[2].line, 18);
+
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(runs.size(), 4u + 2u);
+  EXPECT_EQ(runs[0].part, 0);
+  EXPECT_EQ(runs[5].part, 1);
+  EXPECT_EQ(runs[5].canonical, R"({"batch_size":1,"ga":8,"gc":"off","lr":0.0001})");
+}
+
+TEST(Spec, DefaultsMustFitEveryPart) {
+  const std::string message = error_of([] {
+    load_text(R"(name: defaults
+model: {preset: tiny}
+fixed: {lora_r: 8}
+parts:
+  - {workload: finetune, data: {format: random, seq_len: 8}, matrix: {lora: [off, on]}}
+  - {workload: generate, matrix: {kv_cache: [on, off]}}
+)");
+  });
+  EXPECT_NE(message.find("spec.yaml:3: fixed.lora_r: only applies to workload finetune, not "
+                         "generate (in parts[1])"),
+            std::string::npos)
+      << message;
+}
+
+TEST(Spec, PartDataOfAnotherFormatReplacesTheDefault) {
+  write_file(scratch_dir() / "set.json", "[]");
+  const Spec spec = load_text(R"(name: data
+model: {preset: tiny}
+data: {format: alpaca, path: set.json, samples: 8}
+parts:
+  - {workload: finetune, data: {samples: 4}, matrix: {lora: [off, on]}}
+  - {workload: finetune, data: {format: random, seq_len: 8}, matrix: {gc: [off, on]}}
+)");
+  EXPECT_EQ(spec.parts[0].data["samples"], 4);
+  EXPECT_EQ(spec.parts[0].data["path_as_written"], "set.json");
+  EXPECT_EQ(spec.parts[1].data, (Json{{"format", "random"}, {"seq_len", 8}}));
+}
+
+TEST(Spec, ScalarsFollowYamlCoreSchemaButKeepWords) {
+  const Spec spec = load_text(R"(name: scalars
+model: {preset: tiny}
+workload: generate
+fixed: {temperature: 1e-1, top_p: 1, top_k: +5, sampling: sample}
+matrix: {kv_cache: ['on', off]}
+)");
+  const Json& fixed = spec.parts.at(0).fixed;
+  EXPECT_TRUE(fixed["temperature"].is_number_float());
+  EXPECT_EQ(fixed["temperature"], 0.1);
+  EXPECT_TRUE(fixed["top_p"].is_number_integer());
+  EXPECT_EQ(fixed["top_k"], 5);
+  EXPECT_EQ(spec.parts[0].axes[0].second, (std::vector<Json>{"on", "off"}));
+}
+
+TEST(Spec, MissingFile) {
+  EXPECT_EQ(error_of([] { load_spec("no/such/spec.yaml"); }),
+            "no/such/spec.yaml: cannot open spec");
+}
+
+// ---- The phase specs of the study -----------------------------------------------------------
+
+// The phase specs name their data relative to the checkout's root, as `harness run` is run
+// from there: the test moves there for its duration unless the data is already at hand.
+class PhaseSpecs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(kData)) fs::current_path(kSourceDir);
+  }
+  void TearDown() override { fs::current_path(cwd_); }
+  static bool have_data() { return fs::exists(kData); }
+
+  static constexpr const char* kData = "experiments/data/synthetic_alpaca.json";
+  const fs::path cwd_ = fs::current_path();
+};
+
+TEST_F(PhaseSpecs, Phase2) {
+  const Spec spec = load_spec((kSourceDir / "experiments/phase2.yaml").string());
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(runs.size(), 6u);
+  EXPECT_EQ(spec.device, "cuda");
+  EXPECT_EQ(spec.model["preset"], "llama3.2-1b");
+  EXPECT_EQ(runs[0].canonical,
+            R"({"batch_size":1,"kv_cache":"on","new_tokens":32,"prompt_len":256})");
+  ASSERT_EQ(spec.tables.size(), 1u);
+  EXPECT_EQ(spec.tables[0].columns, (std::vector<std::string>{"kv_cache", "batch_size"}));
+}
+
+TEST_F(PhaseSpecs, Phase3) {
+  if (!have_data()) GTEST_SKIP() << "experiments/data/synthetic_alpaca.json not there yet";
+  const Spec spec = load_spec((kSourceDir / "experiments/phase3.yaml").string());
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(spec.parts.size(), 2u);
+  ASSERT_EQ(runs.size(), 8u + 8u);
+  EXPECT_EQ(std::count_if(runs.begin(), runs.end(), [](const RunConfig& r) { return r.part == 0; }),
+            8);
+  for (const PartSpec& part : spec.parts) {
+    EXPECT_EQ(part.workload, "finetune");
+    EXPECT_EQ(part.data["format"], "alpaca");
+    EXPECT_EQ(part.data["max_seq_len"], 512);
+    EXPECT_EQ(part.data["path_as_written"], "experiments/data/synthetic_alpaca.json");
+    EXPECT_TRUE(fs::path(part.data["path"].get<std::string>()).is_absolute());
+  }
+  ASSERT_EQ(spec.tables.size(), 2u);
+  EXPECT_EQ(spec.tables[0].part, spec.parts[0].label);
+  EXPECT_EQ(spec.tables[1].part, spec.parts[1].label);
+}
+
+// ---- Bad specs: every message names file, line and key ---------------------------------------
+
+struct BadSpec {
+  std::string name;  // NN_what
+  fs::path yaml;
+  std::string expect;  // "NN_what.yaml:LINE: key"
+};
+
+std::vector<BadSpec> bad_specs() {
+  std::vector<BadSpec> out;
+  const fs::path dir = kSourceDir / "tests/bad_specs";
+  for (const auto& file : fs::directory_iterator(dir)) {
+    if (file.path().extension() != ".yaml") continue;
+    BadSpec spec{file.path().stem().string(), file.path(), ""};
+    std::ifstream in(fs::path(file.path()).replace_extension(".expect"));
+    std::getline(in, spec.expect);
+    out.push_back(std::move(spec));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const BadSpec& a, const BadSpec& b) { return a.name < b.name; });
+  return out;
+}
+
+class BadSpecTest : public ::testing::TestWithParam<BadSpec> {};
+
+TEST_P(BadSpecTest, ThrowsNamingFileLineAndKey) {
+  const BadSpec& bad = GetParam();
+  ASSERT_FALSE(bad.expect.empty()) << bad.name << ": no .expect file";
+  const std::string message = error_of([&] { load_spec(bad.yaml.string()); });
+  // The path as given, then the expected "file:line: key".
+  EXPECT_EQ(message.rfind(bad.yaml.parent_path().string() + "/" + bad.expect, 0), 0u)
+      << "message: " << message << "\nexpected: " << bad.expect;
+}
+
+INSTANTIATE_TEST_SUITE_P(Corpus, BadSpecTest, ::testing::ValuesIn(bad_specs()),
+                         [](const ::testing::TestParamInfo<BadSpec>& info) {
+                           std::string name = info.param.name;
+                           std::replace_if(
+                               name.begin(), name.end(), [](char c) { return !std::isalnum(c); },
+                               '_');
+                           return name;
+                         });
+
+TEST(BadSpecCorpus, IsLargeEnough) { EXPECT_GE(bad_specs().size(), 18u); }
+
+}  // namespace
+}  // namespace hx
