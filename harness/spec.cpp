@@ -998,6 +998,7 @@ Spec Parser::parse(const std::string& text) {
   }
   return spec;
 }
+
 }  // namespace
 
 Spec load_spec(const std::string& path) {
