@@ -1,0 +1,44 @@
+// Commands that need the model run in harness-worker (the parent links no libtorch): `harness
+// model PRESET` and `harness generate ...` replace this process with the worker.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "harness/cli.h"
+#include "harness/runner.h"
+
+namespace hx {
+namespace {
+
+[[noreturn]] void exec_worker(const std::string& command, const std::vector<std::string>& rest) {
+  const std::string worker = default_worker_path();
+  std::vector<std::string> args{worker, command};
+  args.insert(args.end(), rest.begin(), rest.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  ::execv(worker.c_str(), argv.data());
+  throw std::runtime_error("cannot start " + worker + ": " + std::strerror(errno));
+}
+
+void forward(CLI::App& app, const std::string& name, const std::string& help) {
+  auto rest = std::make_shared<std::vector<std::string>>();
+  auto* sub = app.add_subcommand(name, help);
+  sub->prefix_command();  // everything after the name goes to the worker as is
+  sub->callback([sub, name] { exec_worker(name, sub->remaining()); });
+}
+
+const CommandRegistrar kModel{"model", [](CLI::App& app, std::function<void(int)>) {
+  forward(app, "model", "print a preset's config, parameter count and weight bytes");
+}};
+const CommandRegistrar kGenerate{"generate", [](CLI::App& app, std::function<void(int)>) {
+  forward(app, "generate", "generate tokens with a model (random prompt; see --help)");
+}};
+
+}  // namespace
+}  // namespace hx

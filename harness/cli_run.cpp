@@ -1,0 +1,71 @@
+// `harness run SPEC`: every planned run in its own child, stored as it finishes, then the tables.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "harness/cli.h"
+#include "harness/process.h"
+#include "harness/report.h"
+#include "harness/runner.h"
+#include "harness/store.h"
+
+namespace hx {
+namespace {
+
+struct RunArgs {
+  std::string spec_path;
+  RunOptions options;
+  bool no_report = false;
+  std::string report_dir;
+};
+
+int run_command(const RunArgs& args) {
+  const Spec spec = load_spec(args.spec_path);  // every error before any run starts
+  const RunSummary summary = run_experiment(spec, args.options);
+  if (summary.interrupted) {
+    std::fprintf(stderr, "interrupted: %d runs stored; `harness run %s` resumes\n", summary.ran,
+                 args.spec_path.c_str());
+    return 128 + (interrupt_signal() != 0 ? interrupt_signal() : 2);
+  }
+  std::fprintf(stderr, "%s: %d ran (%d ok, %d oom, %d failed), %d already stored\n",
+               spec.name.c_str(), summary.ran, summary.ok, summary.oom, summary.failed,
+               summary.already_done);
+  if (!args.no_report && !spec.tables.empty()) {
+    Store store(args.options.db_path, Store::Mode::kExisting);
+    const auto report =
+        render_report(spec, expand(spec), store.load_runs(spec.name), ReportFormat::kMarkdown);
+    std::cout << report << std::flush;
+    if (!args.report_dir.empty()) {
+      std::filesystem::create_directories(args.report_dir);
+      const auto path = std::filesystem::path(args.report_dir) / (spec.name + ".md");
+      FILE* f = std::fopen(path.c_str(), "w");
+      if (f == nullptr) throw std::runtime_error(path.string() + ": cannot write");
+      std::fputs(report.c_str(), f);
+      std::fclose(f);
+      std::fprintf(stderr, "report written to %s\n", path.c_str());
+    }
+  }
+  // OOM is a measurement (the memory frontier), not a failure of the harness.
+  return summary.failed > 0 ? kExitFailure : kExitOk;
+}
+
+const CommandRegistrar kRegistrar{"run", [](CLI::App& app, std::function<void(int)> set_exit) {
+  auto args = std::make_shared<RunArgs>();
+  auto* sub = app.add_subcommand("run", "run every planned run of a spec (resumes), then report");
+  sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
+  sub->add_option("--db", args->options.db_path, "results database")->capture_default_str();
+  sub->add_option("--jobs,-j", args->options.jobs, "concurrent runs (CPU specs)")
+      ->capture_default_str();
+  sub->add_flag("--force", args->options.force, "rerun runs that are already stored");
+  sub->add_flag("--retry-failed", args->options.retry_failed,
+                "rerun stored runs whose status is not ok");
+  sub->add_option("--runs-dir", args->options.runs_dir,
+                  "where run files and logs go (default: <db dir>/runs/<name>)");
+  sub->add_flag("--no-report", args->no_report, "do not print the tables at the end");
+  sub->add_option("--report-dir", args->report_dir, "also write <dir>/<name>.md");
+  sub->callback([args, set_exit] { set_exit(run_command(*args)); });
+}};
+
+}  // namespace
+}  // namespace hx

@@ -1,0 +1,250 @@
+#include "harness/runner.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "harness/json_io.h"
+#include "harness/process.h"
+#include "harness/store.h"
+
+namespace hx {
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<long long>(std::llround(std::max(0.0, seconds)));
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, s / 60 % 60, s % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", s / 60, s % 60);
+  }
+  return buf;
+}
+
+// "gc=on mp=off lora=on": the axis values of the run (what differs between runs).
+std::string axes_text(const Spec& spec, const RunConfig& run) {
+  std::string out;
+  for (const auto& [key, values] : spec.parts[static_cast<size_t>(run.part)].axes) {
+    if (!out.empty()) out += ' ';
+    const auto& v = run.config.at(key);
+    out += key + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  if (spec.parts.size() > 1) out = run.workload + (out.empty() ? "" : " " + out);
+  if (spec.repeats > 1) out += " #" + std::to_string(run.repeat);
+  return out;
+}
+
+std::string key_metric_text(const RunRecord& record) {
+  auto find = [&](const char* name) -> const Metric* {
+    for (const auto& m : record.metrics)
+      if (m.name == name) return &m;
+    return nullptr;
+  };
+  std::string out;
+  char buf[96];
+  if (const auto* m = find("peak_mem_mb")) {
+    std::snprintf(buf, sizeof buf, "peak %.1f MB", m->value);
+    out += buf;
+  }
+  for (const char* name : {"step_time_s", "decode_s"}) {
+    if (const auto* m = find(name)) {
+      std::snprintf(buf, sizeof buf, ", %s %.4g s", name, m->value);
+      out += buf;
+      break;
+    }
+  }
+  if (record.status != "ok" && !record.error.empty()) {
+    out += (out.empty() ? "" : ", ") + record.error.substr(0, 100);
+  }
+  return out;
+}
+
+Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::string& result) {
+  const auto& part = spec.parts[static_cast<size_t>(run.part)];
+  Json data = part.data;
+  data.erase("path_as_written");
+  Json model = spec.model;
+  model.erase("weights_as_written");
+  return {{"run_id", run.run_id},
+          {"experiment", spec.name},
+          {"repeat", run.repeat},
+          {"workload", run.workload},
+          {"model", model},
+          {"device", spec.device},
+          {"memory_limit_mb", spec.memory_limit_mb},
+          {"threads", run.config.value("threads", threads)},
+          {"data", data},
+          {"config", run.config},
+          {"result_path", result}};
+}
+
+// The parent's verdict on one finished child.
+RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& outcome,
+                  const std::string& result_path, const std::string& started) {
+  RunRecord record = make_run_record(spec.name, run);
+  bool have_result = false;
+  if (!outcome.timed_out && fs::exists(result_path)) {
+    try {
+      record = record_from_result_json(Json::parse(read_file(result_path)), spec.name, run);
+      have_result = true;
+    } catch (const std::exception& e) {
+      record.status = "crashed";
+      record.error = std::string("unreadable result.json: ") + e.what();
+    }
+  }
+  record.started_at = started;
+  record.finished_at = utc_now_iso8601();
+  record.exit_code = outcome.exit_code;
+  record.signal = outcome.signal;
+  record.stderr_tail = outcome.stderr_tail;
+  if (outcome.timed_out) {
+    record.status = "timeout";
+    record.error = "killed after timeout_s = " + std::to_string(spec.timeout_s) + " s";
+  } else if (outcome.interrupted) {
+    record.status = "error";
+    record.error = "interrupted";
+  } else if (outcome.signal) {
+    record.status = "crashed";
+    record.error = "killed by signal " + std::to_string(*outcome.signal) + " (" +
+                   strsignal(*outcome.signal) + ")";
+    if (*outcome.signal == SIGKILL) record.error += "; the kernel's OOM killer sends this signal";
+  } else if (!have_result) {
+    record.status = outcome.exit_code == 3 ? "oom" : "crashed";
+    if (record.error.empty())
+      record.error = "exited with code " + std::to_string(outcome.exit_code.value_or(-1)) +
+                     " without writing a result";
+  } else if (record.status == "ok" && outcome.exit_code != 0) {
+    record.status = "crashed";  // a result that claims ok from a child that failed afterwards
+    record.error = "exited with code " + std::to_string(outcome.exit_code.value_or(-1));
+  }
+  return record;
+}
+
+}  // namespace
+
+std::string executable_dir() {
+  std::error_code ec;
+  auto self = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : self.parent_path().string();
+}
+
+std::string default_worker_path() {
+  if (const char* env = std::getenv("HARNESS_WORKER"); env != nullptr && *env) return env;
+  return executable_dir() + "/harness-worker";
+}
+
+RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
+  if (options.jobs < 1) throw std::invalid_argument("--jobs must be at least 1");
+  const int jobs = spec.device == "cuda" ? 1 : options.jobs;  // one GPU: one run at a time
+  if (spec.device == "cuda" && options.jobs > 1 && options.progress)
+    std::fprintf(stderr, "note: device cuda: runs go one at a time (--jobs ignored)\n");
+  const std::string worker = options.worker_path.empty() ? default_worker_path()
+                                                         : options.worker_path;
+  if (::access(worker.c_str(), X_OK) != 0)
+    throw std::runtime_error("worker executable not found: " + worker +
+                             " (build the harness-worker target, or set HARNESS_WORKER)");
+
+  const auto plan = expand(spec);
+  Store store(options.db_path, Store::Mode::kCreate);
+  store.upsert_experiment(spec.name, spec.path, spec.text);
+  const auto stored = store.run_statuses(spec.name);
+
+  RunSummary summary;
+  summary.planned = static_cast<int>(plan.size());
+  std::vector<const RunConfig*> pending;
+  for (const auto& run : plan) {
+    auto it = stored.find(run.run_id);
+    const bool done = it != stored.end() &&
+                      !(options.force || (options.retry_failed && it->second != "ok"));
+    if (done) {
+      ++summary.already_done;
+    } else {
+      pending.push_back(&run);
+    }
+  }
+  const fs::path runs_dir = options.runs_dir.empty()
+                                ? fs::path(options.db_path).parent_path() / "runs" / spec.name
+                                : fs::path(options.runs_dir);
+  fs::create_directories(runs_dir);
+  if (options.progress) {
+    std::fprintf(stderr, "%s: %d runs planned, %d already stored, %zu to run (db %s, %d job%s)\n",
+                 spec.name.c_str(), summary.planned, summary.already_done, pending.size(),
+                 options.db_path.c_str(), jobs, jobs == 1 ? "" : "s");
+  }
+  install_interrupt_handler();
+
+  const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
+  const int threads = std::max(1, static_cast<int>(cores) / jobs);
+  std::mutex mutex;  // guards the store, the summary and the progress output
+  std::atomic<size_t> next{0};
+  int finished = 0;
+  const auto start = Clock::now();
+
+  auto worker_loop = [&] {
+    for (;;) {
+      const size_t index = next.fetch_add(1);
+      if (index >= pending.size() || interrupted()) return;
+      const RunConfig& run = *pending[index];
+      const fs::path dir = runs_dir / run.run_id;
+      fs::create_directories(dir);
+      // A per-attempt result name: a stale child of a killed parent cannot overwrite it.
+      const std::string result = (dir / ("result." + std::to_string(::getpid()) + ".json")).string();
+      fs::remove(result);
+      write_file_atomic((dir / "run.json").string(),
+                        run_file(spec, run, threads, result).dump(1) + "\n");
+      ChildSpec child;
+      child.argv = {worker, "run", (dir / "run.json").string()};
+      child.stderr_path = (dir / "stderr.log").string();
+      child.stdout_path = (dir / "stdout.log").string();
+      child.timeout_s = spec.timeout_s;
+      const std::string started = utc_now_iso8601();
+      const ChildOutcome outcome = run_child(child);
+      if (outcome.interrupted) return;  // not recorded: the run reruns on resume
+      RunRecord record = verdict(spec, run, outcome, result, started);
+
+      std::lock_guard<std::mutex> lock(mutex);
+      store.ingest(record);
+      ++finished;
+      ++summary.ran;
+      if (record.status == "ok") {
+        ++summary.ok;
+      } else if (record.status == "oom") {
+        ++summary.oom;
+      } else if (record.status != "skipped") {
+        ++summary.failed;
+      }
+      if (options.progress) {
+        const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+        const double eta = elapsed / finished * static_cast<double>(pending.size() - finished);
+        std::fprintf(stderr, "[%d/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished,
+                     pending.size(), axes_text(spec, run).c_str(), record.status.c_str(),
+                     key_metric_text(record).c_str(), outcome.seconds,
+                     format_duration(elapsed).c_str(), format_duration(eta).c_str());
+        std::fflush(stderr);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int i = 1; i < std::min<int>(jobs, static_cast<int>(pending.size())); ++i)
+    pool.emplace_back(worker_loop);
+  worker_loop();
+  for (auto& t : pool) t.join();
+  summary.interrupted = interrupted();
+  return summary;
+}
+
+}  // namespace hx
