@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include "harness/worker/workloads.h"
 #include "model/compat.h"
 #include "model/generate.h"
+#include "model/weights.h"
 
 namespace {
 
@@ -73,20 +75,56 @@ struct GenerateArgs {
   int64_t prompt_len = 16, new_tokens = 32, batch = 1, threads = 2;
   std::string kv_cache = "on";
   std::string dtype = "fp32";
+  std::string weights;  // a torch.save dict of tensors; random weights when empty
+  int64_t repeats = 1;  // timed generations after one untimed warm-up; medians reported
+  bool json = false;
   uint64_t seed = 0;
 };
+
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2]
+                                      : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
 
 int demo_generate(const GenerateArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
   hx::ModelOptions options;
   options.dtype = a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   hx::Transformer model(hx::config_from_name(a.preset), options);
-  hx::init_random(model, a.seed);
+  if (a.weights.empty()) {
+    hx::init_random(model, a.seed);
+  } else {
+    hx::load_weights(model, hx::read_torch_dict(a.weights), a.weights);
+  }
   model->eval();
   auto gen = at::detail::createCPUGenerator(a.seed);
   auto prompt = torch::randint(3, model->config().vocab_size, {a.batch, a.prompt_len}, gen,
                                torch::kInt64);
-  auto out = hx::generate(model, prompt, a.new_tokens, a.kv_cache == "on", {});
+  const bool cache = a.kv_cache == "on";
+  hx::generate(model, prompt, std::min<int64_t>(a.new_tokens, 2), cache, {});  // warm-up
+  std::vector<double> prefill, decode_token;
+  hx::GenerateResult out;
+  for (int64_t r = 0; r < std::max<int64_t>(1, a.repeats); ++r) {
+    out = hx::generate(model, prompt, a.new_tokens, cache, {});
+    prefill.push_back(out.prefill_s);
+    if (a.new_tokens > 1) decode_token.push_back(out.decode_s / (a.new_tokens - 1));
+  }
+  if (a.json) {
+    nlohmann::json j = {{"model", a.preset},
+                        {"batch", a.batch},
+                        {"prompt_len", a.prompt_len},
+                        {"new_tokens", a.new_tokens},
+                        {"kv_cache", a.kv_cache},
+                        {"threads", at::get_num_threads()},
+                        {"prefill_s", median_of(prefill)},
+                        {"decode_token_s", median_of(decode_token)},
+                        {"new_ids", std::vector<int64_t>(out.tokens.data_ptr<int64_t>(),
+                                                         out.tokens.data_ptr<int64_t>() +
+                                                             out.tokens.numel())}};
+    std::printf("%s\n", j.dump().c_str());
+    return hx::kExitOk;
+  }
   std::printf("model %s (random weights, seed %llu), batch %lld, prompt %lld tokens, kv cache %s\n",
               a.preset.c_str(), static_cast<unsigned long long>(a.seed),
               static_cast<long long>(a.batch), static_cast<long long>(a.prompt_len),
@@ -135,6 +173,9 @@ int main(int argc, char** argv) {
   gen->add_option("--dtype", g.dtype)->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   gen->add_option("--seed", g.seed)->capture_default_str();
+  gen->add_option("--weights", g.weights, "weights: a torch.save dict of tensors (Meta names)");
+  gen->add_option("--repeats", g.repeats, "timed generations (medians)")->capture_default_str();
+  gen->add_flag("--json", g.json, "one JSON object: timings and new_ids");
   gen->callback([&] { code = demo_generate(g); });
 
   try {

@@ -1,0 +1,83 @@
+// Prefill and per-token decode of the LLaMA model, with and without the KV cache.
+//   build/tests/bench/bench_model [--threads N via HX_THREADS]
+// Compare ratios measured in one run; the machines are shared and noisy.
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+
+#include "model/generate.h"
+
+namespace hx {
+namespace {
+
+struct Fixture {
+  Transformer model{nullptr};
+  torch::Tensor prompt;
+};
+
+Fixture& fixture(const std::string& preset, int64_t batch, int64_t prompt_len) {
+  static std::map<std::string, Fixture> cache;
+  const std::string key = preset + "/" + std::to_string(batch) + "/" + std::to_string(prompt_len);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  Fixture f;
+  f.model = Transformer(config_from_name(preset), ModelOptions{});
+  init_random(f.model, 0);
+  f.model->eval();
+  f.prompt = torch::randint(3, f.model->config().vocab_size, {batch, prompt_len}, torch::kInt64);
+  return cache.emplace(key, std::move(f)).first->second;
+}
+
+void set_threads() {
+  const char* env = std::getenv("HX_THREADS");
+  at::set_num_threads(env ? std::atoi(env) : 2);
+}
+
+// state.range(0): batch; prompt of 128 tokens.
+void BM_Prefill(benchmark::State& state, const std::string& preset) {
+  set_threads();
+  auto& f = fixture(preset, state.range(0), 128);
+  torch::NoGradGuard no_grad;
+  for (auto _ : state) {
+    KVCache cache(f.model->config(), f.prompt.size(0), 160, f.model->options().tensor_options());
+    benchmark::DoNotOptimize(prefill(f.model, f.prompt, &cache));
+  }
+  state.counters["tokens/s"] = benchmark::Counter(
+      static_cast<double>(f.prompt.numel()), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// One new token after a 128-token prompt: with the cache one position, without it all 129.
+void BM_DecodeToken(benchmark::State& state, const std::string& preset, bool use_cache) {
+  set_threads();
+  auto& f = fixture(preset, state.range(0), 128);
+  torch::NoGradGuard no_grad;
+  KVCache cache(f.model->config(), f.prompt.size(0), 160, f.model->options().tensor_options());
+  auto logits = prefill(f.model, f.prompt, &cache);
+  auto next = logits.argmax(-1, true);
+  auto sequence = torch::cat({f.prompt, next}, 1);
+  for (auto _ : state) {
+    if (use_cache) {
+      benchmark::DoNotOptimize(decode_one_token(f.model, next, 128, cache));
+    } else {
+      benchmark::DoNotOptimize(prefill(f.model, sequence, nullptr));
+    }
+  }
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(f.prompt.size(0)),
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK_CAPTURE(BM_Prefill, tiny, std::string("tiny"))->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Prefill, small, std::string("small"))->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DecodeToken, tiny_cache, std::string("tiny"), true)->Arg(1)->Arg(4)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DecodeToken, tiny_nocache, std::string("tiny"), false)->Arg(1)->Arg(4)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DecodeToken, small_cache, std::string("small"), true)->Arg(1)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DecodeToken, small_nocache, std::string("small"), false)->Arg(1)
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace hx
+
+BENCHMARK_MAIN();
