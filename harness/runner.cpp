@@ -134,6 +134,33 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
   return record;
 }
 
+// A CUDA spec on a worker without CUDA (or a machine without a GPU) would record every run as
+// an error: refuse before anything runs.
+void require_cuda_worker(const std::string& worker) {
+  const fs::path out = fs::temp_directory_path() / ("harness-caps." + std::to_string(::getpid()));
+  ChildSpec child;
+  child.argv = {worker, "caps"};
+  child.stdout_path = out.string();
+  child.stderr_path = out.string() + ".err";
+  child.timeout_s = 120;
+  const auto outcome = run_child(child);
+  Json caps;
+  try {
+    caps = Json::parse(read_file(out.string()));
+  } catch (const std::exception&) {
+  }
+  fs::remove(out);
+  fs::remove(out.string() + ".err");
+  if (outcome.exit_code != 0 || !caps.is_object())
+    throw std::runtime_error(worker + " caps failed: " + outcome.stderr_tail);
+  if (!caps.value("cuda", false))
+    throw std::invalid_argument("the spec asks for device cuda, but " + worker +
+                                " (libtorch " + caps.value("libtorch", std::string("?")) +
+                                ") has no CUDA device: on a GPU machine build against the libtorch of its PyTorch "
+                                "(cmake -DCMAKE_PREFIX_PATH=<torch.utils.cmake_prefix_path>), "
+                                "or set device: cpu");
+}
+
 }  // namespace
 
 std::string executable_dir() {
@@ -157,6 +184,8 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
   if (::access(worker.c_str(), X_OK) != 0)
     throw std::runtime_error("worker executable not found: " + worker +
                              " (build the harness-worker target, or set HARNESS_WORKER)");
+
+  if (spec.device == "cuda") require_cuda_worker(worker);
 
   const auto plan = expand(spec);
   Store store(options.db_path, Store::Mode::kCreate);

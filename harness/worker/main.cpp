@@ -161,6 +161,14 @@ int main(int argc, char** argv) {
   model->add_option("preset", preset, "tiny, small, llama3.2-1b, llama2-7b")->required();
   model->callback([&] { code = show_model(preset); });
 
+  auto* caps = app.add_subcommand("caps", "what this worker can run, as JSON (for the parent)");
+  caps->callback([&] {
+    nlohmann::json j = {{"libtorch", TORCH_VERSION},
+                        {"cuda", hx::compat::kWithCuda && torch::cuda::is_available()},
+                        {"cuda_devices", hx::compat::kWithCuda ? torch::cuda::device_count() : 0}};
+    std::printf("%s\n", j.dump().c_str());
+  });
+
   GenerateArgs g;
   auto* gen = app.add_subcommand("generate", "greedy generation from a random prompt");
   gen->add_option("--model", g.preset, "preset")->capture_default_str();
