@@ -9,6 +9,8 @@ packages=(
   libopenblas0-openmp     # without it Debian's libtorch does fp32 math 20-40x slower
   libyaml-cpp-dev libsqlite3-dev sqlite3 libcli11-dev libboost-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev
+  libsentencepiece-dev libpcre2-dev   # tokenizers (LLaMA 2 SentencePiece, LLaMA 3 BPE)
+  nodejs npm              # tokenizer tests: independent reference encoders from npm
   python3-torch           # golden references and side-by-side benchmarks (same libtorch)
   gnuplot-nox
 )
