@@ -10,7 +10,6 @@ packages=(
   libyaml-cpp-dev libsqlite3-dev sqlite3 libcli11-dev libboost-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev
   libsentencepiece-dev libpcre2-dev   # tokenizers (LLaMA 2 SentencePiece, LLaMA 3 BPE)
-  nodejs npm              # tokenizer tests: independent reference encoders from npm
   python3-torch           # golden references and side-by-side benchmarks (same libtorch)
   gnuplot-nox
 )
@@ -19,6 +18,10 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Tokenizer tests compare against reference encoders from npm. A machine may already have Node
+# from elsewhere (NodeSource's nodejs bundles npm and conflicts with Debian's npm package).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages already installed"
   exit 0
