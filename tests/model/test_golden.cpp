@@ -6,6 +6,8 @@
 // own fp32-vs-fp64 error is 7.5e-6, so 1e-4 leaves 10x headroom and still catches real mistakes,
 // which show at 1e-2 and above. Greedy tokens must match exactly (smallest top-2 gap 0.017).
 #include <gtest/gtest.h>
+
+#include "source_dir.h"
 #include <nlohmann/json.hpp>
 
 #include <fstream>
@@ -20,8 +22,7 @@ namespace {
 constexpr double kTolerance = 1e-4;
 
 std::string golden_dir() {
-  const char* src = std::getenv("HX_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/tests/golden/";
+  return std::string(kHxSourceDir) + "/tests/golden/";
 }
 
 LlamaConfig config_from_golden(const nlohmann::json& j) {

@@ -3,6 +3,8 @@
 // precision tracks fp32, the loss scaler skips a poisoned step, training learns.
 #include <gtest/gtest.h>
 
+#include "source_dir.h"
+
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
@@ -183,7 +185,7 @@ std::vector<double> loss_curve(const std::string& mp, int64_t steps) {
   options.optimizer = "adamw";
   options.lr = 1e-3;
   Trainer trainer(model, options);
-  auto data = DataSource::random(512, 64, 2, 3, 4);
+  auto data = DataSource::random(512, 32, 2, 3, 4);
   std::vector<double> losses;
   for (int64_t i = 0; i < steps; ++i) losses.push_back(trainer.step(data).loss);
   return losses;
@@ -245,8 +247,7 @@ TEST(MixedPrecision, LossScalerSkipsPoisonedStepAndBacksOff) {
 }
 
 TEST(Training, LossFallsOnTheShippedData) {
-  const char* src = std::getenv("HX_SOURCE_DIR");
-  const std::string path = std::string(src ? src : ".") + "/experiments/data/synthetic_alpaca.json";
+  const std::string path = std::string(kHxSourceDir) + "/experiments/data/synthetic_alpaca.json";
   ByteTokenizer tokenizer;
   std::vector<Example> examples;
   for (const auto& r : read_alpaca(path, 16)) examples.push_back(make_example(r, tokenizer, 512));
