@@ -1,0 +1,812 @@
+#include "harness/compare.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <utility>
+
+#include "model/config.h"
+
+namespace hx {
+namespace {
+
+template <typename T>
+bool contains(const std::vector<T>& values, const T& value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
+}
+
+std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += separator;
+    out += parts[i];
+  }
+  return out;
+}
+
+std::string value_text(const Json& value) {
+  if (value.is_null()) return "(none)";
+  if (value.is_string()) return value.get<std::string>();
+  return value.dump();
+}
+
+Json config_value(const Json& config, const std::string& key) {
+  const auto it = config.find(key);
+  return it == config.end() ? Json(nullptr) : *it;
+}
+
+// The table's word for a run that did not end ok (as in `harness report`).
+std::string verdict_word(const std::string& status) {
+  if (status == "oom") return "OOM";
+  if (status == "crashed") return "crash";
+  return status;
+}
+
+double spread(const std::vector<double>& values) {
+  const auto [lo, hi] = std::minmax_element(values.begin(), values.end());
+  return (*hi - *lo) / 2;
+}
+
+// "1,235,814,400"
+std::string with_thousands(int64_t value) {
+  std::string digits = std::to_string(value);
+  std::string out;
+  const size_t lead = digits.size() % 3;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (i - lead) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+// "9.3" / "312" / "362.05": a datasheet figure as the datasheet writes it.
+std::string tflops_text(double tflops) { return format_full(tflops); }
+
+std::string peak_text(const GpuPeak& peak) {
+  std::vector<std::string> parts;
+  if (peak.fp32_tflops > 0) parts.push_back("fp32 " + tflops_text(peak.fp32_tflops));
+  if (peak.fp16_tflops > 0) parts.push_back("fp16 " + tflops_text(peak.fp16_tflops));
+  if (peak.bf16_tflops > 0) parts.push_back("bf16 " + tflops_text(peak.bf16_tflops));
+  return join(parts, ", ") + " TFLOP/s";
+}
+
+// ---- Cells ----
+
+using RunValue = std::function<std::optional<double>(const StoredRun&)>;
+
+// As report.h's cells: the ok runs' values; a verdict when no run is ok; `-` without runs;
+// `n/a` when ok runs give no value.
+ReportCell make_cell(const std::vector<const StoredRun*>& runs, const RunValue& value) {
+  ReportCell cell;
+  if (runs.empty()) {
+    cell.missing = true;
+    return cell;
+  }
+  std::vector<std::string> failures;
+  bool any_ok = false;
+  for (const StoredRun* run : runs) {
+    if (run->status != "ok") {
+      failures.push_back(verdict_word(run->status));
+      continue;
+    }
+    any_ok = true;
+    if (const std::optional<double> v = value(*run); v.has_value() && std::isfinite(*v)) {
+      cell.values.push_back(*v);
+    }
+  }
+  if (!any_ok) {
+    std::vector<std::string> distinct;
+    for (const std::string& word : failures) {
+      if (!contains(distinct, word)) distinct.push_back(word);
+    }
+    cell.verdict = join(distinct, "/");
+    return cell;
+  }
+  cell.failed = failures;
+  if (cell.values.empty()) cell.not_measured = true;
+  return cell;
+}
+
+std::optional<double> metric_of(const StoredRun& run, const std::string& name) {
+  const auto it = run.metrics.find(name);
+  if (it == run.metrics.end() || std::isnan(it->second)) return std::nullopt;
+  return it->second;
+}
+
+std::optional<double> gpu_memory_mb(const Json& env) {
+  const auto it = env.find("gpu_mem_mb");
+  if (it == env.end() || !it->is_number()) return std::nullopt;
+  const double mb = it->get<double>();
+  if (mb <= 0) return std::nullopt;
+  return mb;
+}
+
+// ---- Environments ----
+
+// The facts the Environments table shows, in its column order.
+constexpr const char* kShownFacts[] = {"gpu_mem_mb", "libtorch", "cuda",      "driver",
+                                       "build_type", "threads",  "git_commit"};
+
+struct EnvColumn {
+  CompareEnv env;
+  size_t source = 0;
+  std::map<std::string, const StoredRun*> runs;  // run id -> run
+};
+
+std::string letter_of(size_t index) {
+  std::string letter;
+  size_t n = index;
+  do {
+    letter.insert(letter.begin(), static_cast<char>('A' + n % 26));
+    n = n / 26;
+  } while (n-- > 0);
+  return letter;
+}
+
+std::vector<EnvColumn> collect_environments(const std::vector<CompareSource>& sources,
+                                            const std::set<std::string>& planned,
+                                            std::vector<std::string>& notes) {
+  std::vector<EnvColumn> columns;
+  for (size_t s = 0; s < sources.size(); ++s) {
+    const CompareSource& source = sources[s];
+    const size_t first = columns.size();
+    std::vector<const StoredRun*> without_env;
+    int stale = 0;
+    for (const StoredRun& run : source.runs) {
+      if (!planned.contains(run.run_id)) {
+        ++stale;
+        continue;
+      }
+      const std::string label = environment_label(run.env);
+      if (label.empty()) {
+        without_env.push_back(&run);
+        continue;
+      }
+      auto it = std::find_if(columns.begin() + static_cast<std::ptrdiff_t>(first), columns.end(),
+                             [&](const EnvColumn& c) { return c.env.label == label; });
+      if (it == columns.end()) {
+        EnvColumn column;
+        column.source = s;
+        column.env.label = label;
+        column.env.source = source.name;
+        column.env.env = run.env;
+        column.env.cpu = environment_field(run.env, "gpu_name").empty();
+        column.env.peak =
+            column.env.cpu ? nullptr : find_gpu_peak(environment_field(run.env, "gpu_name"));
+        columns.push_back(std::move(column));
+        it = columns.end() - 1;
+      }
+      it->runs.emplace(run.run_id, &run);
+    }
+    // A run that died before reporting its environment belongs to the database's only
+    // environment; with several, it cannot be placed and gets a column of its own.
+    if (!without_env.empty()) {
+      if (columns.size() == first + 1) {
+        for (const StoredRun* run : without_env) columns.back().runs.emplace(run->run_id, run);
+      } else {
+        EnvColumn column;
+        column.source = s;
+        column.env.label = "unknown environment";
+        column.env.source = source.name;
+        column.env.env = Json::object();
+        for (const StoredRun* run : without_env) column.runs.emplace(run->run_id, run);
+        columns.push_back(std::move(column));
+      }
+    }
+    if (stale > 0) {
+      notes.push_back(source.name + ": " + std::to_string(stale) +
+                      " stored run(s) of this experiment belong to an earlier version of the "
+                      "spec and are not shown.");
+    }
+    if (columns.size() == first) notes.push_back(source.name + ": no stored run of the spec.");
+  }
+
+  // The same label twice (the same GPU in two databases): name the database.
+  std::map<std::string, int> seen;
+  for (const EnvColumn& column : columns) ++seen[column.env.label];
+  for (EnvColumn& column : columns) {
+    if (seen[column.env.label] > 1) column.env.label += " [" + column.env.source + "]";
+  }
+  std::map<std::string, int> again;
+  for (EnvColumn& column : columns) {
+    const int n = ++again[column.env.label];
+    if (n > 1) column.env.label += " #" + std::to_string(n);
+  }
+
+  for (size_t i = 0; i < columns.size(); ++i) {
+    EnvColumn& column = columns[i];
+    column.env.letter = letter_of(i);
+    std::map<std::string, std::vector<std::string>> values;
+    for (const auto& [id, run] : column.runs) {
+      ++column.env.runs;
+      if (run->status == "ok") ++column.env.ok;
+      if (run->env.empty()) continue;
+      for (const char* key : kShownFacts) {
+        const std::string value = environment_field(run->env, key);
+        if (!value.empty() && !contains(values[key], value)) values[key].push_back(value);
+      }
+    }
+    for (auto& [key, list] : values) {
+      std::sort(list.begin(), list.end());
+      column.env.facts[key] = join(list, " / ");
+    }
+  }
+  return columns;
+}
+
+// ---- Metrics of a part ----
+
+struct MetricPlan {
+  std::string name;  // stored name, or mem_share_pct / mfu_pct
+  std::string label;
+  NumberFormat format = NumberFormat::kSignificant;
+  int digits = 3;
+};
+
+MetricPlan known_metric(const std::string& name) {
+  MetricPlan plan{name, name, NumberFormat::kSignificant, 4};
+  if (const Field* field = find_metric_field(name)) {
+    plan.label = std::string(field->label);
+    plan.format = field->format;
+    plan.digits = field->digits;
+  }
+  return plan;
+}
+
+bool table_selects(const Spec& spec, const TableSpec& table, const PlanPart& part) {
+  const PartSpec& part_spec = spec.parts[static_cast<size_t>(part.part)];
+  if (!table.workload.empty() && table.workload != part_spec.workload) return false;
+  if (!table.part.empty()) {
+    const std::string name = part_spec.label.empty() ? std::to_string(part.part) : part_spec.label;
+    if (name != table.part) return false;
+  }
+  return true;
+}
+
+std::vector<MetricPlan> metrics_of_part(const Spec& spec, const PlanPart& part,
+                                        const std::function<bool(const std::string&)>& has_data,
+                                        bool with_gpu_figures, bool with_mfu) {
+  std::vector<std::string> names;
+  for (const TableSpec& table : spec.tables) {
+    if (!table_selects(spec, table, part)) continue;
+    for (const std::string& row : table.rows) {
+      // MFU is computed here, from the peak table, the same way for every environment.
+      if (row != "mfu" && !contains(names, row)) names.push_back(row);
+    }
+  }
+  const std::string& workload = spec.parts[static_cast<size_t>(part.part)].workload;
+  if (names.empty()) {
+    names = workload == "generate"
+                ? std::vector<std::string>{"peak_mem_mb", "prefill_s", "decode_s"}
+                : std::vector<std::string>{"peak_mem_mb", "step_time_s"};
+  }
+  if (!contains(names, std::string("tokens_per_s"))) names.emplace_back("tokens_per_s");
+
+  std::vector<MetricPlan> out;
+  for (const std::string& name : names) {
+    if (!has_data(name)) continue;
+    out.push_back(known_metric(name));
+    if (name == "peak_mem_mb" && with_gpu_figures) {
+      out.push_back({"mem_share_pct", "Peak Mem (% of device)", NumberFormat::kFixed, 1});
+    }
+  }
+  if (with_gpu_figures && with_mfu && workload == "finetune" && has_data("tokens_per_s")) {
+    out.push_back({"mfu_pct", "MFU (%)", NumberFormat::kSignificant, 3});
+  }
+  return out;
+}
+
+// Two decimals, or two significant digits below 0.1 ("0.052"); one decimal from 10 on.
+std::string ratio_markdown(double ratio) {
+  const double size = std::fabs(ratio);
+  if (size >= 10 || size == 0 || !std::isfinite(ratio))
+    return format_fixed(ratio, size >= 10 ? 1 : 2);
+  const int leading = static_cast<int>(std::floor(std::log10(size)));
+  return format_fixed(ratio, std::max(2, 1 - leading));
+}
+
+std::string markdown_escape(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string markdown_cell(const CompareTable& table, const ReportCell& cell) {
+  if (cell.missing) return "-";
+  if (!cell.verdict.empty()) return cell.verdict;
+  if (cell.not_measured) return "n/a";
+  const double mid = median_of(cell.values);
+  const Field format{"", "", "", "", table.format, table.digits};
+  const int decimals = display_decimals(format, mid);
+  std::string text = format_fixed(mid, decimals);
+  if (cell.values.size() > 1) text += " ± " + format_fixed(spread(cell.values), decimals);
+  if (!cell.failed.empty()) {
+    std::map<std::string, int> counts;
+    for (const std::string& word : cell.failed) ++counts[word];
+    std::vector<std::string> parts;
+    for (const auto& [word, count] : counts) {
+      parts.push_back("+" + std::to_string(count) + " " + word);
+    }
+    text += " (" + join(parts, ", ") + ")";
+  }
+  return text;
+}
+
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
+  std::vector<std::string> escaped;
+  escaped.reserve(fields.size());
+  for (const std::string& field : fields) escaped.push_back(csv_field(field));
+  out << join(escaped, ",") << "\n";
+}
+
+std::string csv_cell(const ReportCell& cell) {
+  if (cell.missing) return "-";
+  if (!cell.verdict.empty()) return cell.verdict;
+  if (cell.not_measured) return "n/a";
+  return format_full(median_of(cell.values));
+}
+
+std::string env_header(const CompareEnv& env) { return env.label + " (" + env.letter + ")"; }
+
+std::string ratio_header(const Comparison& comparison, size_t env) {
+  return comparison.envs[env].letter + "/" + comparison.envs.front().letter;
+}
+
+bool any_spread(const CompareTable& table) {
+  return std::any_of(table.rows.begin(), table.rows.end(), [](const CompareRow& row) {
+    return std::any_of(row.cells.begin(), row.cells.end(),
+                       [](const ReportCell& cell) { return cell.values.size() > 1; });
+  });
+}
+
+std::string fact(const CompareEnv& env, const char* key) {
+  const auto it = env.facts.find(key);
+  return it == env.facts.end() ? std::string("-") : it->second;
+}
+
+bool is_debug(const CompareEnv& env) {
+  std::string build = fact(env, "build_type");
+  std::transform(build.begin(), build.end(), build.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return build.find("debug") != std::string::npos;
+}
+
+class MarkdownCompareReporter : public CompareReporter {
+ public:
+  void begin(const Comparison& c) override {
+    out_ << "# Compare: " << c.experiment << "\n\n";
+    out_ << "Generated by `harness compare " << c.spec_path << "` from " << join(c.sources, ", ")
+         << ".\n";
+    if (std::any_of(c.envs.begin(), c.envs.end(), is_debug)) {
+      out_ << "\n> **Warning:** some runs were measured in a Debug build: timings are not "
+              "representative.\n";
+    }
+    out_ << "\n## Environments\n\n";
+    if (c.envs.empty()) {
+      out_ << "No stored run of the spec in any database.\n";
+    } else {
+      out_ << "| Env | GPU or host (CPU) | GPU memory (MB) | libtorch | CUDA | Driver | Build | "
+              "Threads | Commit | Runs (ok) | Database |\n";
+      out_ << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+      for (const CompareEnv& env : c.envs) {
+        out_ << "| " << env.letter << " | " << markdown_escape(env.label) << " | "
+             << (env.cpu ? std::string("-") : fact(env, "gpu_mem_mb")) << " | "
+             << fact(env, "libtorch") << " | " << fact(env, "cuda") << " | " << fact(env, "driver")
+             << " | " << fact(env, "build_type") << " | " << fact(env, "threads") << " | "
+             << fact(env, "git_commit") << " | " << env.runs << " (" << env.ok << ") | "
+             << markdown_escape(env.source) << " |\n";
+      }
+    }
+    if (c.envs.size() > 1) {
+      out_ << "\nRatios (`B/A`): an environment's median divided by that of environment "
+           << c.envs.front().letter << " (" << markdown_escape(c.envs.front().label)
+           << "); below 1 is less memory or time, or lower throughput.\n";
+    }
+    for (const std::string& note : c.notes) out_ << "\n" << note << "\n";
+  }
+
+  void header(const Comparison& c, const CompareTable& table) override {
+    const bool in_part = !table.part_title.empty();
+    if (table.first_of_part) {
+      if (in_part) out_ << "\n## " << table.part_title << "\n";
+      if (!table.constants.empty()) out_ << "\nConstant: " << table.constants << "\n";
+    }
+    out_ << "\n" << (in_part ? "### " : "## ") << table.label << "\n\n";
+    std::vector<std::string> columns;
+    for (const std::string& key : table.keys) columns.push_back(axis_label(key));
+    if (columns.empty()) columns.emplace_back("Config");
+    for (const CompareEnv& env : c.envs) columns.push_back(env_header(env));
+    for (size_t e = 1; e < c.envs.size(); ++e) columns.push_back(ratio_header(c, e));
+    out_ << "|";
+    for (const std::string& column : columns) out_ << " " << markdown_escape(column) << " |";
+    out_ << "\n|";
+    for (size_t i = 0; i < columns.size(); ++i) out_ << "---|";
+    out_ << "\n";
+  }
+
+  void row(const Comparison& /*c*/, const CompareTable& table, const CompareRow& row) override {
+    out_ << "|";
+    if (table.keys.empty()) {
+      out_ << " " << markdown_escape(row.label) << " |";
+    } else {
+      for (const std::string& value : row.values) {
+        out_ << " " << markdown_escape(value) << " |";
+      }
+    }
+    for (const ReportCell& cell : row.cells) {
+      out_ << " " << markdown_escape(markdown_cell(table, cell)) << " |";
+    }
+    for (const std::optional<double>& ratio : row.ratios) {
+      out_ << " " << (ratio.has_value() ? ratio_markdown(*ratio) : std::string("-")) << " |";
+    }
+    out_ << "\n";
+  }
+
+  void footer(const Comparison& /*c*/, const CompareTable& table) override {
+    if (any_spread(table)) out_ << "\nCells: median over repeats ± half their range.\n";
+    if (!table.notes.empty()) out_ << "\n";
+    for (const std::string& note : table.notes) out_ << note << "\n";
+  }
+};
+
+class CsvCompareReporter : public CompareReporter {
+ public:
+  void begin(const Comparison& c) override {
+    csv_line(out_, {"experiment", c.experiment});
+    for (const std::string& source : c.sources) csv_line(out_, {"database", source});
+    csv_line(out_, {"environment", "env", "label", "gpu_mem_mb", "libtorch", "cuda", "driver",
+                    "build_type", "threads", "git_commit", "runs", "ok", "database"});
+    for (const CompareEnv& env : c.envs) {
+      csv_line(out_, {"environment", env.letter, env.label,
+                      env.cpu ? std::string("-") : fact(env, "gpu_mem_mb"), fact(env, "libtorch"),
+                      fact(env, "cuda"), fact(env, "driver"), fact(env, "build_type"),
+                      fact(env, "threads"), fact(env, "git_commit"), std::to_string(env.runs),
+                      std::to_string(env.ok), env.source});
+    }
+    for (const std::string& note : c.notes) csv_line(out_, {"note", note});
+  }
+
+  void header(const Comparison& c, const CompareTable& table) override {
+    out_ << "\n";
+    csv_line(out_, {"table", table.label});
+    csv_line(out_, {"metric", table.metric});
+    if (!table.part_title.empty()) csv_line(out_, {"part", table.part_title});
+    if (!table.constants.empty()) csv_line(out_, {"constant", table.constants});
+    for (const std::string& note : table.notes) csv_line(out_, {"note", note});
+    std::vector<std::string> columns = table.keys;
+    if (columns.empty()) columns.emplace_back("config");
+    for (const CompareEnv& env : c.envs) columns.push_back(env.label);
+    for (size_t e = 1; e < c.envs.size(); ++e) columns.push_back(ratio_header(c, e));
+    csv_line(out_, columns);
+  }
+
+  void row(const Comparison& /*c*/, const CompareTable& table, const CompareRow& row) override {
+    std::vector<std::string> fields =
+        table.keys.empty() ? std::vector<std::string>{row.label} : row.values;
+    for (const ReportCell& cell : row.cells) fields.push_back(csv_cell(cell));
+    for (const std::optional<double>& ratio : row.ratios) {
+      fields.push_back(ratio.has_value() ? format_full(*ratio) : std::string("-"));
+    }
+    csv_line(out_, fields);
+  }
+
+  void footer(const Comparison& /*c*/, const CompareTable& /*table*/) override {}
+};
+
+}  // namespace
+
+// ---- Shared helpers ----
+
+std::string environment_field(const Json& env, const char* key) {
+  if (!env.is_object()) return {};
+  const auto it = env.find(key);
+  if (it == env.end() || it->is_null()) return {};
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+std::string environment_label(const Json& env) {
+  std::string gpu = environment_field(env, "gpu_name");
+  if (!gpu.empty()) return gpu;
+  const std::string host = environment_field(env, "host");
+  std::string cpu = environment_field(env, "cpu");
+  if (host.empty()) return cpu;
+  return cpu.empty() ? host : host + " (" + cpu + ")";
+}
+
+std::string environment_device(const Json& env) {
+  std::string gpu = environment_field(env, "gpu_name");
+  if (!gpu.empty()) return gpu;
+  return environment_label(env).empty() ? std::string() : std::string("cpu");
+}
+
+std::string compute_dtype(const Json& config) {
+  std::string mp = config.contains("mp") && config["mp"].is_string()
+                       ? config["mp"].get<std::string>()
+                       : std::string("off");
+  if (mp != "off") return mp;
+  if (config.contains("dtype") && config["dtype"].is_string()) {
+    return config["dtype"].get<std::string>();
+  }
+  return "fp32";
+}
+
+double median_of(std::vector<double> values) {
+  if (values.empty()) throw std::invalid_argument("median of an empty sample");
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+std::vector<PlanPart> group_plan(const Spec& spec, const std::vector<RunConfig>& plan) {
+  std::vector<int> part_ids;
+  for (const RunConfig& run : plan) {
+    if (!contains(part_ids, run.part)) part_ids.push_back(run.part);
+  }
+  std::sort(part_ids.begin(), part_ids.end());
+
+  std::vector<PlanPart> parts;
+  for (const int id : part_ids) {
+    PlanPart part;
+    part.part = id;
+    const PartSpec* part_spec = id >= 0 && static_cast<size_t>(id) < spec.parts.size()
+                                    ? &spec.parts[static_cast<size_t>(id)]
+                                    : nullptr;
+    if (spec.parts.size() > 1) {
+      part.title =
+          "part " + (part_spec != nullptr && !part_spec->label.empty() ? part_spec->label
+                                                                       : std::to_string(id));
+    }
+    std::map<std::string, size_t> index;  // canonical config -> group
+    for (const RunConfig& run : plan) {
+      if (run.part != id) continue;
+      const std::string canonical = canonical_json(run.config);
+      auto it = index.find(canonical);
+      if (it == index.end()) {
+        ConfigGroup group;
+        group.part = id;
+        group.workload = run.workload;
+        group.config = run.config;
+        it = index.emplace(canonical, part.groups.size()).first;
+        part.groups.push_back(std::move(group));
+      }
+      part.groups[it->second].run_ids.push_back(run.run_id);
+    }
+
+    // The keys whose value varies, axes in spec order first; axes of one value are constants.
+    std::vector<std::string> axes;
+    if (part_spec != nullptr) {
+      for (const auto& [key, values] : part_spec->axes) axes.push_back(key);
+    }
+    std::set<std::string> others;
+    for (const ConfigGroup& group : part.groups) {
+      for (const auto& item : group.config.items()) {
+        if (!contains(axes, item.key())) others.insert(item.key());
+      }
+    }
+    std::vector<std::string> ordered = axes;
+    ordered.insert(ordered.end(), others.begin(), others.end());
+    std::vector<std::string> constants;
+    for (const std::string& key : ordered) {
+      std::vector<Json> seen;
+      for (const ConfigGroup& group : part.groups) {
+        Json value = config_value(group.config, key);
+        if (!contains(seen, value)) seen.push_back(std::move(value));
+      }
+      if (seen.size() > 1) {
+        part.keys.push_back(key);
+      } else if (!seen.empty() && contains(axes, key)) {
+        constants.push_back(key + "=" + value_text(seen.front()));
+      }
+    }
+    part.constants = join(constants, ", ");
+    for (ConfigGroup& group : part.groups) {
+      std::vector<std::string> named;
+      for (const std::string& key : part.keys) {
+        group.values.push_back(value_text(config_value(group.config, key)));
+        named.push_back(key + "=" + group.values.back());
+      }
+      group.label = named.empty() ? std::string("(one config)") : join(named, ", ");
+    }
+    parts.push_back(std::move(part));
+  }
+  return parts;
+}
+
+// ---- The comparison ----
+
+Comparison build_comparison(const Spec& spec, const std::vector<RunConfig>& plan,
+                            const std::vector<CompareSource>& sources) {
+  Comparison c;
+  c.experiment = spec.name;
+  c.spec_path = spec.path;
+  for (const CompareSource& source : sources) c.sources.push_back(source.name);
+
+  std::set<std::string> planned;
+  for (const RunConfig& run : plan) planned.insert(run.run_id);
+  std::vector<EnvColumn> columns = collect_environments(sources, planned, c.notes);
+  for (const EnvColumn& column : columns) c.envs.push_back(column.env);
+
+  if (spec.model.contains("preset") && spec.model["preset"].is_string()) {
+    c.model = spec.model["preset"].get<std::string>();
+    try {
+      c.params = config_from_name(c.model).param_count();
+    } catch (const std::invalid_argument&) {
+      c.params = std::nullopt;
+    }
+  }
+
+  // Device memory and peak FLOP/s are GPU figures: with CPU runs only, their tables would hold
+  // nothing but n/a.
+  const bool any_gpu =
+      std::any_of(c.envs.begin(), c.envs.end(), [](const CompareEnv& env) { return !env.cpu; });
+  bool any_finetune = false;
+  for (const RunConfig& run : plan) any_finetune = any_finetune || run.workload == "finetune";
+  if (!any_gpu && !c.envs.empty()) {
+    c.notes.push_back(
+        "CPU runs only: no share of device memory and no MFU (the peak table lists GPUs).");
+  }
+  // The model's FLOPs per token and the peaks: stated once, above the tables.
+  const bool with_mfu = any_gpu && any_finetune && c.params.has_value();
+  if (any_gpu && any_finetune && !c.params.has_value()) {
+    c.notes.push_back(
+        "MFU: not computed: the spec names no model preset, so the parameter "
+        "count N is unknown.");
+  }
+  if (with_mfu) {
+    std::vector<std::string> peaks;
+    for (const CompareEnv& env : c.envs) {
+      if (env.peak != nullptr) {
+        peaks.push_back(env.letter + " as " + std::string(env.peak->name) + " (" +
+                        peak_text(*env.peak) + ")");
+      }
+    }
+    std::string note =
+        "MFU (model FLOPs utilisation) of fine-tuning = 6 × N × tokens/s / peak FLOP/s, with N "
+        "= " +
+        with_thousands(*c.params) + " parameters (the " + c.model +
+        " preset) and the GPU's dense peak at the run's precision (mp, else dtype, else fp32; "
+        "fp32 without TF32).";
+    if (!peaks.empty()) note += " Peaks from the vendors' datasheets: " + join(peaks, "; ") + ".";
+    note +=
+        " 6N counts one forward and one backward pass over every weight: it leaves out "
+        "attention's score FLOPs and the recomputation of gradient checkpointing, and counts the "
+        "weight gradients that LoRA's frozen weights skip.";
+    c.notes.push_back(note);
+  }
+
+  for (const PlanPart& part : group_plan(spec, plan)) {
+    // Whether any planned run of the part, in any environment, has a value of `name`.
+    const auto has_data = [&](const std::string& name) {
+      for (const ConfigGroup& group : part.groups) {
+        for (const std::string& id : group.run_ids) {
+          for (const EnvColumn& column : columns) {
+            const auto it = column.runs.find(id);
+            if (it != column.runs.end() && metric_of(*it->second, name).has_value()) return true;
+          }
+        }
+      }
+      return false;
+    };
+    const std::vector<MetricPlan> metrics =
+        metrics_of_part(spec, part, has_data, any_gpu, with_mfu);
+    bool first = true;
+    for (const MetricPlan& metric : metrics) {
+      CompareTable table;
+      table.part_title = part.title;
+      table.first_of_part = first;
+      table.constants = part.constants;
+      first = false;
+      table.metric = metric.name;
+      table.label = metric.label;
+      table.format = metric.format;
+      table.digits = metric.digits;
+      table.keys = part.keys;
+
+      std::set<std::string> mfu_notes;
+      RunValue value;
+      if (metric.name == "mem_share_pct") {
+        value = [](const StoredRun& run) -> std::optional<double> {
+          const auto peak = metric_of(run, "peak_mem_mb");
+          const auto device = gpu_memory_mb(run.env);
+          if (!peak.has_value() || !device.has_value()) return std::nullopt;
+          return 100.0 * *peak / *device;
+        };
+      } else if (metric.name == "mfu_pct") {
+        const double flops_per_token = 6.0 * static_cast<double>(*c.params);
+        value = [flops_per_token, &mfu_notes](const StoredRun& run) -> std::optional<double> {
+          const auto tokens = metric_of(run, "tokens_per_s");
+          if (!tokens.has_value()) return std::nullopt;
+          const std::string gpu = environment_field(run.env, "gpu_name");
+          if (gpu.empty()) {
+            mfu_notes.insert("No MFU for CPU runs (the peak table lists GPUs only).");
+            return std::nullopt;
+          }
+          const GpuPeak* peak = find_gpu_peak(gpu);
+          if (peak == nullptr) {
+            mfu_notes.insert("No MFU on " + gpu +
+                             ": the GPU is not in the peak table (harness/gpu_specs.cpp).");
+            return std::nullopt;
+          }
+          const std::string dtype = compute_dtype(run.config);
+          const std::optional<double> flops = peak_flops(*peak, dtype);
+          if (!flops.has_value()) {
+            mfu_notes.insert("No MFU for " + dtype + " runs on " + gpu + ": the " +
+                             std::string(peak->name) + " has no " + dtype + " peak.");
+            return std::nullopt;
+          }
+          return 100.0 * flops_per_token * *tokens / *flops;
+        };
+      } else {
+        value = [name = metric.name](const StoredRun& run) { return metric_of(run, name); };
+      }
+      if (metric.name == "mem_share_pct" &&
+          std::any_of(c.envs.begin(), c.envs.end(), [](const CompareEnv& e) { return e.cpu; })) {
+        table.notes.push_back("No share of device memory for CPU runs.");
+      }
+
+      for (const ConfigGroup& group : part.groups) {
+        CompareRow row;
+        row.label = group.label;
+        row.values = group.values;
+        for (const EnvColumn& column : columns) {
+          std::vector<const StoredRun*> runs;
+          for (const std::string& id : group.run_ids) {
+            if (const auto it = column.runs.find(id); it != column.runs.end()) {
+              runs.push_back(it->second);
+            }
+          }
+          row.cells.push_back(make_cell(runs, value));
+        }
+        const ReportCell& base = row.cells.front();
+        for (size_t e = 1; e < row.cells.size(); ++e) {
+          const ReportCell& cell = row.cells[e];
+          std::optional<double> ratio;
+          if (!base.values.empty() && !cell.values.empty()) {
+            const double reference = median_of(base.values);
+            if (reference != 0) ratio = median_of(cell.values) / reference;
+          }
+          row.ratios.push_back(ratio);
+        }
+        table.rows.push_back(std::move(row));
+      }
+      table.notes.insert(table.notes.end(), mfu_notes.begin(), mfu_notes.end());
+      c.tables.push_back(std::move(table));
+    }
+  }
+  return c;
+}
+
+std::unique_ptr<CompareReporter> make_compare_reporter(ReportFormat format) {
+  if (format == ReportFormat::kCsv) return std::make_unique<CsvCompareReporter>();
+  return std::make_unique<MarkdownCompareReporter>();
+}
+
+std::string render_comparison(const Comparison& comparison, ReportFormat format) {
+  const std::unique_ptr<CompareReporter> reporter = make_compare_reporter(format);
+  reporter->begin(comparison);
+  for (const CompareTable& table : comparison.tables) {
+    reporter->header(comparison, table);
+    for (const CompareRow& row : table.rows) reporter->row(comparison, table, row);
+    reporter->footer(comparison, table);
+  }
+  return reporter->str();
+}
+
+}  // namespace hx

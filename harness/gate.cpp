@@ -1,0 +1,683 @@
+#include "harness/gate.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+#include "harness/compare.h"
+#include "harness/fields.h"
+
+namespace hx {
+namespace {
+
+std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += separator;
+    out += parts[i];
+  }
+  return out;
+}
+
+// ---- CSV ----
+
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
+  std::vector<std::string> escaped;
+  escaped.reserve(fields.size());
+  for (const std::string& field : fields) escaped.push_back(csv_field(field));
+  out << join(escaped, ",") << "\n";
+}
+
+struct CsvRecord {
+  int line = 0;  // where the record starts
+  std::vector<std::string> fields;
+};
+
+// RFC 4180: fields separated by commas, records by LF or CRLF, quoted fields with "" for a
+// quote (and possibly line breaks). Empty lines are skipped.
+std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& path) {
+  std::vector<CsvRecord> records;
+  CsvRecord record;
+  std::string field;
+  bool quoted = false;
+  bool field_started = false;
+  int line = 1;
+  record.line = 1;
+  const auto end_record = [&] {
+    if (field_started || !record.fields.empty() || !field.empty()) {
+      record.fields.push_back(std::move(field));
+      records.push_back(std::move(record));
+    }
+    record = CsvRecord{};
+    field.clear();
+    field_started = false;
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"') {
+        if (i + 1 < text.size() && text[i + 1] == '"') {
+          field += '"';
+          ++i;
+        } else {
+          quoted = false;
+        }
+      } else {
+        if (c == '\n') ++line;
+        field += c;
+      }
+      continue;
+    }
+    if (c == '"' && field.empty()) {
+      quoted = true;
+      field_started = true;
+    } else if (c == ',') {
+      record.fields.push_back(std::move(field));
+      field.clear();
+      field_started = true;
+    } else if (c == '\n' || c == '\r') {
+      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
+      end_record();
+      ++line;
+      record.line = line;
+    } else {
+      field += c;
+      field_started = true;
+    }
+  }
+  if (quoted) {
+    throw std::invalid_argument(path + ":" + std::to_string(record.line) +
+                                ": unterminated quoted field");
+  }
+  end_record();
+  return records;
+}
+
+// ---- Formatting ----
+
+std::string signed_percent(double fraction) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%+.1f%%", 100 * fraction);
+  return buffer;
+}
+
+std::string p_text(double p) {
+  char buffer[32];
+  if (p < 1e-4) {
+    std::snprintf(buffer, sizeof(buffer), "p = %.1e", p);
+  } else {
+    std::snprintf(buffer, sizeof(buffer), "p = %.4f", p);
+  }
+  return buffer;
+}
+
+std::string metric_value_text(const std::string& metric, double value) {
+  const Field* field = find_metric_field(metric);
+  const Field fallback{"", "", "", "", NumberFormat::kSignificant, 4};
+  const Field& format = field != nullptr ? *field : fallback;
+  std::string text = format_fixed(value, display_decimals(format, value));
+  if (field != nullptr && !field->unit.empty()) text += " " + std::string(field->unit);
+  return text;
+}
+
+std::string status_word(const std::string& status) {
+  if (status == "oom") return "OOM";
+  if (status == "crashed") return "crash";
+  return status;
+}
+
+// "ok", "5 ok", "4 ok, 1 OOM"
+std::string status_summary(const std::vector<std::string>& statuses) {
+  std::vector<std::pair<std::string, int>> counts;
+  for (const std::string& status : statuses) {
+    const std::string word = status_word(status);
+    auto it = std::find_if(counts.begin(), counts.end(),
+                           [&](const auto& entry) { return entry.first == word; });
+    if (it == counts.end()) {
+      counts.emplace_back(word, 1);
+    } else {
+      ++it->second;
+    }
+  }
+  if (counts.size() == 1 && counts.front().second == 1) return counts.front().first;
+  std::vector<std::string> parts;
+  for (const auto& [word, count] : counts) parts.push_back(std::to_string(count) + " " + word);
+  return join(parts, ", ");
+}
+
+bool is_failure(const std::string& status) {
+  return status == "oom" || status == "crashed" || status == "timeout" || status == "error";
+}
+
+// "Tesla P100-PCIE-16GB, libtorch 2.1.0"; CPU runs name their CPU.
+std::string env_text(const Json& env) {
+  std::string device = environment_device(env);
+  if (device == "cpu") {
+    const std::string cpu = environment_field(env, "cpu");
+    device = cpu.empty() ? "CPU" : "CPU " + cpu;
+  }
+  const std::string libtorch = environment_field(env, "libtorch");
+  return libtorch.empty() ? device : device + ", libtorch " + libtorch;
+}
+
+// What a baseline must share with the current runs.
+std::string env_key(const Json& env) {
+  return environment_device(env) + "\n" + environment_field(env, "libtorch");
+}
+
+struct EnvSet {
+  std::set<std::string> keys;
+  std::vector<std::string> texts;
+  std::set<std::string> cpus;
+  void add(const Json& env) {
+    if (environment_device(env).empty()) return;
+    if (keys.insert(env_key(env)).second) texts.push_back(env_text(env));
+    if (environment_device(env) == "cpu") cpus.insert(environment_field(env, "cpu"));
+  }
+  std::string text() const { return texts.empty() ? std::string("unknown") : join(texts, "; "); }
+};
+
+std::vector<double> ok_values(const std::vector<const StoredRun*>& runs, const std::string& name) {
+  std::vector<double> values;
+  for (const StoredRun* run : runs) {
+    if (run->status != "ok") continue;
+    const auto it = run->metrics.find(name);
+    if (it != run->metrics.end() && std::isfinite(it->second)) values.push_back(it->second);
+  }
+  return values;
+}
+
+constexpr const char* kTimeMetrics[] = {"step_time_s", "prefill_s", "decode_s"};
+
+}  // namespace
+
+// ---- Mann-Whitney U ----
+
+MannWhitney mann_whitney_u(const std::vector<double>& x, const std::vector<double>& y,
+                           MannWhitneyMethod method) {
+  if (x.empty() || y.empty()) throw std::invalid_argument("Mann-Whitney U: empty sample");
+  const size_t m = x.size();
+  const size_t n = y.size();
+  const size_t total = m + n;
+  std::vector<std::pair<double, bool>> all;  // value, from x
+  all.reserve(total);
+  for (const double v : x) all.emplace_back(v, true);
+  for (const double v : y) all.emplace_back(v, false);
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  // Ranks 1..N, tied values sharing the mean of their ranks.
+  double rank_sum_x = 0;
+  double tie_term = 0;  // sum of t^3 - t over groups of t tied values
+  for (size_t i = 0; i < total;) {
+    size_t j = i;
+    while (j < total && all[j].first == all[i].first) ++j;
+    const double rank = (static_cast<double>(i + 1) + static_cast<double>(j)) / 2;
+    for (size_t k = i; k < j; ++k) {
+      if (all[k].second) rank_sum_x += rank;
+    }
+    const auto t = static_cast<double>(j - i);
+    tie_term += t * t * t - t;
+    i = j;
+  }
+  const double md = static_cast<double>(m);
+  const double nd = static_cast<double>(n);
+  MannWhitney result;
+  result.u = rank_sum_x - md * (md + 1) / 2;
+  const double u_max = std::max(result.u, md * nd - result.u);
+
+  constexpr size_t kExactLimit = 60;
+  if (method == MannWhitneyMethod::kExact && (tie_term != 0 || total > kExactLimit)) {
+    throw std::invalid_argument(
+        "Mann-Whitney U: the exact test needs samples without ties and at most 60 values");
+  }
+  const bool exact = method == MannWhitneyMethod::kExact ||
+                     (method == MannWhitneyMethod::kAuto && tie_term == 0 && total <= kExactLimit);
+  if (exact) {
+    // The number of orderings with U = u is the coefficient of q^u in the Gaussian binomial
+    // [m+n choose m]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i). After step i the polynomial is
+    // [n+i choose i]_q, whose coefficients are at most C(60, 30) < 2^57: int64 holds them exactly.
+    std::vector<int64_t> c(m * n + m + n + 2, 0);
+    c[0] = 1;
+    size_t degree = 0;
+    for (size_t i = 1; i <= m; ++i) {
+      const size_t up = n + i;
+      for (size_t k = degree + up; k >= up; --k) c[k] -= c[k - up];
+      for (size_t k = i; k <= degree + up; ++k) c[k] += c[k - i];
+      degree += n;
+    }
+    int64_t all_orderings = 0;
+    int64_t tail = 0;
+    const auto threshold = static_cast<size_t>(std::llround(u_max));
+    for (size_t k = 0; k <= degree; ++k) {
+      all_orderings += c[k];
+      if (k >= threshold) tail += c[k];
+    }
+    result.exact = true;
+    result.p = std::min(1.0, 2.0 * static_cast<double>(tail) / static_cast<double>(all_orderings));
+    return result;
+  }
+
+  const double nn = static_cast<double>(total);
+  const double variance = md * nd / 12 * ((nn + 1) - tie_term / (nn * (nn - 1)));
+  if (variance <= 0) {  // every value the same
+    result.p = 1;
+    return result;
+  }
+  const double z = (u_max - md * nd / 2 - 0.5) / std::sqrt(variance);
+  result.p = std::clamp(std::erfc(z / std::sqrt(2.0)), 0.0, 1.0);
+  return result;
+}
+
+// ---- Baselines ----
+
+std::string baseline_csv(const std::vector<RunConfig>& plan, const std::vector<StoredRun>& runs) {
+  std::map<std::string, const StoredRun*> stored;
+  for (const StoredRun& run : runs) stored.emplace(run.run_id, &run);
+  std::ostringstream out;
+  out << kBaselineHeader << "\n";
+  int written = 0;
+  for (const RunConfig& planned : plan) {
+    const auto it = stored.find(planned.run_id);
+    if (it == stored.end()) continue;
+    const StoredRun& run = *it->second;
+    ++written;
+    const std::vector<std::string> head = {run.run_id,
+                                           std::to_string(run.repeat),
+                                           run.experiment,
+                                           run.workload,
+                                           canonical_json(run.config),
+                                           run.status,
+                                           environment_device(run.env),
+                                           environment_field(run.env, "libtorch"),
+                                           environment_field(run.env, "cpu")};
+    if (run.metrics.empty()) {
+      std::vector<std::string> fields = head;
+      fields.insert(fields.end(), {"", ""});
+      csv_line(out, fields);
+    }
+    for (const auto& [name, value] : run.metrics) {
+      std::vector<std::string> fields = head;
+      fields.push_back(name);
+      fields.push_back(std::isnan(value) ? std::string() : format_full(value));
+      csv_line(out, fields);
+    }
+  }
+  if (written == 0) {
+    throw std::invalid_argument("no run of the spec is stored in the database: nothing to save");
+  }
+  return out.str();
+}
+
+std::vector<StoredRun> parse_baseline_csv(const std::string& text, const std::string& path) {
+  const std::vector<CsvRecord> records = parse_csv(text, path);
+  if (records.empty() || join(records.front().fields, ",") != kBaselineHeader) {
+    throw std::invalid_argument(path + ":1: not a harness baseline (the first line must be \"" +
+                                std::string(kBaselineHeader) + "\")");
+  }
+  constexpr size_t kColumns = 11;
+  std::vector<StoredRun> runs;
+  std::map<std::string, size_t> index;
+  std::map<std::string, int> first_line;
+  for (size_t r = 1; r < records.size(); ++r) {
+    const CsvRecord& record = records[r];
+    const std::string where = path + ":" + std::to_string(record.line) + ": ";
+    const std::vector<std::string>& f = record.fields;
+    if (f.size() != kColumns) {
+      throw std::invalid_argument(where + "expected " + std::to_string(kColumns) +
+                                  " fields, found " + std::to_string(f.size()));
+    }
+    const std::string& run_id = f[0];
+    if (run_id.empty()) throw std::invalid_argument(where + "run_id: empty");
+    int repeat = 0;
+    if (const auto [ptr, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), repeat);
+        ec != std::errc() || ptr != f[1].data() + f[1].size() || repeat < 0) {
+      throw std::invalid_argument(where + "repeat: not a count: \"" + f[1] + "\"");
+    }
+    if (!is_valid_status(f[5])) {
+      throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
+    }
+    Json config;
+    try {
+      config = Json::parse(f[4]);
+    } catch (const Json::parse_error&) {
+      throw std::invalid_argument(where + "config: not JSON");
+    }
+    Json env = Json::object();
+    if (!f[6].empty()) {
+      env["gpu_name"] = f[6] == "cpu" ? std::string() : f[6];
+      env["libtorch"] = f[7];
+      env["cpu"] = f[8];
+    }
+
+    auto it = index.find(run_id);
+    if (it == index.end()) {
+      StoredRun run;
+      run.run_id = run_id;
+      run.repeat = repeat;
+      run.experiment = f[2];
+      run.workload = f[3];
+      run.config = std::move(config);
+      run.status = f[5];
+      run.env = std::move(env);
+      it = index.emplace(run_id, runs.size()).first;
+      first_line[run_id] = record.line;
+      runs.push_back(std::move(run));
+    } else {
+      const StoredRun& run = runs[it->second];
+      if (run.repeat != repeat || run.experiment != f[2] || run.workload != f[3] ||
+          run.config != config || run.status != f[5] || run.env != env) {
+        throw std::invalid_argument(where + "run " + run_id + " differs from its line " +
+                                    std::to_string(first_line[run_id]) +
+                                    " in repeat, experiment, workload, config, status or "
+                                    "environment");
+      }
+    }
+    StoredRun& run = runs[it->second];
+    const std::string& metric = f[9];
+    if (metric.empty()) {
+      if (!f[10].empty()) throw std::invalid_argument(where + "a value without a metric name");
+      continue;
+    }
+    double value = std::numeric_limits<double>::quiet_NaN();
+    if (!f[10].empty()) {
+      const auto [ptr, ec] = std::from_chars(f[10].data(), f[10].data() + f[10].size(), value);
+      if (ec != std::errc() || ptr != f[10].data() + f[10].size()) {
+        throw std::invalid_argument(where + metric + ": not a number: \"" + f[10] + "\"");
+      }
+    }
+    if (!run.metrics.emplace(metric, value).second) {
+      throw std::invalid_argument(where + "run " + run_id + ": metric " + metric + " twice");
+    }
+  }
+  return runs;
+}
+
+// ---- The gate ----
+
+std::string verdict_text(Verdict verdict) {
+  switch (verdict) {
+    case Verdict::kPass:
+      return "pass";
+    case Verdict::kImproved:
+      return "improved";
+    case Verdict::kRegression:
+      return "REGRESSION";
+    case Verdict::kNotTested:
+      return "not tested";
+  }
+  return "?";
+}
+
+GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
+                    const std::vector<StoredRun>& baseline, const std::vector<StoredRun>& current,
+                    const GateOptions& options) {
+  GateResult result;
+  result.options = options;
+  result.experiment = spec.name;
+
+  std::set<std::string> planned;
+  for (const RunConfig& run : plan) planned.insert(run.run_id);
+  std::map<std::string, const StoredRun*> base_runs;
+  std::map<std::string, const StoredRun*> cur_runs;
+  std::set<std::string> base_experiments;
+  for (const StoredRun& run : baseline) {
+    base_runs.emplace(run.run_id, &run);
+    base_experiments.insert(run.experiment);
+  }
+  for (const StoredRun& run : current) {
+    // A skipped run was not measured: as if it were not stored.
+    if (planned.contains(run.run_id) && run.status != "skipped") cur_runs.emplace(run.run_id, &run);
+  }
+
+  // Environments: the baseline's against those of the current runs.
+  EnvSet base_envs;
+  EnvSet cur_envs;
+  for (const StoredRun& run : baseline) base_envs.add(run.env);
+  for (const auto& [id, run] : cur_runs) cur_envs.add(run->env);
+  result.baseline_env = base_envs.text();
+  result.current_env = cur_envs.text();
+  for (const std::string& experiment : base_experiments) {
+    if (experiment != spec.name) {
+      result.notes.push_back("The baseline holds runs of experiment \"" + experiment +
+                             "\"; the spec is \"" + spec.name + "\".");
+    }
+  }
+  if (!base_envs.keys.empty() && !cur_envs.keys.empty() && base_envs.keys != cur_envs.keys) {
+    if (!options.cross) {
+      result.outcome = GateOutcome::kRefused;
+      result.refusal = "the baseline was measured on " + base_envs.text() +
+                       ", the runs in the database on " + cur_envs.text() +
+                       ": memory and time are not comparable across GPUs or libtorch versions. "
+                       "Make a baseline on this machine (`harness baseline`), or pass --cross "
+                       "to compare anyway.";
+      return result;
+    }
+    result.notes.push_back("Cross-environment comparison (--cross): baseline on " +
+                           base_envs.text() + ", current runs on " + cur_envs.text() +
+                           "; differences may come from the environment, not the code.");
+  }
+  if (base_envs.cpus.size() == 1 && cur_envs.cpus.size() == 1 &&
+      *base_envs.cpus.begin() != *cur_envs.cpus.begin()) {
+    result.notes.push_back("CPU runs on another CPU model (baseline: " + *base_envs.cpus.begin() +
+                           ", now: " + *cur_envs.cpus.begin() + "): timings may differ.");
+  }
+
+  const std::vector<PlanPart> parts = group_plan(spec, plan);
+  for (const PlanPart& part : parts) {
+    for (const ConfigGroup& group : part.groups) {
+      const std::string label = part.title.empty() ? group.label : part.title + ": " + group.label;
+      std::vector<const StoredRun*> base;
+      std::vector<const StoredRun*> cur;
+      for (size_t r = 0; r < group.run_ids.size(); ++r) {
+        const std::string& id = group.run_ids[r];
+        const auto b = base_runs.find(id);
+        const auto c = cur_runs.find(id);
+        const bool in_base = b != base_runs.end();
+        const bool in_cur = c != cur_runs.end();
+        const std::string name = label + " (repeat " +
+                                 std::to_string(in_base  ? b->second->repeat
+                                                : in_cur ? c->second->repeat
+                                                         : static_cast<int>(r)) +
+                                 ", run " + id + ")";
+        if (in_base && !in_cur) result.baseline_only.push_back(name);
+        if (in_cur && !in_base) result.current_only.push_back(name);
+        if (in_base && in_cur) {
+          base.push_back(b->second);
+          cur.push_back(c->second);
+        }
+      }
+      if (base.empty()) continue;
+      result.runs_checked += static_cast<int>(base.size());
+
+      // Status, run by run.
+      std::vector<std::string> base_status;
+      std::vector<std::string> cur_status;
+      int broke = 0;
+      int fixed = 0;
+      bool any_failure = false;
+      for (size_t i = 0; i < base.size(); ++i) {
+        base_status.push_back(base[i]->status);
+        cur_status.push_back(cur[i]->status);
+        if (base[i]->status == "ok" && is_failure(cur[i]->status)) ++broke;
+        if (base[i]->status != "ok" && cur[i]->status == "ok") ++fixed;
+        any_failure = any_failure || base[i]->status != "ok" || cur[i]->status != "ok";
+      }
+      if (any_failure) {
+        GateCheck check{
+            label,          "status", status_summary(base_status), status_summary(cur_status), "",
+            Verdict::kPass, ""};
+        if (broke > 0) {
+          check.verdict = Verdict::kRegression;
+          check.delta = std::to_string(broke) + " run(s) no longer ok";
+        } else if (fixed > 0) {
+          check.verdict = Verdict::kImproved;
+          check.delta = std::to_string(fixed) + " run(s) ok now";
+        } else {
+          check.delta = "unchanged";
+        }
+        result.checks.push_back(std::move(check));
+      }
+
+      // Memory: medians of the ok runs.
+      const std::vector<double> base_mem = ok_values(base, "peak_mem_mb");
+      const std::vector<double> cur_mem = ok_values(cur, "peak_mem_mb");
+      if (!base_mem.empty() && !cur_mem.empty()) {
+        const double b = median_of(base_mem);
+        const double c = median_of(cur_mem);
+        const double tolerance = b * options.mem_tolerance_pct / 100 + options.mem_tolerance_mb;
+        const double delta = c - b;
+        GateCheck check{label,
+                        "peak_mem_mb",
+                        metric_value_text("peak_mem_mb", b),
+                        metric_value_text("peak_mem_mb", c),
+                        "",
+                        Verdict::kPass,
+                        ""};
+        char buffer[64];
+        std::snprintf(buffer, sizeof(buffer), "%+.1f MB", delta);
+        check.delta = buffer;
+        if (b != 0) check.delta += " (" + signed_percent(delta / b) + ")";
+        if (delta > tolerance) {
+          check.verdict = Verdict::kRegression;
+        } else if (delta < -tolerance) {
+          check.verdict = Verdict::kImproved;
+        }
+        result.checks.push_back(std::move(check));
+      }
+
+      // Times: the U test on the ok runs' values, and the change of the median.
+      for (const char* metric : kTimeMetrics) {
+        const std::vector<double> bv = ok_values(base, metric);
+        const std::vector<double> cv = ok_values(cur, metric);
+        if (bv.empty() || cv.empty()) continue;
+        const double b = median_of(bv);
+        const double c = median_of(cv);
+        const double change = b != 0 ? c / b - 1 : 0;
+        GateCheck check{label,
+                        metric,
+                        metric_value_text(metric, b) + " (n=" + std::to_string(bv.size()) + ")",
+                        metric_value_text(metric, c) + " (n=" + std::to_string(cv.size()) + ")",
+                        signed_percent(change),
+                        Verdict::kPass,
+                        ""};
+        const auto need = static_cast<size_t>(options.min_repeats);
+        if (bv.size() < need || cv.size() < need) {
+          check.verdict = Verdict::kNotTested;
+          check.note = "fewer than " + std::to_string(options.min_repeats) + " repeats";
+        } else {
+          const MannWhitney test = mann_whitney_u(bv, cv);
+          check.delta += ", " + p_text(test.p);
+          const double threshold = options.time_slowdown_pct / 100;
+          if (test.p < options.time_p && change > threshold) {
+            check.verdict = Verdict::kRegression;
+          } else if (test.p < options.time_p && change < -threshold) {
+            check.verdict = Verdict::kImproved;
+          }
+        }
+        result.checks.push_back(std::move(check));
+      }
+    }
+  }
+  // Baseline runs the plan does not have (the spec changed, or another spec's baseline).
+  for (const StoredRun& run : baseline) {
+    if (!planned.contains(run.run_id)) {
+      result.baseline_only.push_back("run " + run.run_id + " " + canonical_json(run.config) +
+                                     " (not in the spec's plan)");
+    }
+  }
+
+  if (result.runs_checked == 0) {
+    result.outcome = GateOutcome::kRefused;
+    result.refusal = baseline.empty()
+                         ? "the baseline holds no run"
+                         : "no run of the baseline is stored in the database (experiment \"" +
+                               spec.name +
+                               "\"): was the baseline made from another spec, did the spec "
+                               "change, or did `harness run` not run?";
+    return result;
+  }
+  for (const GateCheck& check : result.checks) {
+    if (check.verdict == Verdict::kRegression) ++result.regressions;
+    if (check.verdict == Verdict::kImproved) ++result.improvements;
+  }
+  result.outcome = result.regressions > 0 ? GateOutcome::kRegression : GateOutcome::kPass;
+  return result;
+}
+
+std::string render_gate_markdown(const GateResult& result, const std::string& db,
+                                 const std::string& baseline_path) {
+  std::ostringstream out;
+  if (result.outcome == GateOutcome::kRefused) {
+    out << "# harness check: REFUSED\n\n";
+    out << "Baseline `" << baseline_path << "` against `" << db << "` (experiment "
+        << result.experiment << "): " << result.refusal << "\n";
+    return out.str();
+  }
+  const bool failed = result.outcome == GateOutcome::kRegression;
+  out << "# harness check: " << (failed ? "FAIL" : "PASS") << "\n\n";
+  const int not_tested = static_cast<int>(
+      std::count_if(result.checks.begin(), result.checks.end(),
+                    [](const GateCheck& c) { return c.verdict == Verdict::kNotTested; }));
+  out << "**" << result.regressions << " regression(s)**, " << result.improvements
+      << " improvement(s), " << not_tested << " check(s) not tested; " << result.runs_checked
+      << " run(s) compared";
+  if (!result.baseline_only.empty() || !result.current_only.empty()) {
+    out << ", " << result.baseline_only.size() + result.current_only.size() << " on one side only";
+  }
+  out << ".\n\n";
+  out << "Experiment " << result.experiment << ": `" << db << "` (" << result.current_env
+      << ") against baseline `" << baseline_path << "` (" << result.baseline_env << ").\n\n";
+
+  out << "| Run | Check | Baseline | Current | Delta | Verdict |\n";
+  out << "|---|---|---|---|---|---|\n";
+  for (const GateCheck& check : result.checks) {
+    std::string verdict = verdict_text(check.verdict);
+    if (check.verdict == Verdict::kRegression) verdict = "**" + verdict + "**";
+    if (!check.note.empty()) verdict += " (" + check.note + ")";
+    out << "| " << check.run << " | " << check.check << " | " << check.baseline << " | "
+        << check.current << " | " << check.delta << " | " << verdict << " |\n";
+  }
+
+  const auto list = [&out](const std::string& title, const std::vector<std::string>& items) {
+    if (items.empty()) return;
+    out << "\n" << title << " (" << items.size() << "):\n";
+    for (const std::string& item : items) out << "- " << item << "\n";
+  };
+  list("In the baseline, not stored now (not judged)", result.baseline_only);
+  list("Stored now, not in the baseline (not judged)", result.current_only);
+  if (!result.notes.empty()) {
+    out << "\nNotes:\n";
+    for (const std::string& note : result.notes) out << "- " << note << "\n";
+  }
+
+  const GateOptions& o = result.options;
+  out << "\nRules: values are medians over the repeats' ok runs. Memory regresses when "
+         "peak_mem_mb exceeds the baseline by more than "
+      << format_full(o.mem_tolerance_pct) << "% + " << format_full(o.mem_tolerance_mb)
+      << " MB. A time (step_time_s, prefill_s, decode_s) regresses when a two-sided "
+         "Mann-Whitney U test rejects at p < "
+      << format_full(o.time_p) << " (with at least " << o.min_repeats
+      << " repeats on each side) and the median is more than " << format_full(o.time_slowdown_pct)
+      << "% slower. A run that was ok and now ends oom, crashed, timeout or error regresses. "
+         "Improvements beyond the same thresholds are reported and pass.\n";
+  return out.str();
+}
+
+}  // namespace hx
