@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "harness/device_profiles.h"
 #include "harness/json_io.h"
 #include "harness/process.h"
 #include "harness/store.h"
@@ -136,7 +137,7 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
 
 // A CUDA spec on a worker without CUDA (or a machine without a GPU) would record every run as
 // an error: refuse before anything runs.
-void require_cuda_worker(const std::string& worker) {
+void require_cuda_worker(const std::string& worker, const Spec& spec) {
   const fs::path out = fs::temp_directory_path() / ("harness-caps." + std::to_string(::getpid()));
   ChildSpec child;
   child.argv = {worker, "caps"};
@@ -159,6 +160,15 @@ void require_cuda_worker(const std::string& worker) {
                                 ") has no CUDA device: on a GPU machine build against the libtorch of its PyTorch "
                                 "(cmake -DCMAKE_PREFIX_PATH=<torch.utils.cmake_prefix_path>), "
                                 "or set device: cpu");
+  // A profile emulates a device that is at most as large as the real one.
+  const auto gpu_mb = caps.value("gpu_mem_mb", int64_t{0});
+  if (const DeviceProfile* profile = find_device_profile(spec.device_profile);
+      profile != nullptr && gpu_mb < profile->memory_mb) {
+    throw std::invalid_argument("device_profile " + spec.device_profile + " needs " +
+                                std::to_string(profile->memory_mb) + " MB, but this GPU (" +
+                                caps.value("gpu_name", std::string("?")) + ") has " +
+                                std::to_string(gpu_mb) + " MB");
+  }
 }
 
 }  // namespace
@@ -185,7 +195,7 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
     throw std::runtime_error("worker executable not found: " + worker +
                              " (build the harness-worker target, or set HARNESS_WORKER)");
 
-  if (spec.device == "cuda") require_cuda_worker(worker);
+  if (spec.device == "cuda") require_cuda_worker(worker, spec);
 
   const auto plan = expand(spec);
   Store store(options.db_path, Store::Mode::kCreate);
@@ -223,11 +233,43 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
   int finished = 0;
   const auto start = Clock::now();
 
+  // Stores one run's record and prints its progress line (the parent alone writes SQLite).
+  auto finish = [&](const RunConfig& run, const RunRecord& record, double seconds) {
+    std::lock_guard<std::mutex> lock(mutex);
+    store.ingest(record);
+    ++finished;
+    ++summary.ran;
+    if (record.status == "ok") {
+      ++summary.ok;
+    } else if (record.status == "oom") {
+      ++summary.oom;
+    } else if (record.status != "skipped") {
+      ++summary.failed;
+    }
+    if (options.progress) {
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      const double eta = elapsed / finished * static_cast<double>(pending.size() - finished);
+      std::fprintf(stderr, "[%d/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished,
+                   pending.size(), axes_text(spec, run).c_str(), record.status.c_str(),
+                   key_metric_text(record).c_str(), seconds, format_duration(elapsed).c_str(),
+                   format_duration(eta).c_str());
+      std::fflush(stderr);
+    }
+  };
   auto worker_loop = [&] {
     for (;;) {
       const size_t index = next.fetch_add(1);
       if (index >= pending.size() || interrupted()) return;
       const RunConfig& run = *pending[index];
+      if (!run.skip_reason.empty()) {
+        // Nothing runs that the profiled hardware cannot do; the reason is stored instead.
+        RunRecord record = make_run_record(spec.name, run);
+        record.status = "skipped";
+        record.error = run.skip_reason;
+        record.started_at = record.finished_at = utc_now_iso8601();
+        finish(run, record, 0.0);
+        continue;
+      }
       const fs::path dir = runs_dir / run.run_id;
       fs::create_directories(dir);
       // A per-attempt result name: a stale child of a killed parent cannot overwrite it.
@@ -243,28 +285,7 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       const std::string started = utc_now_iso8601();
       const ChildOutcome outcome = run_child(child);
       if (outcome.interrupted) return;  // not recorded: the run reruns on resume
-      RunRecord record = verdict(spec, run, outcome, result, started);
-
-      std::lock_guard<std::mutex> lock(mutex);
-      store.ingest(record);
-      ++finished;
-      ++summary.ran;
-      if (record.status == "ok") {
-        ++summary.ok;
-      } else if (record.status == "oom") {
-        ++summary.oom;
-      } else if (record.status != "skipped") {
-        ++summary.failed;
-      }
-      if (options.progress) {
-        const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-        const double eta = elapsed / finished * static_cast<double>(pending.size() - finished);
-        std::fprintf(stderr, "[%d/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished,
-                     pending.size(), axes_text(spec, run).c_str(), record.status.c_str(),
-                     key_metric_text(record).c_str(), outcome.seconds,
-                     format_duration(elapsed).c_str(), format_duration(eta).c_str());
-        std::fflush(stderr);
-      }
+      finish(run, verdict(spec, run, outcome, result, started), outcome.seconds);
     }
   };
   std::vector<std::thread> pool;

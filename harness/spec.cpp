@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "harness/fields.h"
+#include "harness/device_profiles.h"
 #include "harness/hash.h"
 #include "model/config.h"
 
@@ -118,7 +119,7 @@ constexpr std::string_view kWorkloads[] = {"finetune", "generate"};
 constexpr std::string_view kTopKeys[] = {
     "name",      "description", "model",           "workload", "data",
     "fixed",     "matrix",      "include",         "exclude",  "repeats",
-    "timeout_s", "device",      "memory_limit_mb", "tables",   "parts"};
+    "timeout_s", "device",      "memory_limit_mb", "tables",   "parts", "device_profile"};
 constexpr std::string_view kPartKeys[] = {"label",  "workload", "data",   "fixed",
                                           "matrix", "include",  "exclude"};
 constexpr std::string_view kTableKeys[] = {"title", "kind", "columns", "rows", "workload", "part"};
@@ -919,6 +920,17 @@ void Parser::parse_settings(const std::map<std::string, Entry>& top, Spec& spec)
         checked(*limit, "memory_limit_mb", {.name = "memory_limit_mb", .lo = kAtLeast0})
             .get<int64_t>();
   }
+  if (const Entry* profile = find("device_profile")) {
+    spec.device_profile = word(*profile, "device_profile");
+    const DeviceProfile* known = find_device_profile(spec.device_profile);
+    if (known == nullptr) {
+      fail(profile->value_line, "device_profile",
+           "unknown profile \"" + spec.device_profile + "\" (expected " + device_profile_keys() +
+               ")");
+    }
+    // The profile's memory is the cap unless the spec sets its own.
+    if (find("memory_limit_mb") == nullptr) spec.memory_limit_mb = known->memory_mb;
+  }
 }
 
 void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) const {
@@ -1030,6 +1042,11 @@ std::vector<RunConfig> expand(const Spec& spec) {
         run.config = config;
         run.canonical = canonical;
         run.part = static_cast<int>(p);
+        if (const DeviceProfile* profile = find_device_profile(spec.device_profile);
+            profile != nullptr && !profile_has_bf16(*profile) &&
+            (config.value("mp", "") == "bf16" || config.value("dtype", "") == "bf16")) {
+          run.skip_reason = std::string(profile->gpu_name) + " has no bf16 arithmetic";
+        }
         runs.push_back(std::move(run));
       }
     }
@@ -1043,11 +1060,13 @@ std::string canonical_json(const Json& value) { return value.dump(); }
 
 std::string make_run_id(const Spec& spec, const PartSpec& part, const std::string& canonical,
                         int repeat) {
-  const Json context = {
+  Json context = {
       {"model", as_written(spec.model, "weights")}, {"device", spec.device},
       {"memory_limit_mb", spec.memory_limit_mb},    {"workload", part.workload},
       {"data", as_written(part.data, "path")},
   };
+  // Only when set, so that the run ids of specs without a profile stay as they were.
+  if (!spec.device_profile.empty()) context["device_profile"] = spec.device_profile;
   return fnv1a64_hex(spec.name + "\n" + canonical_json(context) + "\n" + canonical + "\n" +
                      std::to_string(repeat));
 }

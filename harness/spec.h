@@ -50,7 +50,8 @@ struct Spec {
   int repeats = 1;
   double timeout_s = 1800;
   std::string device = "cpu";
-  int64_t memory_limit_mb = 0;  // 0 = no cap
+  int64_t memory_limit_mb = 0;  // 0 = no cap; a device_profile sets its memory when not given
+  std::string device_profile;   // "" = none; else a key of device_profiles.h
   std::vector<TableSpec> tables;
 };
 
@@ -66,6 +67,7 @@ struct RunConfig {
   Json config;            // fixed merged with this run's axis values, keys sorted
   std::string canonical;  // canonical_json(config)
   int part = 0;           // index into Spec::parts of the part this run came from
+  std::string skip_reason;  // not "": the device profile cannot run it (recorded as skipped)
 };
 
 // Cartesian product of the axes (first axis slowest), minus exclude, plus include, times repeats

@@ -6,12 +6,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "harness/cli.h"
 #include "harness/json_io.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/workloads.h"
+#include "model/checkpoint_io.h"
 #include "model/compat.h"
 #include "model/generate.h"
 #include "model/weights.h"
@@ -71,7 +73,7 @@ int show_model(const std::string& preset) {
 }
 
 struct GenerateArgs {
-  std::string preset = "tiny";
+  std::string preset = "tiny";  // or a checkpoint directory (HF or Meta)
   int64_t prompt_len = 16, new_tokens = 32, batch = 1, threads = 2;
   std::string kv_cache = "on";
   std::string dtype = "fp32";
@@ -91,11 +93,17 @@ int demo_generate(const GenerateArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
   hx::ModelOptions options;
   options.dtype = a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-  hx::Transformer model(hx::config_from_name(a.preset), options);
+  hx::Transformer model{nullptr};
+  std::string source;
   if (a.weights.empty()) {
-    hx::init_random(model, a.seed);
+    model = hx::load_model(a.preset, options, a.seed);  // a checkpoint directory or a preset
+    source = std::filesystem::is_directory(a.preset)
+                 ? "weights from " + a.preset
+                 : "random weights, seed " + std::to_string(a.seed);
   } else {
+    model = hx::Transformer(hx::config_from_name(a.preset), options);
     hx::load_weights(model, hx::read_torch_dict(a.weights), a.weights);
+    source = "weights from " + a.weights;
   }
   model->eval();
   auto gen = at::detail::createCPUGenerator(a.seed);
@@ -125,10 +133,9 @@ int demo_generate(const GenerateArgs& a) {
     std::printf("%s\n", j.dump().c_str());
     return hx::kExitOk;
   }
-  std::printf("model %s (random weights, seed %llu), batch %lld, prompt %lld tokens, kv cache %s\n",
-              a.preset.c_str(), static_cast<unsigned long long>(a.seed),
-              static_cast<long long>(a.batch), static_cast<long long>(a.prompt_len),
-              a.kv_cache.c_str());
+  std::printf("model %s (%s), batch %lld, prompt %lld tokens, kv cache %s\n",
+              model->config().name.c_str(), source.c_str(), static_cast<long long>(a.batch),
+              static_cast<long long>(a.prompt_len), a.kv_cache.c_str());
   for (int64_t b = 0; b < a.batch; ++b) {
     std::printf("tokens[%lld]:", static_cast<long long>(b));
     for (int64_t i = 0; i < out.tokens.size(1); ++i)
@@ -138,6 +145,39 @@ int demo_generate(const GenerateArgs& a) {
   const double decode_tps = out.decode_s > 0 ? (a.new_tokens - 1) * a.batch / out.decode_s : 0;
   std::printf("prefill %.4f s, decode %.4f s (%.1f tokens/s), %d threads\n", out.prefill_s,
               out.decode_s, decode_tps, at::get_num_threads());
+  return hx::kExitOk;
+}
+
+struct ExportArgs {
+  std::string model = "tiny";  // a preset or a checkpoint directory
+  std::string weights;         // with a preset: "random" (default) or a torch.save dict
+  uint64_t seed = 0;
+  bool lora_merge = false;
+  std::string dtype;  // of the written tensors; the model's (fp32) when empty
+  std::string out;
+};
+
+// Writes the model in HF layout: config.json + model.safetensors.
+int export_model(const ExportArgs& a) {
+  const bool is_dir = std::filesystem::is_directory(a.model);
+  hx::Transformer model{nullptr};
+  if (a.weights.empty() || a.weights == "random") {
+    if (is_dir && !a.weights.empty())
+      throw std::invalid_argument("--weights random needs a preset, not a checkpoint directory");
+    model = hx::load_model(a.model, hx::ModelOptions{}, a.seed);
+  } else {
+    if (is_dir) throw std::invalid_argument("--weights FILE needs a preset for its shapes");
+    model = hx::Transformer(hx::config_from_name(a.model), hx::ModelOptions{});
+    hx::load_weights(model, hx::read_torch_dict(a.weights), a.weights);
+  }
+  hx::HfExportOptions options;
+  options.merge_lora = a.lora_merge;
+  if (a.dtype == "fp32") options.dtype = torch::kFloat32;
+  if (a.dtype == "bf16") options.dtype = torch::kBFloat16;
+  if (a.dtype == "fp16") options.dtype = torch::kFloat16;
+  hx::save_hf_checkpoint(model, a.out, options);
+  std::printf("wrote %s: config.json, model.safetensors (%s, %lld parameters)\n", a.out.c_str(),
+              model->config().name.c_str(), static_cast<long long>(model->param_count()));
   return hx::kExitOk;
 }
 
@@ -166,12 +206,17 @@ int main(int argc, char** argv) {
     nlohmann::json j = {{"libtorch", TORCH_VERSION},
                         {"cuda", hx::compat::kWithCuda && torch::cuda::is_available()},
                         {"cuda_devices", hx::compat::kWithCuda ? torch::cuda::device_count() : 0}};
+    if (j["cuda"].get<bool>()) {
+      j["gpu_mem_mb"] = hx::compat::cuda_memory().total / (1024 * 1024);
+      j["gpu_name"] = hx::compat::cuda_device_name();
+    }
     std::printf("%s\n", j.dump().c_str());
   });
 
   GenerateArgs g;
   auto* gen = app.add_subcommand("generate", "greedy generation from a random prompt");
-  gen->add_option("--model", g.preset, "preset")->capture_default_str();
+  gen->add_option("--model", g.preset, "preset, or a checkpoint directory (HF or Meta)")
+      ->capture_default_str();
   gen->add_option("--prompt-len", g.prompt_len)->capture_default_str();
   gen->add_option("--max-new-tokens", g.new_tokens)->capture_default_str();
   gen->add_option("--batch", g.batch)->capture_default_str();
@@ -185,6 +230,23 @@ int main(int argc, char** argv) {
   gen->add_option("--repeats", g.repeats, "timed generations (medians)")->capture_default_str();
   gen->add_flag("--json", g.json, "one JSON object: timings and new_ids");
   gen->callback([&] { code = demo_generate(g); });
+
+  ExportArgs x;
+  auto* exp = app.add_subcommand("export", "write a model in HF layout (config.json, "
+                                           "model.safetensors)");
+  exp->add_option("--model", x.model, "preset, or a checkpoint directory (HF or Meta)")
+      ->capture_default_str();
+  exp->add_option("--weights", x.weights,
+                  "with a preset: random (default) or a torch.save dict of tensors (Meta names)");
+  exp->add_option("--seed", x.seed, "seed of random weights")->capture_default_str();
+  exp->add_flag("--lora-merge", x.lora_merge,
+                "fold LoRA adapters into the base weights (a model with adapters is refused "
+                "otherwise)");
+  exp->add_option("--dtype", x.dtype, "dtype of the written tensors (default: the model's, fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  exp->add_option("--out", x.out, "output directory (created; empty or a previous export)")
+      ->required();
+  exp->callback([&] { code = export_model(x); });
 
   try {
     app.parse(argc, argv);
