@@ -1,0 +1,741 @@
+// End-to-end tests: the real `harness` and `harness-worker` binaries, real child processes, the
+// real SQLite database (read back with the SQLite C API and hx::Store). No mocks.
+//
+// Every test works in a fresh temporary directory (database, runs dir, captured output) with the
+// current directory at the source root, so that spec paths are the ones a user types. Specs live
+// in tests/specs/ and use the `tiny` model on the CPU with workloads of well under a second.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/spec.h"
+#include "harness/store.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string from_env(const char* name, const char* fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+// The binaries under test: the build's, or others named by the environment (e.g. copies, so that a
+// rebuild going on in the build directory cannot pull them away mid-test). `harness` runs the
+// harness-worker that sits next to it.
+const std::string kSourceDir = HX_SOURCE_DIR;
+const std::string kHarness = from_env("HX_HARNESS_BIN", HX_HARNESS_BIN);
+const std::string kWorker = kHarness == HX_HARNESS_BIN
+                                ? std::string(HX_WORKER_BIN)
+                                : (fs::path(kHarness).parent_path() / "harness-worker").string();
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// ---- Processes ----
+
+// Pids of live processes (other than this one) whose command line mentions `needle`, e.g. a test's
+// temporary directory: every harness and harness-worker a test starts has it in its argv.
+std::vector<pid_t> processes_mentioning(const std::string& needle) {
+  std::vector<pid_t> pids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    const pid_t pid = std::stoi(name);
+    if (pid == ::getpid()) continue;
+    std::string cmdline = slurp(entry.path() / "cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    // A zombie has an empty cmdline; one not yet reaped by init is no longer running.
+    if (cmdline.find(needle) != std::string::npos) pids.push_back(pid);
+  }
+  return pids;
+}
+
+// SIGKILLs every process that mentions `needle` and waits (up to 10 s) until they are gone.
+// Returns how many there were.
+size_t kill_processes_mentioning(const std::string& needle) {
+  const auto pids = processes_mentioning(needle);
+  for (pid_t pid : pids) ::kill(pid, SIGKILL);
+  const auto start = Clock::now();
+  while (!processes_mentioning(needle).empty() && seconds_since(start) < 10) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pids.size();
+}
+
+struct Env {
+  std::map<std::string, std::string> set;
+};
+
+// Starts `harness ARGS...` with the source root as its current directory, stdout and stderr in
+// files, in a session of its own (so a terminal's signals never reach it). The fault-injection
+// and worker-override variables of our own environment are removed; `env` adds its own.
+pid_t spawn_harness(const std::vector<std::string>& args, const Env& env, const fs::path& out,
+                    const fs::path& err) {
+  std::vector<std::string> argv = {kHarness};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    ::setsid();
+    const int out_fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err_fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int null_fd = ::open("/dev/null", O_RDONLY);
+    if (out_fd < 0 || err_fd < 0 || null_fd < 0 || ::chdir(kSourceDir.c_str()) != 0) _exit(126);
+    ::dup2(null_fd, STDIN_FILENO);
+    ::dup2(out_fd, STDOUT_FILENO);
+    ::dup2(err_fd, STDERR_FILENO);
+    ::unsetenv("HARNESS_FAULT");
+    ::unsetenv("HARNESS_FAULT_MATCH");
+    ::unsetenv("HARNESS_WORKER");
+    for (const auto& [key, value] : env.set) ::setenv(key.c_str(), value.c_str(), 1);
+    ::execv(cargv[0], cargv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+struct Outcome {
+  int rc = -1;      // exit code; -1 when killed by a signal
+  int signal = 0;   // the signal that killed it
+  std::string out;  // stdout
+  std::string err;  // stderr
+  double seconds = 0;
+};
+
+// Waits for pid (with a timeout that kills it) and collects its output.
+Outcome wait_harness(pid_t pid, const fs::path& out, const fs::path& err, double timeout_s,
+                     Clock::time_point start) {
+  Outcome o;
+  int status = 0;
+  for (;;) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (r < 0 && errno != EINTR) throw std::runtime_error("waitpid failed");
+    if (seconds_since(start) > timeout_s) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ADD_FAILURE() << "harness did not finish within " << timeout_s << " s";
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  o.seconds = seconds_since(start);
+  if (WIFEXITED(status)) o.rc = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) o.signal = WTERMSIG(status);
+  o.out = slurp(out);
+  o.err = slurp(err);
+  return o;
+}
+
+// ---- SQLite, read directly ----
+
+class Db {
+ public:
+  explicit Db(const fs::path& path) {
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+      const std::string msg = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      throw std::runtime_error(path.string() + ": " + msg);
+    }
+    sqlite3_busy_timeout(db_, 5000);
+  }
+  ~Db() { sqlite3_close(db_); }
+  Db(const Db&) = delete;
+  Db& operator=(const Db&) = delete;
+
+  using Row = std::vector<std::optional<std::string>>;  // nullopt = NULL
+
+  std::vector<Row> query(const std::string& sql) const {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) {
+      throw std::runtime_error(sql + ": " + sqlite3_errmsg(db_));
+    }
+    std::vector<Row> rows;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      Row row;
+      for (int c = 0; c < sqlite3_column_count(stmt); ++c) {
+        if (sqlite3_column_type(stmt, c) == SQLITE_NULL) {
+          row.emplace_back(std::nullopt);
+        } else {
+          row.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt, c)));
+        }
+      }
+      rows.push_back(std::move(row));
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE) throw std::runtime_error(sql + ": " + sqlite3_errmsg(db_));
+    return rows;
+  }
+
+  std::string scalar(const std::string& sql) const {
+    const auto rows = query(sql);
+    if (rows.size() != 1 || rows[0].size() != 1 || !rows[0][0]) {
+      throw std::runtime_error(sql + ": expected one non-NULL value");
+    }
+    return *rows[0][0];
+  }
+  long long count(const std::string& sql) const { return std::stoll(scalar(sql)); }
+
+  // run_id -> column value (NULL -> "<null>").
+  std::map<std::string, std::string> by_run(const std::string& column) const {
+    std::map<std::string, std::string> out;
+    for (const auto& row : query("SELECT run_id, " + column + " FROM runs")) {
+      out[*row[0]] = row[1] ? *row[1] : "<null>";
+    }
+    return out;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+// ---- Per-test workspace ----
+
+class E2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "hx_e2e_XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
+    dir_ = tmpl;
+    db_ = dir_ / "results" / "harness.db";
+    runs_ = dir_ / "runs";
+    ASSERT_TRUE(fs::exists(kHarness)) << kHarness;
+    ASSERT_TRUE(fs::exists(kWorker)) << kWorker;
+  }
+
+  void TearDown() override {
+    // Nothing a test started may outlive it: a harness, or a worker (its own process group).
+    const size_t left = kill_processes_mentioning(dir_.string());
+    EXPECT_EQ(left, 0U) << "processes of this test were still running at its end";
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // Runs `harness ARGS...` to completion.
+  Outcome harness(const std::vector<std::string>& args, const Env& env = {},
+                  double timeout_s = 120) {
+    const int n = ++calls_;
+    const fs::path out = dir_ / ("out." + std::to_string(n) + ".txt");
+    const fs::path err = dir_ / ("err." + std::to_string(n) + ".txt");
+    const auto start = Clock::now();
+    const pid_t pid = spawn_harness(args, env, out, err);
+    return wait_harness(pid, out, err, timeout_s, start);
+  }
+
+  // `harness run SPEC --db DB --runs-dir RUNS EXTRA...`.
+  Outcome run(const std::string& spec, const std::vector<std::string>& extra = {},
+              const Env& env = {}, double timeout_s = 120) {
+    std::vector<std::string> args = {"run",        spec,         "--db",
+                                     db_.string(), "--runs-dir", runs_.string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return harness(args, env, timeout_s);
+  }
+
+  // The run ids `harness expand SPEC --json` lists, with their canonical configs.
+  std::map<std::string, std::string> expanded(const std::string& spec) {
+    const Outcome o = harness({"expand", spec, "--json"});
+    EXPECT_EQ(o.rc, 0) << o.err;
+    std::map<std::string, std::string> ids;
+    for (const auto& run : Json::parse(o.out)) {
+      ids[run.at("run_id").get<std::string>()] = hx::canonical_json(run.at("config"));
+    }
+    return ids;
+  }
+
+  // How many result files (one per attempt: result.<parent pid>.json) each run dir holds.
+  std::map<std::string, int> result_files() const {
+    std::map<std::string, int> out;
+    if (!fs::exists(runs_)) return out;
+    for (const auto& run_dir : fs::directory_iterator(runs_)) {
+      int n = 0;
+      for (const auto& f : fs::directory_iterator(run_dir.path())) {
+        const std::string name = f.path().filename().string();
+        if (name.rfind("result.", 0) == 0 && f.path().extension() == ".json") ++n;
+      }
+      out[run_dir.path().filename().string()] = n;
+    }
+    return out;
+  }
+
+  fs::path dir_, db_, runs_;
+  int calls_ = 0;
+};
+
+std::string dump(const Outcome& o) {
+  return "rc=" + std::to_string(o.rc) + " signal=" + std::to_string(o.signal) +
+         "\n--- stderr ---\n" + o.err + "\n--- stdout ---\n" + o.out;
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// ---- 1. Smoke: the whole path ----
+
+TEST_F(E2E, SmokeSpecRunsTheWholePath) {
+  const std::string spec = "tests/specs/smoke.yaml";
+  const Outcome o = run(spec);
+  ASSERT_EQ(o.rc, 0) << dump(o);
+  EXPECT_TRUE(contains(o.err, "smoke: 6 runs planned, 0 already stored, 6 to run")) << o.err;
+  EXPECT_TRUE(contains(o.err, "[6/6]")) << o.err;
+  EXPECT_TRUE(contains(o.err, "6 ran (6 ok, 0 oom, 0 failed)")) << o.err;
+
+  // The Markdown tables on stdout.
+  EXPECT_TRUE(contains(o.out, "# smoke")) << o.out;
+  EXPECT_TRUE(contains(o.out, "## Smoke: fine-tuning on tiny (CPU)")) << o.out;
+  EXPECT_TRUE(contains(o.out, "## Smoke: generation on tiny (CPU)")) << o.out;
+  EXPECT_TRUE(contains(o.out, "| GC |")) << o.out;
+  EXPECT_TRUE(contains(o.out, "| LoRA |")) << o.out;
+  EXPECT_TRUE(contains(o.out, "| KV cache |")) << o.out;
+  EXPECT_TRUE(contains(o.out, "libtorch")) << o.out;
+  EXPECT_FALSE(contains(o.out, "OOM")) << o.out;
+
+  ASSERT_TRUE(fs::exists(db_));
+  Db db(db_);
+  EXPECT_EQ(db.scalar("PRAGMA integrity_check"), "ok");
+  EXPECT_EQ(db.count("SELECT count(*) FROM experiments WHERE name = 'smoke'"), 1);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs"), 6);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok' AND experiment = 'smoke'"), 6);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE workload = 'finetune'"), 4);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE workload = 'generate'"), 2);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE exit_code = 0 AND signal IS NULL AND "
+                     "started_at <> '' AND finished_at >= started_at AND env_id IS NOT NULL"),
+            6);
+
+  // Metrics: the ones the tables need, finite, per workload.
+  const std::vector<std::string> finetune_metrics = {
+      "peak_mem_mb",  "step_time_s",   "loss_first",        "loss_last",
+      "total_time_s", "trainable_pct", "mem_activations_mb"};
+  const std::vector<std::string> generate_metrics = {"peak_mem_mb", "prefill_s", "decode_s",
+                                                     "tokens_per_s", "total_time_s"};
+  for (const auto& [workload, names] :
+       {std::pair{std::string("finetune"), finetune_metrics}, {"generate", generate_metrics}}) {
+    for (const auto& name : names) {
+      SCOPED_TRACE(workload + " " + name);
+      EXPECT_EQ(db.count("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) WHERE "
+                         "r.workload = '" +
+                         workload + "' AND m.name = '" + name + "' AND m.value IS NOT NULL"),
+                workload == "finetune" ? 4 : 2);
+    }
+  }
+  EXPECT_EQ(db.count("SELECT count(*) FROM metrics WHERE name IN ('peak_mem_mb', 'step_time_s',"
+                     " 'decode_s', 'tokens_per_s', 'total_time_s') AND NOT value > 0"),
+            0);
+  // LoRA trains a small fraction of the weights; full fine-tuning trains all of them.
+  EXPECT_EQ(db.count("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) WHERE m.name = "
+                     "'trainable_pct' AND r.config LIKE '%\"lora\":\"on\"%' AND m.value < 50"),
+            2);
+  EXPECT_EQ(db.count("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) WHERE m.name = "
+                     "'trainable_pct' AND r.config LIKE '%\"lora\":\"off\"%' AND m.value = 100"),
+            2);
+
+  // Steps: max_steps (3) per finetune run, with losses; decode steps without loss for generate.
+  EXPECT_EQ(db.count("SELECT count(*) FROM steps s JOIN runs r USING (run_id) WHERE "
+                     "r.workload = 'finetune' AND s.loss IS NOT NULL"),
+            4 * 3);
+  for (const auto& row : db.query("SELECT r.run_id, count(s.step), count(s.loss) FROM runs r "
+                                  "LEFT JOIN steps s USING (run_id) WHERE r.workload = "
+                                  "'generate' GROUP BY r.run_id")) {
+    SCOPED_TRACE(*row[0]);
+    EXPECT_GE(std::stoi(*row[1]), 1);
+    EXPECT_EQ(*row[2], "0");
+  }
+
+  // One environment, referenced by every run, that names libtorch.
+  EXPECT_EQ(db.count("SELECT count(*) FROM environments"), 1);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs r JOIN environments e USING (env_id)"), 6);
+  EXPECT_FALSE(db.scalar("SELECT libtorch FROM environments").empty());
+
+  // The same through the store API.
+  hx::Store store(db_.string(), hx::Store::Mode::kExisting);
+  EXPECT_EQ(store.integrity_check(), "ok");
+  const auto runs = store.load_runs("smoke");
+  ASSERT_EQ(runs.size(), 6U);
+  for (const auto& r : runs) {
+    SCOPED_TRACE(r.run_id);
+    EXPECT_EQ(r.status, "ok");
+    EXPECT_FALSE(r.env.value("libtorch", std::string()).empty()) << r.env.dump();
+    EXPECT_TRUE(r.metrics.count("peak_mem_mb")) << r.run_id;
+  }
+
+  // `harness expand --json` names exactly the stored runs, with the stored configs.
+  std::map<std::string, std::string> stored;
+  for (const auto& row : db.query("SELECT run_id, config FROM runs")) stored[*row[0]] = *row[1];
+  EXPECT_EQ(expanded(spec), stored);
+
+  // `harness report --format csv` from the same database.
+  const Outcome csv = harness({"report", spec, "--db", db_.string(), "--format", "csv"});
+  ASSERT_EQ(csv.rc, 0) << dump(csv);
+  EXPECT_TRUE(contains(csv.out, "table,Smoke: fine-tuning on tiny (CPU)")) << csv.out;
+  EXPECT_TRUE(contains(csv.out, "table,Smoke: generation on tiny (CPU)")) << csv.out;
+  EXPECT_TRUE(contains(csv.out, "gc,off,off,on,on")) << csv.out;
+  EXPECT_TRUE(contains(csv.out, "kv_cache,on,off")) << csv.out;
+  EXPECT_TRUE(std::regex_search(csv.out, std::regex("\npeak_mem_mb,[0-9.]+,[0-9.]+,[0-9.]+,"
+                                                    "[0-9.]+\n")))
+      << csv.out;
+  EXPECT_TRUE(std::regex_search(csv.out, std::regex("\ntokens_per_s,[0-9.]+,[0-9.]+\n")))
+      << csv.out;
+}
+
+// ---- 2. Faults in one run of four ----
+
+struct FaultCase {
+  const char* fault;
+  const char* spec;
+  int harness_rc;
+};
+
+void PrintTo(const FaultCase& c, std::ostream* os) { *os << "HARNESS_FAULT=" << c.fault; }
+
+class E2EFault : public E2E, public ::testing::WithParamInterface<FaultCase> {};
+
+// The targeted run: gc on, lora off. The match text is a piece of the canonical config JSON
+// (keys sorted, no spaces), which the worker searches for.
+constexpr const char* kFaultMatch = R"("gc":"on","lora":"off")";
+
+TEST_P(E2EFault, OnlyTheTargetedRunFails) {
+  const FaultCase& c = GetParam();
+  const std::string spec = std::string("tests/specs/") + c.spec;
+  const Outcome o =
+      run(spec, {}, Env{{{"HARNESS_FAULT", c.fault}, {"HARNESS_FAULT_MATCH", kFaultMatch}}});
+  EXPECT_EQ(o.rc, c.harness_rc) << dump(o);
+  ASSERT_TRUE(fs::exists(db_)) << dump(o);
+
+  Db db(db_);
+  ASSERT_EQ(db.count("SELECT count(*) FROM runs"), 4) << dump(o);
+  // The match text selects exactly one run.
+  ASSERT_EQ(db.count(std::string("SELECT count(*) FROM runs WHERE instr(config, '") + kFaultMatch +
+                     "') > 0"),
+            1);
+  const std::string target_where = std::string(" WHERE instr(config, '") + kFaultMatch + "') > 0";
+  const auto rows =
+      db.query("SELECT status, exit_code, signal, error, stderr_tail FROM runs" + target_where);
+  ASSERT_EQ(rows.size(), 1U);
+  const std::string status = rows[0][0].value_or("<null>");
+  const std::optional<std::string> exit_code = rows[0][1];
+  const std::optional<std::string> sig = rows[0][2];
+  const std::string error = rows[0][3].value_or("");
+  const std::string tail = rows[0][4].value_or("");
+  SCOPED_TRACE(std::string("fault ") + c.fault + ": status " + status + ", error '" + error +
+               "', stderr_tail '" + tail + "'");
+  EXPECT_FALSE(error.empty() && tail.empty());
+
+  const std::string fault = c.fault;
+  if (fault == "oom") {
+    EXPECT_EQ(status, "oom");
+    EXPECT_EQ(exit_code, "3");
+    EXPECT_EQ(sig, std::nullopt);
+    EXPECT_TRUE(contains(error, "memory")) << error;
+    EXPECT_TRUE(contains(o.err, "4 ran (3 ok, 1 oom, 0 failed)")) << o.err;
+    EXPECT_TRUE(contains(o.out, "OOM")) << o.out;  // the table shows the frontier
+  } else if (fault == "segv") {
+    EXPECT_EQ(status, "crashed");
+    EXPECT_EQ(sig, std::to_string(SIGSEGV));
+    EXPECT_EQ(exit_code, std::nullopt);
+    EXPECT_TRUE(contains(error, "signal 11")) << error;
+  } else if (fault == "exit") {
+    EXPECT_EQ(status, "crashed");
+    EXPECT_EQ(exit_code, "5");
+    EXPECT_EQ(sig, std::nullopt);
+    EXPECT_TRUE(contains(error, "code 5")) << error;
+  } else if (fault == "hang") {
+    EXPECT_EQ(status, "timeout");
+    EXPECT_EQ(sig, std::to_string(SIGKILL));
+    EXPECT_TRUE(contains(error, "timeout")) << error;
+    // Killed at the deadline (faults_hang.yaml: timeout_s 5), not much later: the progress line
+    // gives the child's wall time.
+    constexpr double kTimeout = 5.0;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(o.err, m, std::regex(R"(timeout .*\(([0-9.]+) s\) elapsed)")))
+        << o.err;
+    const double hang_s = std::stod(m[1]);
+    EXPECT_GE(hang_s, kTimeout - 0.05);
+    EXPECT_LT(hang_s, kTimeout + 3.0);
+    // The whole command: three short runs plus the timeout.
+    EXPECT_LT(o.seconds, kTimeout + 30.0);
+    // The hung worker died with its process group.
+    EXPECT_TRUE(processes_mentioning(runs_.string()).empty());
+  }
+  if (fault != "oom") {
+    EXPECT_TRUE(contains(o.err, "4 ran (3 ok, 0 oom, 1 failed)")) << o.err;
+  }
+
+  // The other three ran normally, with their metrics.
+  EXPECT_EQ(db.count(std::string("SELECT count(*) FROM runs WHERE status = 'ok' AND "
+                                 "exit_code = 0 AND instr(config, '") +
+                     kFaultMatch + "') = 0"),
+            3);
+  EXPECT_EQ(db.count("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) WHERE "
+                     "r.status = 'ok' AND m.name = 'peak_mem_mb'"),
+            3);
+  EXPECT_EQ(db.scalar("PRAGMA integrity_check"), "ok");
+}
+
+INSTANTIATE_TEST_SUITE_P(Faults, E2EFault,
+                         ::testing::Values(FaultCase{"oom", "faults.yaml", 0},
+                                           FaultCase{"segv", "faults.yaml", 1},
+                                           FaultCase{"hang", "faults_hang.yaml", 1},
+                                           FaultCase{"exit", "faults.yaml", 1}),
+                         [](const ::testing::TestParamInfo<FaultCase>& info) {
+                           return std::string(info.param.fault);
+                         });
+
+// ---- 3. Resume, --force, --retry-failed ----
+
+TEST_F(E2E, ResumeForceAndRetryFailed) {
+  const std::string spec = "tests/specs/smoke.yaml";
+  const Outcome first = run(spec, {"--no-report"});
+  ASSERT_EQ(first.rc, 0) << dump(first);
+  std::map<std::string, std::string> started;
+  std::map<std::string, std::string> finished;
+  {
+    Db db(db_);
+    ASSERT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 6);
+    started = db.by_run("started_at");
+    finished = db.by_run("finished_at");
+  }
+  const auto files_first = result_files();
+  ASSERT_EQ(files_first.size(), 6U);
+  for (const auto& [id, n] : files_first) EXPECT_EQ(n, 1) << id;
+
+  // Again: everything is stored, nothing reruns (no child is started: no new result file).
+  const Outcome again = run(spec);
+  ASSERT_EQ(again.rc, 0) << dump(again);
+  EXPECT_TRUE(contains(again.err, "6 runs planned, 6 already stored, 0 to run")) << again.err;
+  EXPECT_TRUE(contains(again.err, "0 ran (0 ok, 0 oom, 0 failed), 6 already stored")) << again.err;
+  EXPECT_FALSE(contains(again.err, "[1/")) << again.err;
+  EXPECT_TRUE(contains(again.out, "| GC |")) << again.out;  // the tables from the stored runs
+  EXPECT_EQ(result_files(), files_first);
+  {
+    Db db(db_);
+    EXPECT_EQ(db.count("SELECT count(*) FROM runs"), 6);
+    EXPECT_EQ(db.by_run("started_at"), started);
+    EXPECT_EQ(db.by_run("finished_at"), finished);
+  }
+
+  // --force reruns all six; this time the kv_cache=off generate run fails (exit 5).
+  const std::string target = R"("kv_cache":"off")";
+  const Outcome forced = run(spec, {"--force", "--no-report"},
+                             Env{{{"HARNESS_FAULT", "exit"}, {"HARNESS_FAULT_MATCH", target}}});
+  EXPECT_EQ(forced.rc, 1) << dump(forced);
+  EXPECT_TRUE(contains(forced.err, "6 runs planned, 0 already stored, 6 to run")) << forced.err;
+  EXPECT_TRUE(contains(forced.err, "6 ran (5 ok, 0 oom, 1 failed)")) << forced.err;
+  std::string failed_id;
+  {
+    Db db(db_);
+    EXPECT_EQ(db.count("SELECT count(*) FROM runs"), 6);
+    EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 5);
+    failed_id = db.scalar(
+        "SELECT run_id FROM runs WHERE status = 'crashed' AND exit_code = 5 "
+        "AND instr(config, '" +
+        target + "') > 0");
+    // Rerun records replace the old ones whole: still one environment row and no orphan rows.
+    EXPECT_EQ(db.count("SELECT count(*) FROM metrics WHERE run_id NOT IN "
+                       "(SELECT run_id FROM runs)"),
+              0);
+    EXPECT_EQ(db.count("SELECT count(*) FROM environments"), 1);
+    EXPECT_EQ(db.count("SELECT count(*) FROM metrics WHERE run_id = '" + failed_id + "'"), 0);
+    EXPECT_EQ(db.count("SELECT count(*) FROM steps WHERE run_id = '" + failed_id + "'"), 0);
+    started = db.by_run("started_at");
+    finished = db.by_run("finished_at");
+  }
+  // A new attempt each, i.e. a new result file, except the run that exited without writing one.
+  const auto files_forced = result_files();
+  for (const auto& [id, n] : files_forced) EXPECT_EQ(n, id == failed_id ? 1 : 2) << id;
+
+  // A plain rerun keeps the failed record (resume skips every stored run).
+  const Outcome plain = run(spec, {"--no-report"});
+  EXPECT_EQ(plain.rc, 0) << dump(plain);
+  EXPECT_TRUE(contains(plain.err, "6 already stored, 0 to run")) << plain.err;
+  EXPECT_EQ(result_files(), files_forced);
+
+  // --retry-failed reruns only the failed run (no fault now): it becomes ok.
+  const Outcome retry = run(spec, {"--retry-failed", "--no-report"});
+  ASSERT_EQ(retry.rc, 0) << dump(retry);
+  EXPECT_TRUE(contains(retry.err, "6 runs planned, 5 already stored, 1 to run")) << retry.err;
+  EXPECT_TRUE(contains(retry.err, "[1/1] generate kv_cache=off")) << retry.err;
+  EXPECT_TRUE(contains(retry.err, "1 ran (1 ok, 0 oom, 0 failed), 5 already stored")) << retry.err;
+  const auto files_retry = result_files();
+  for (const auto& [id, n] : files_retry) EXPECT_EQ(n, 2) << id;
+  {
+    Db db(db_);
+    EXPECT_EQ(db.count("SELECT count(*) FROM runs"), 6);
+    EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 6);
+    EXPECT_EQ(
+        db.count("SELECT count(*) FROM runs WHERE exit_code = 0 AND coalesce(error, '') = ''"), 6);
+    EXPECT_GT(db.count("SELECT count(*) FROM metrics WHERE run_id = '" + failed_id + "'"), 0);
+    auto now_started = db.by_run("started_at");
+    auto now_finished = db.by_run("finished_at");
+    for (const auto& [id, when] : finished) {
+      if (id == failed_id) {
+        EXPECT_GE(now_finished[id], when);
+      } else {
+        EXPECT_EQ(now_started[id], started[id]) << id;
+        EXPECT_EQ(now_finished[id], when) << id;
+      }
+    }
+    EXPECT_EQ(db.scalar("PRAGMA integrity_check"), "ok");
+  }
+}
+
+// ---- 4. SIGKILL the parent in the middle, then resume ----
+
+TEST_F(E2E, KilledParentResumesWithoutDuplicates) {
+  const std::string spec = "tests/specs/kill.yaml";
+  const auto planned = expanded(spec);
+  ASSERT_EQ(planned.size(), 8U);
+
+  const fs::path out = dir_ / "killed.out.txt";
+  const fs::path err = dir_ / "killed.err.txt";
+  const auto start = Clock::now();
+  const pid_t parent = spawn_harness(
+      {"run", spec, "--db", db_.string(), "--runs-dir", runs_.string(), "--no-report"}, {}, out,
+      err);
+  // The progress line of a run is printed after its record is committed.
+  bool second_stored = false;
+  while (seconds_since(start) < 60) {
+    if (contains(slurp(err), "[2/8]")) {
+      second_stored = true;
+      break;
+    }
+    int status = 0;
+    if (::waitpid(parent, &status, WNOHANG) == parent) break;  // finished (or died) early
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // Kill it while its third child is running (the harder case: a run in flight).
+  const auto third = Clock::now();
+  while (second_stored && processes_mentioning(runs_.string() + "/").empty() &&
+         seconds_since(third) < 10) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ::kill(parent, SIGKILL);
+  int status = 0;
+  ::waitpid(parent, &status, 0);
+  ASSERT_TRUE(second_stored) << slurp(err);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << slurp(err);
+
+  // The worker the parent was waiting for lives in its own process group, so it can outlive
+  // the parent as an orphan; end it (the test's temp dir is in its argv).
+  const size_t orphans = kill_processes_mentioning(dir_.string());
+  RecordProperty("orphaned_workers", static_cast<int>(orphans));
+  std::cerr << "[ info ] orphaned worker processes after SIGKILL of the parent: " << orphans
+            << "\n";
+
+  long long stored_before = 0;
+  {
+    Db db(db_);
+    EXPECT_EQ(db.scalar("PRAGMA integrity_check"), "ok");
+    stored_before = db.count("SELECT count(*) FROM runs");
+    EXPECT_GE(stored_before, 2);
+    EXPECT_LT(stored_before, 8);
+    EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status <> 'ok'"), 0);
+  }
+
+  const Outcome resumed = run(spec, {"--no-report"});
+  ASSERT_EQ(resumed.rc, 0) << dump(resumed);
+  EXPECT_TRUE(contains(resumed.err, "8 runs planned, " + std::to_string(stored_before) +
+                                        " already stored, " + std::to_string(8 - stored_before) +
+                                        " to run"))
+      << resumed.err;
+
+  Db db(db_);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs"), 8);
+  EXPECT_EQ(db.count("SELECT count(DISTINCT run_id) FROM runs"), 8);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok' AND experiment = 'kill'"), 8);
+  EXPECT_EQ(db.count("SELECT count(*) FROM (SELECT run_id, name FROM metrics GROUP BY run_id, "
+                     "name HAVING count(*) > 1)"),
+            0);
+  EXPECT_EQ(db.count("SELECT count(*) FROM steps s JOIN runs r USING (run_id)"),
+            8 * 5);  // max_steps 5
+  EXPECT_EQ(db.count("SELECT count(*) FROM metrics WHERE run_id NOT IN (SELECT run_id FROM runs)"),
+            0);
+  EXPECT_EQ(db.scalar("PRAGMA integrity_check"), "ok");
+  std::map<std::string, std::string> stored;
+  for (const auto& row : db.query("SELECT run_id, config FROM runs")) stored[*row[0]] = *row[1];
+  EXPECT_EQ(stored, planned);
+  hx::Store store(db_.string(), hx::Store::Mode::kExisting);
+  EXPECT_EQ(store.integrity_check(), "ok");
+}
+
+// ---- 5. Bad specs: exit 2, FILE:LINE: KEY on stderr, no database ----
+
+TEST_F(E2E, BadSpecsExit2WithoutCreatingTheDatabase) {
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(kSourceDir) / "tests/bad_specs")) {
+    if (entry.path().extension() != ".yaml") continue;
+    const std::string name = entry.path().filename().string();
+    SCOPED_TRACE(name);
+    fs::path expect_path = entry.path();
+    expect_path.replace_extension(".expect");
+    std::string expect = slurp(expect_path);
+    while (!expect.empty() && std::isspace(static_cast<unsigned char>(expect.back())) != 0)
+      expect.pop_back();
+    ASSERT_FALSE(expect.empty());
+
+    const fs::path db = dir_ / name / "results" / "harness.db";
+    const Outcome o = harness({"run", "tests/bad_specs/" + name, "--db", db.string(), "--runs-dir",
+                               (dir_ / name / "runs").string()});
+    EXPECT_EQ(o.rc, 2) << dump(o);
+    EXPECT_TRUE(contains(o.err, "error: tests/bad_specs/" + expect)) << o.err;
+    EXPECT_TRUE(o.out.empty()) << o.out;
+    EXPECT_FALSE(fs::exists(db));
+    EXPECT_FALSE(fs::exists(dir_ / name));  // nor its directory, nor the runs dir
+    ++checked;
+  }
+  EXPECT_GE(checked, 20);
+}
+
+// ---- 6. `harness model` is forwarded to the worker ----
+
+TEST_F(E2E, ModelPresetIsForwardedToTheWorker) {
+  const Outcome ok = harness({"model", "llama3.2-1b"});
+  EXPECT_EQ(ok.rc, 0) << dump(ok);
+  EXPECT_TRUE(std::regex_search(ok.out, std::regex(R"((^|\n)parameters\s+1235814400\b)")))
+      << ok.out;
+
+  const Outcome bad = harness({"model", "nope"});
+  EXPECT_EQ(bad.rc, 2) << dump(bad);
+  for (const char* preset : {"tiny", "small", "llama3.2-1b", "llama2-7b"}) {
+    EXPECT_TRUE(contains(bad.err, preset)) << bad.err;
+  }
+  EXPECT_TRUE(contains(bad.err, "nope")) << bad.err;
+}
+
+}  // namespace
