@@ -78,7 +78,7 @@ std::string environment_line(const Json& env) {
   }
   if (const std::string v = env_string(env, "libtorch"); !v.empty())
     parts.push_back("libtorch " + v);
-  if (const std::string v = env_string(env, "threads"); !v.empty()) parts.push_back(v + " threads");
+  if (const std::string v = env_string(env, "threads"); !v.empty()) parts.push_back(v + (v == "1" ? " thread" : " threads"));
   if (const std::string v = env_string(env, "build_type"); !v.empty())
     parts.push_back(v + " build");
   if (const std::string v = env_string(env, "compiler"); !v.empty()) parts.push_back(v);

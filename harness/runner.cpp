@@ -114,7 +114,9 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
   record.stderr_tail = outcome.stderr_tail;
   if (outcome.timed_out) {
     record.status = "timeout";
-    record.error = "killed after timeout_s = " + std::to_string(spec.timeout_s) + " s";
+    char limit[64];
+    std::snprintf(limit, sizeof limit, "killed after timeout_s = %g s", spec.timeout_s);
+    record.error = limit;
   } else if (outcome.interrupted) {
     record.status = "error";
     record.error = "interrupted";
@@ -283,7 +285,19 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       child.stdout_path = (dir / "stdout.log").string();
       child.timeout_s = spec.timeout_s;
       const std::string started = utc_now_iso8601();
-      const ChildOutcome outcome = run_child(child);
+      ChildOutcome outcome;
+      try {
+        outcome = run_child(child);
+      } catch (const std::exception& e) {
+        // The worker could not be started (e.g. being rebuilt): this run failed, the rest go on.
+        RunRecord record = make_run_record(spec.name, run);
+        record.status = "error";
+        record.error = e.what();
+        record.started_at = started;
+        record.finished_at = utc_now_iso8601();
+        finish(run, record, 0.0);
+        continue;
+      }
       if (outcome.interrupted) return;  // not recorded: the run reruns on resume
       finish(run, verdict(spec, run, outcome, result, started), outcome.seconds);
     }

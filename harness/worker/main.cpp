@@ -1,6 +1,10 @@
 // `harness-worker`: the child process of one run, and the commands that need the model
 // (`harness model`, `harness generate` are forwarded here by the parent, which links no torch).
 #include <CLI/CLI.hpp>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -186,6 +190,11 @@ int export_model(const ExportArgs& a) {
 int main(int argc, char** argv) {
   // Before any tensor exists, so that every allocation is counted.
   hx::CountingAllocator::install();
+  // A run must not outlive its parent (killed `harness run`): the parent's thread that started
+  // this child waits for it, so the signal comes only when the parent is gone.
+  const pid_t parent = ::getppid();
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) return hx::kExitRunError;  // the parent died before prctl
 
   CLI::App app{"harness-worker: runs one measured run (started by `harness run`)"};
   app.require_subcommand(1);
