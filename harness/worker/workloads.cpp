@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -12,9 +13,11 @@
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
+#include "model/checkpoint_io.h"
 #include "model/compat.h"
 #include "model/generate.h"
 #include "model/lora.h"
+#include "model/weights.h"
 
 namespace hx {
 namespace {
@@ -93,16 +96,39 @@ struct Built {
   double load_s = 0;
 };
 
+// model.weights: "random" (the preset's shapes, drawn from model.seed); a checkpoint directory
+// (HF or Meta, detected; its own config, and a preset given alongside must have its shapes); or
+// a torch.save dict of tensors with Meta names (the preset's shapes).
 Built build_model(const Json& run, const Config& cfg, torch::Device device) {
   const auto& m = run.at("model");
-  auto config = config_from_name(m.value("preset", std::string("tiny")));
-  if (m.contains("weights") && m.at("weights") != "random")
-    throw std::invalid_argument("loading weights from a checkpoint is not supported yet");
+  const std::string weights = m.value("weights", std::string("random"));
+  const std::string preset = m.value("preset", std::string("tiny"));
   auto start = std::chrono::steady_clock::now();
   ModelOptions options{device, dtype_from(cfg.get<std::string>("dtype", "fp32"))};
   Built built;
-  built.model = Transformer(config, options);
-  init_random(built.model, m.value("seed", 0));
+  if (weights == "random") {
+    built.model = Transformer(config_from_name(preset), options);
+    init_random(built.model, m.value("seed", 0));
+  } else if (std::filesystem::is_directory(weights)) {
+    built.model = load_model(weights, options);
+    if (m.contains("preset")) {
+      const auto want = config_from_name(preset);
+      const auto& got = built.model->config();
+      if (want.dim != got.dim || want.n_layers != got.n_layers || want.n_heads != got.n_heads ||
+          want.n_kv_heads != got.n_kv_heads || want.vocab_size != got.vocab_size ||
+          want.ffn_hidden != got.ffn_hidden || want.tie_embeddings != got.tie_embeddings)
+        throw std::invalid_argument("model.weights " + weights +
+                                    ": the checkpoint's shapes are not those of model.preset " +
+                                    preset + " (leave the preset out to take the checkpoint's)");
+    }
+  } else {
+    if (!m.contains("preset"))
+      throw std::invalid_argument("model.weights " + weights +
+                                  ": a file of tensors needs model.preset for its shapes (or "
+                                  "give a checkpoint directory)");
+    built.model = Transformer(config_from_name(preset), options);
+    load_weights(built.model, read_torch_dict(weights), weights);
+  }
   compat::cuda_synchronize();
   built.load_s = seconds_since(start);
   return built;
