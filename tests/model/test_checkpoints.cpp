@@ -4,6 +4,8 @@
 // (tolerance 1e-4, argued in test_golden.cpp) and the same greedy tokens; our HF writer's output
 // loads back bit for bit; malformed files fail with messages naming key, file and shapes.
 #include <gtest/gtest.h>
+
+#include "tests/model/golden_util.h"
 #include <stdlib.h>
 
 #include <cstring>
@@ -21,37 +23,15 @@
 namespace hx {
 namespace {
 
+using testing::config_from_golden;
+using testing::golden_dir;
+
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
 constexpr double kTolerance = 1e-4;  // as test_golden.cpp
 
-std::string golden_dir() {
-  const char* src = std::getenv("HX_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/tests/golden/";
-}
 std::string fixture(const std::string& name) { return golden_dir() + "checkpoints/" + name; }
-
-LlamaConfig config_from_golden(const Json& j) {
-  LlamaConfig c;
-  c.name = "golden";
-  c.dim = j.at("dim");
-  c.n_layers = j.at("n_layers");
-  c.n_heads = j.at("n_heads");
-  c.n_kv_heads = j.at("n_kv_heads");
-  c.vocab_size = j.at("vocab_size");
-  c.ffn_hidden = j.at("ffn_hidden");
-  c.norm_eps = j.at("norm_eps");
-  c.rope_theta = j.at("rope_theta");
-  if (!j.at("rope_scaling").is_null()) {
-    const auto& s = j.at("rope_scaling");
-    c.rope_scaling = RopeScaling{s.at("factor"), s.at("low_freq_factor"), s.at("high_freq_factor"),
-                                 s.at("original_max_pos")};
-  }
-  c.tie_embeddings = j.at("tie_embeddings");
-  c.max_seq_len = j.at("max_seq_len");
-  return c;
-}
 
 Transformer golden_model(const std::string& golden_case) {
   const std::string base = golden_dir() + golden_case;
