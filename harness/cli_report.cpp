@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "harness/cli.h"
+#include "harness/estimate.h"
 #include "harness/json_io.h"
 #include "harness/report.h"
 #include "harness/spec.h"
@@ -33,7 +34,10 @@ int run_report(const ReportOptions& options) {
                                 options.spec_path + " --db " + options.db + "` first)");
   }
   const Store store(options.db, Store::Mode::kExisting);
-  const std::string text = render_report(spec, expand(spec), store.load_runs(spec.name), format);
+  const auto planned = expand(spec);
+  auto runs = store.load_runs(spec.name);
+  add_estimates(spec, planned, runs);  // a table's est_peak_mem_mb row (docs/memory-model.md)
+  const std::string text = render_report(spec, planned, runs, format);
   std::cout << text << std::flush;
   if (!options.out_dir.empty()) {
     std::filesystem::create_directories(options.out_dir);

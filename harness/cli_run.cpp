@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "harness/cli.h"
+#include "harness/estimate.h"
 #include "harness/process.h"
 #include "harness/report.h"
 #include "harness/runner.h"
@@ -33,8 +34,10 @@ int run_command(const RunArgs& args) {
                summary.already_done);
   if (!args.no_report && !spec.tables.empty()) {
     Store store(args.options.db_path, Store::Mode::kExisting);
-    const auto report =
-        render_report(spec, expand(spec), store.load_runs(spec.name), ReportFormat::kMarkdown);
+    const auto planned = expand(spec);
+    auto runs = store.load_runs(spec.name);
+    add_estimates(spec, planned, runs);  // a table's est_peak_mem_mb row (docs/memory-model.md)
+    const auto report = render_report(spec, planned, runs, ReportFormat::kMarkdown);
     std::cout << report << std::flush;
     if (!args.report_dir.empty()) {
       std::filesystem::create_directories(args.report_dir);
