@@ -1,5 +1,6 @@
 // Commands that need the model run in harness-worker (the parent links no libtorch): `harness
-// model PRESET` and `harness generate ...` replace this process with the worker.
+// model PRESET` replaces this process with the worker. (`harness generate` runs the worker as a
+// child, with the tokenizer in the parent: cli_generate.cpp.)
 #include <unistd.h>
 
 #include <cerrno>
@@ -35,9 +36,6 @@ void forward(CLI::App& app, const std::string& name, const std::string& help) {
 
 const CommandRegistrar kModel{"model", [](CLI::App& app, std::function<void(int)>) {
   forward(app, "model", "print a preset's config, parameter count and weight bytes");
-}};
-const CommandRegistrar kGenerate{"generate", [](CLI::App& app, std::function<void(int)>) {
-  forward(app, "generate", "generate tokens with a model (random prompt; see --help)");
 }};
 
 }  // namespace

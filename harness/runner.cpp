@@ -9,12 +9,16 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
 
 #include "harness/device_profiles.h"
+#include "harness/hash.h"
 #include "harness/json_io.h"
+#include "harness/pretokenize.h"
 #include "harness/process.h"
 #include "harness/store.h"
 
@@ -74,10 +78,12 @@ std::string key_metric_text(const RunRecord& record) {
   return out;
 }
 
-Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::string& result) {
+Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::string& result,
+              const std::string& tokens_path) {
   const auto& part = spec.parts[static_cast<size_t>(run.part)];
   Json data = part.data;
   data.erase("path_as_written");
+  if (!tokens_path.empty()) data["tokens_path"] = tokens_path;
   Json model = spec.model;
   model.erase("weights_as_written");
   return {{"run_id", run.run_id},
@@ -135,6 +141,51 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
     record.error = "exited with code " + std::to_string(outcome.exit_code.value_or(-1));
   }
   return record;
+}
+
+// Whether the run's data is an Alpaca file that the parent pre-tokenises (the spec names a
+// tokenizer): the worker then reads token ids (data.tokens_path) and links no tokenizer.
+bool pretokenized(const Spec& spec, const RunConfig& run) {
+  const auto& data = spec.parts[static_cast<size_t>(run.part)].data;
+  return !spec.tokenizer.empty() && run.workload == "finetune" &&
+         data.value("format", std::string()) == "alpaca";
+}
+
+// Pre-tokenises the Alpaca data of the pending runs once per distinct (tokenizer, data file,
+// samples, max_seq_len, allow_special), into <runs_dir>/tokens/<hash>.json; returns run id -> path.
+std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
+                                                    const std::vector<const RunConfig*>& pending,
+                                                    const fs::path& runs_dir, bool progress) {
+  std::map<std::string, std::string> by_run;
+  std::map<std::string, std::string> written;  // key -> path, made by this call
+  std::unique_ptr<TextTokenizer> tokenizer;
+  for (const RunConfig* run : pending) {
+    if (!pretokenized(spec, *run) || !run->skip_reason.empty()) continue;
+    const auto& data = spec.parts[static_cast<size_t>(run->part)].data;
+    // The worker's default and precedence (workloads.cpp): config, then data, then 256.
+    const int64_t max_len = run->config.value(
+        "max_seq_len", data.value("max_seq_len", int64_t{256}));
+    const std::string path = data.at("path").get<std::string>();
+    const int64_t samples = data.value("samples", int64_t{0});
+    const std::string key = spec.tokenizer + "\n" + path + "\n" + std::to_string(samples) + "\n" +
+                            std::to_string(max_len) + "\n" + (spec.allow_special ? "1" : "0");
+    auto it = written.find(key);
+    if (it == written.end()) {
+      if (!tokenizer) tokenizer = load_text_tokenizer(spec.tokenizer);
+      const fs::path out = runs_dir / "tokens" / (fnv1a64_hex(key) + ".json");
+      fs::create_directories(out.parent_path());
+      const size_t n = pretokenize_alpaca(path, samples, *tokenizer, max_len, spec.allow_special,
+                                          out.string());
+      if (progress) {
+        std::fprintf(stderr, "tokenised %zu examples of %s with %s (max_seq_len %lld): %s\n", n,
+                     path.c_str(), spec.tokenizer.c_str(), static_cast<long long>(max_len),
+                     out.c_str());
+      }
+      it = written.emplace(key, out.string()).first;
+    }
+    by_run[run->run_id] = it->second;
+  }
+  return by_run;
 }
 
 // A CUDA spec on a worker without CUDA (or a machine without a GPU) would record every run as
@@ -226,6 +277,9 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
                  spec.name.c_str(), summary.planned, summary.already_done, pending.size(),
                  options.db_path.c_str(), jobs, jobs == 1 ? "" : "s");
   }
+  // Before any run starts: a data file the tokenizer cannot encode fails the experiment at once.
+  const std::map<std::string, std::string> tokens =
+      pretokenize_runs(spec, pending, runs_dir, options.progress);
   install_interrupt_handler();
 
   const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
@@ -278,7 +332,9 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       const std::string result = (dir / ("result." + std::to_string(::getpid()) + ".json")).string();
       fs::remove(result);
       write_file_atomic((dir / "run.json").string(),
-                        run_file(spec, run, threads, result).dump(1) + "\n");
+                        run_file(spec, run, threads, result,
+                                 tokens.contains(run.run_id) ? tokens.at(run.run_id) : "")
+                                .dump(1) + "\n");
       ChildSpec child;
       child.argv = {worker, "run", (dir / "run.json").string()};
       child.stderr_path = (dir / "stderr.log").string();

@@ -17,6 +17,8 @@
 #include "harness/fields.h"
 #include "harness/device_profiles.h"
 #include "harness/hash.h"
+#include "harness/json_io.h"
+#include "harness/pretokenize.h"
 #include "model/config.h"
 
 namespace hx {
@@ -119,7 +121,8 @@ constexpr std::string_view kWorkloads[] = {"finetune", "generate"};
 constexpr std::string_view kTopKeys[] = {
     "name",      "description", "model",           "workload", "data",
     "fixed",     "matrix",      "include",         "exclude",  "repeats",
-    "timeout_s", "device",      "memory_limit_mb", "tables",   "parts", "device_profile"};
+    "timeout_s", "device",      "memory_limit_mb", "tables",   "parts", "device_profile",
+    "tokenizer", "allow_special"};
 constexpr std::string_view kPartKeys[] = {"label",  "workload", "data",   "fixed",
                                           "matrix", "include",  "exclude"};
 constexpr std::string_view kTableKeys[] = {"title", "kind", "columns", "rows", "workload", "part"};
@@ -426,6 +429,8 @@ class Parser {
   // The top-level entries that are neither the model nor a part: name, device, repeats, ...
   void parse_settings(const std::map<std::string, Entry>& top, Spec& spec);
   void parse_model(const Entry& entry, Spec& spec) const;
+  // `tokenizer` and `allow_special`, after the model (whose vocabulary must hold the tokenizer's).
+  void parse_tokenizer(const std::map<std::string, Entry>& top, Spec& spec) const;
   void parse_parts(const std::map<std::string, Entry>& top, Spec& spec) const;
   PartSpec parse_part(const PartNodes& part, const PartNodes& defaults) const;
   std::string parse_workload(const PartNodes& part) const;
@@ -604,6 +609,73 @@ void Parser::parse_model(const Entry& entry, Spec& spec) const {
     model["seed"] = checked(it->second, "model.seed", KeyRule{.name = "seed"});
   }
   spec.model = std::move(model);
+}
+
+namespace {
+
+// The model's vocabulary size, when it can be known without loading weights: a preset's, or the
+// `vocab_size` of a checkpoint directory's config.json (HF) or params.json (Meta); 0 otherwise.
+int64_t model_vocab_size(const Json& model) {
+  const std::string weights = model.value("weights", std::string("random"));
+  std::error_code error;
+  if (weights != "random" && fs::is_directory(weights, error)) {
+    for (const char* name : {"config.json", "params.json"}) {
+      const fs::path file = fs::path(weights) / name;
+      if (!fs::exists(file, error)) continue;
+      try {
+        const Json config = Json::parse(read_file(file.string()));
+        if (config.contains("vocab_size") && config["vocab_size"].is_number_integer() &&
+            config["vocab_size"].get<int64_t>() > 0) {
+          return config["vocab_size"].get<int64_t>();
+        }
+      } catch (const std::exception&) {
+      }
+    }
+    return 0;
+  }
+  if (model.contains("preset")) return config_from_name(model["preset"].get<std::string>()).vocab_size;
+  return 0;
+}
+
+}  // namespace
+
+void Parser::parse_tokenizer(const std::map<std::string, Entry>& top, Spec& spec) const {
+  if (auto it = top.find("allow_special"); it != top.end()) {
+    const Json value = to_json(it->second.value);
+    if (value == "true" || value == true) {
+      spec.allow_special = true;
+    } else if (value == "false" || value == false) {
+      spec.allow_special = false;
+    } else {
+      fail(it->second.value_line, "allow_special", "expected true or false, got " + show(value));
+    }
+  }
+  auto it = top.find("tokenizer");
+  if (it == top.end()) return;
+  const Entry& entry = it->second;
+  const std::string written = string_value(entry, "tokenizer");
+  const std::optional<fs::path> found = resolve(written);
+  if (!found || fs::is_directory(*found)) {
+    fail(entry.value_line, "tokenizer",
+         "file not found: \"" + written + "\" (looked in the current directory and in " +
+             spec_dir_.string() + ")");
+  }
+  spec.tokenizer = found->string();
+  spec.tokenizer_as_written = written;
+  // The programs that link the tokenizers (harness, test_core) register a loader; others skip.
+  if (!have_tokenizer_loader()) return;
+  std::unique_ptr<TextTokenizer> tokenizer;
+  try {
+    tokenizer = load_text_tokenizer(spec.tokenizer);
+  } catch (const std::exception& e) {
+    fail(entry.value_line, "tokenizer", e.what());
+  }
+  const int64_t vocab = model_vocab_size(spec.model);
+  if (vocab > 0 && vocab < tokenizer->vocab_size()) {
+    fail(entry.value_line, "tokenizer",
+         "its vocabulary (" + std::to_string(tokenizer->vocab_size()) +
+             " tokens) does not fit the model's (vocab_size " + std::to_string(vocab) + ")");
+  }
 }
 
 std::string Parser::data_file(const DataItem& item) const {
@@ -1000,6 +1072,7 @@ Spec Parser::parse(const std::string& text) {
   auto model = top.find("model");
   if (model == top.end()) fail(1, "model", "required: {preset: NAME} or {weights: PATH}");
   parse_model(model->second, spec);
+  parse_tokenizer(top, spec);
   parse_parts(top, spec);
 
   if (auto tables = top.find("tables"); tables != top.end()) {
@@ -1067,6 +1140,10 @@ std::string make_run_id(const Spec& spec, const PartSpec& part, const std::strin
   };
   // Only when set, so that the run ids of specs without a profile stay as they were.
   if (!spec.device_profile.empty()) context["device_profile"] = spec.device_profile;
+  if (!spec.tokenizer.empty()) {
+    context["tokenizer"] = spec.tokenizer_as_written;
+    context["allow_special"] = spec.allow_special;
+  }
   return fnv1a64_hex(spec.name + "\n" + canonical_json(context) + "\n" + canonical + "\n" +
                      std::to_string(repeat));
 }

@@ -46,6 +46,11 @@ struct Spec {
   // A weights path is made absolute, with the spec's text in "weights_as_written" (hashed into
   // run ids instead, like data paths).
   Json model = Json::object();  // {"preset": "tiny", "weights": "random", "seed": 0}
+  // `tokenizer: PATH` (a LLaMA 3 tiktoken or LLaMA 2 SentencePiece tokenizer.model), absolute;
+  // "" = the byte tokenizer. Alpaca data is then pre-tokenised by the parent (runner.cpp).
+  std::string tokenizer;
+  std::string tokenizer_as_written;  // the spec's text, hashed into run ids
+  bool allow_special = false;        // `allow_special:` special-token names in the data are tokens
   std::vector<PartSpec> parts;
   int repeats = 1;
   double timeout_s = 1800;

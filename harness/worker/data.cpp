@@ -9,48 +9,6 @@
 
 namespace hx {
 
-std::vector<AlpacaRecord> read_alpaca(const std::string& path, int64_t samples) {
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::invalid_argument(path + ": not valid JSON: " + e.what());
-  }
-  if (!doc.is_array()) throw std::invalid_argument(path + ": expected a JSON list of records");
-  std::vector<AlpacaRecord> records;
-  for (size_t i = 0; i < doc.size(); ++i) {
-    if (samples > 0 && static_cast<int64_t>(records.size()) >= samples) break;
-    const auto& item = doc[i];
-    auto field = [&](const char* key, bool required) -> std::string {
-      if (!item.is_object() || !item.contains(key)) {
-        if (required)
-          throw std::invalid_argument(path + ": record " + std::to_string(i) + ": missing \"" +
-                                      key + "\"");
-        return "";
-      }
-      if (!item[key].is_string())
-        throw std::invalid_argument(path + ": record " + std::to_string(i) + ": \"" + key +
-                                    "\" is not a string");
-      return item[key].get<std::string>();
-    };
-    records.push_back({field("instruction", true), field("input", false), field("output", true)});
-  }
-  if (records.empty()) throw std::invalid_argument(path + ": no records");
-  return records;
-}
-
-std::string alpaca_prompt(const AlpacaRecord& r) {
-  if (r.input.empty()) {
-    return "Below is an instruction that describes a task. Write a response that appropriately "
-           "completes the request.\n\n### Instruction:\n" +
-           r.instruction + "\n\n### Response:\n";
-  }
-  return "Below is an instruction that describes a task, paired with an input that provides "
-         "further context. Write a response that appropriately completes the request.\n\n"
-         "### Instruction:\n" +
-         r.instruction + "\n\n### Input:\n" + r.input + "\n\n### Response:\n";
-}
-
 std::vector<int64_t> ByteTokenizer::encode(std::string_view text) const {
   std::vector<int64_t> ids;
   ids.reserve(text.size());
@@ -74,6 +32,25 @@ Example make_example(const AlpacaRecord& record, const Tokenizer& tokenizer, int
     ex.labels.resize(static_cast<size_t>(max_seq_len));
   }
   return ex;
+}
+
+std::vector<Example> load_token_examples(const std::string& path, int64_t max_seq_len,
+                                         int64_t vocab_size) {
+  std::vector<Example> examples = read_token_examples(path);
+  for (size_t i = 0; i < examples.size(); ++i) {
+    auto& ex = examples[i];
+    for (int64_t id : ex.tokens) {
+      if (id < 0 || id >= vocab_size)
+        throw std::invalid_argument(path + ": example " + std::to_string(i) + ": token id " +
+                                    std::to_string(id) + " is outside the model's vocabulary (" +
+                                    std::to_string(vocab_size) + ")");
+    }
+    if (max_seq_len > 0 && static_cast<int64_t>(ex.tokens.size()) > max_seq_len) {
+      ex.tokens.resize(static_cast<size_t>(max_seq_len));
+      ex.labels.resize(static_cast<size_t>(max_seq_len));
+    }
+  }
+  return examples;
 }
 
 Batch collate(const std::vector<const Example*>& examples, int64_t pad_id) {

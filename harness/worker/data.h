@@ -9,20 +9,11 @@
 #include <string_view>
 #include <vector>
 
+// AlpacaRecord, read_alpaca, alpaca_prompt, Example, kIgnoreIndex: shared with the parent, which
+// pre-tokenises with a real tokenizer (data.tokens_path in run.json).
+#include "harness/pretokenize.h"
+
 namespace hx {
-
-inline constexpr int64_t kIgnoreIndex = -100;
-
-struct AlpacaRecord {
-  std::string instruction, input, output;
-};
-
-// Reads a JSON list of {instruction, input, output} (input optional); the first `samples`
-// records (all if samples <= 0). Errors name the file and the record index.
-std::vector<AlpacaRecord> read_alpaca(const std::string& path, int64_t samples);
-
-// The Stanford Alpaca templates (with and without input), up to "### Response:\n".
-std::string alpaca_prompt(const AlpacaRecord& record);
 
 class Tokenizer {
  public:
@@ -45,12 +36,12 @@ class ByteTokenizer final : public Tokenizer {
   int64_t vocab_size() const override { return 259; }
 };
 
-struct Example {
-  std::vector<int64_t> tokens;  // BOS prompt response EOS, truncated to max_seq_len
-  std::vector<int64_t> labels;  // kIgnoreIndex over BOS and the prompt
-};
-
 Example make_example(const AlpacaRecord& record, const Tokenizer& tokenizer, int64_t max_seq_len);
+
+// Examples pre-tokenised by the parent (read_token_examples), cut to max_seq_len (<= 0: not);
+// std::invalid_argument when a token id is outside [0, vocab_size).
+std::vector<Example> load_token_examples(const std::string& path, int64_t max_seq_len,
+                                         int64_t vocab_size);
 
 struct Batch {
   torch::Tensor tokens;  // (B, T) int64, padded with pad_id

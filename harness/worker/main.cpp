@@ -85,7 +85,32 @@ struct GenerateArgs {
   int64_t repeats = 1;  // timed generations after one untimed warm-up; medians reported
   bool json = false;
   uint64_t seed = 0;
+  std::string prompt_ids;  // "1,2,3": this prompt (repeated per batch row) instead of a random one
+  bool greedy = false;     // the default; sampling when --temperature/--top-p/--top-k are given
+  double temperature = 1.0, top_p = 1.0;
+  int64_t top_k = 0;
+  bool sample = false;     // set from the options given
 };
+
+std::vector<int64_t> parse_prompt_ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && (text[i] == ',' || text[i] == ' ')) ++i;
+    if (i >= text.size()) break;
+    size_t used = 0;
+    try {
+      ids.push_back(std::stoll(text.substr(i), &used));
+    } catch (const std::exception&) {
+      throw std::invalid_argument("--prompt-ids: expected comma-separated token ids");
+    }
+    i += used;
+    if (i < text.size() && text[i] != ',' && text[i] != ' ')
+      throw std::invalid_argument("--prompt-ids: expected comma-separated token ids");
+  }
+  if (ids.empty()) throw std::invalid_argument("--prompt-ids: no ids");
+  return ids;
+}
 
 double median_of(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -110,22 +135,41 @@ int demo_generate(const GenerateArgs& a) {
     source = "weights from " + a.weights;
   }
   model->eval();
-  auto gen = at::detail::createCPUGenerator(a.seed);
-  auto prompt = torch::randint(3, model->config().vocab_size, {a.batch, a.prompt_len}, gen,
-                               torch::kInt64);
+  const int64_t vocab = model->config().vocab_size;
+  torch::Tensor prompt;
+  if (a.prompt_ids.empty()) {
+    auto gen = at::detail::createCPUGenerator(a.seed);
+    prompt = torch::randint(3, vocab, {a.batch, a.prompt_len}, gen, torch::kInt64);
+  } else {
+    const std::vector<int64_t> ids = parse_prompt_ids(a.prompt_ids);
+    for (int64_t id : ids) {
+      if (id < 0 || id >= vocab)
+        throw std::invalid_argument("--prompt-ids: id " + std::to_string(id) +
+                                    " is outside the model's vocabulary (" +
+                                    std::to_string(vocab) + ")");
+    }
+    prompt = torch::tensor(ids, torch::kInt64).unsqueeze(0).repeat({a.batch, 1}).contiguous();
+  }
+  hx::SamplingOptions sampling;
+  sampling.greedy = !a.sample;
+  sampling.temperature = a.temperature;
+  sampling.top_p = a.top_p;
+  sampling.top_k = a.top_k;
+  sampling.seed = a.seed;
   const bool cache = a.kv_cache == "on";
-  hx::generate(model, prompt, std::min<int64_t>(a.new_tokens, 2), cache, {});  // warm-up
+  hx::generate(model, prompt, std::min<int64_t>(a.new_tokens, 2), cache, sampling);  // warm-up
   std::vector<double> prefill, decode_token;
   hx::GenerateResult out;
   for (int64_t r = 0; r < std::max<int64_t>(1, a.repeats); ++r) {
-    out = hx::generate(model, prompt, a.new_tokens, cache, {});
+    out = hx::generate(model, prompt, a.new_tokens, cache, sampling);
     prefill.push_back(out.prefill_s);
     if (a.new_tokens > 1) decode_token.push_back(out.decode_s / (a.new_tokens - 1));
   }
   if (a.json) {
     nlohmann::json j = {{"model", a.preset},
                         {"batch", a.batch},
-                        {"prompt_len", a.prompt_len},
+                        {"prompt_len", prompt.size(1)},
+                        {"sampling", a.sample ? "sample" : "greedy"},
                         {"new_tokens", a.new_tokens},
                         {"kv_cache", a.kv_cache},
                         {"threads", at::get_num_threads()},
@@ -139,7 +183,7 @@ int demo_generate(const GenerateArgs& a) {
   }
   std::printf("model %s (%s), batch %lld, prompt %lld tokens, kv cache %s\n",
               model->config().name.c_str(), source.c_str(), static_cast<long long>(a.batch),
-              static_cast<long long>(a.prompt_len), a.kv_cache.c_str());
+              static_cast<long long>(prompt.size(1)), a.kv_cache.c_str());
   for (int64_t b = 0; b < a.batch; ++b) {
     std::printf("tokens[%lld]:", static_cast<long long>(b));
     for (int64_t i = 0; i < out.tokens.size(1); ++i)
@@ -223,7 +267,9 @@ int main(int argc, char** argv) {
   });
 
   GenerateArgs g;
-  auto* gen = app.add_subcommand("generate", "greedy generation from a random prompt");
+  auto* gen = app.add_subcommand(
+      "generate", "generation from token ids (--prompt-ids) or a random prompt; greedy unless "
+                  "--temperature/--top-p/--top-k");
   gen->add_option("--model", g.preset, "preset, or a checkpoint directory (HF or Meta)")
       ->capture_default_str();
   gen->add_option("--prompt-len", g.prompt_len)->capture_default_str();
@@ -237,8 +283,21 @@ int main(int argc, char** argv) {
   gen->add_option("--seed", g.seed)->capture_default_str();
   gen->add_option("--weights", g.weights, "weights: a torch.save dict of tensors (Meta names)");
   gen->add_option("--repeats", g.repeats, "timed generations (medians)")->capture_default_str();
+  auto* prompt_ids = gen->add_option("--prompt-ids", g.prompt_ids,
+                                     "the prompt as token ids, 1,2,3 (default: random)");
+  gen->get_option("--prompt-len")->excludes(prompt_ids);
+  auto* greedy = gen->add_flag("--greedy", g.greedy, "greedy decoding (the default)");
+  auto* temperature = gen->add_option("--temperature", g.temperature, "sampling temperature")
+                          ->check(CLI::PositiveNumber);
+  auto* top_p = gen->add_option("--top-p", g.top_p, "nucleus mass")->check(CLI::Range(0.0, 1.0));
+  auto* top_k = gen->add_option("--top-k", g.top_k, "top-k filter (0: none)")
+                    ->check(CLI::NonNegativeNumber);
+  greedy->excludes(temperature)->excludes(top_p)->excludes(top_k);
   gen->add_flag("--json", g.json, "one JSON object: timings and new_ids");
-  gen->callback([&] { code = demo_generate(g); });
+  gen->callback([&, temperature, top_p, top_k] {
+    g.sample = temperature->count() + top_p->count() + top_k->count() > 0;
+    code = demo_generate(g);
+  });
 
   ExportArgs x;
   auto* exp = app.add_subcommand("export", "write a model in HF layout (config.json, "

@@ -196,7 +196,6 @@ Json run_generate(const Json& run, const Config& cfg, torch::Device device, Memo
 Json run_finetune(const Json& run, const Config& cfg, torch::Device device, MemoryProbe probe) {
   auto built = build_model(run, cfg, device);
   auto& model = built.model;
-  const int64_t params_bytes = probe.current();
   const int64_t total_params = model->param_count();
   if (cfg.on("lora", false)) {
     LoraOptions lora;
@@ -215,7 +214,11 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   const int64_t vocab = model->config().vocab_size;
   const uint64_t seed = static_cast<uint64_t>(cfg.get<int64_t>("seed", 0));
   std::optional<DataSource> source;
-  if (data.value("format", std::string("random")) == "alpaca") {
+  if (data.contains("tokens_path")) {
+    // Pre-tokenised by the parent with the spec's tokenizer (the worker links no tokenizer).
+    const int64_t max_len = cfg.get<int64_t>("max_seq_len", data.value("max_seq_len", 256));
+    source.emplace(load_token_examples(data.at("tokens_path"), max_len, vocab), batch, 0);
+  } else if (data.value("format", std::string("random")) == "alpaca") {
     ByteTokenizer tokenizer;
     if (vocab < tokenizer.vocab_size())
       throw std::invalid_argument("the byte tokenizer needs a vocabulary of at least 259");
@@ -236,6 +239,9 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   options.lr = cfg.get<double>("lr", 1e-5);
   options.weight_decay = cfg.get<double>("weight_decay", 0.0);
   Trainer trainer(model, options);
+  trainer.memory_now = [&probe] { return probe.current(); };
+  int64_t params_bytes = 0;  // the weights as trained: base and adapters, in their dtype
+  for (const auto& p : model->parameters()) params_bytes += p.nbytes();
   maybe_inject_fault(run);
 
   const int64_t max_steps = cfg.get<int64_t>("max_steps", 20);
@@ -246,13 +252,12 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   std::vector<double> measured;
   std::vector<double> losses;
   int64_t measured_tokens = 0;
-  int64_t peak = 0, peak_reserved = 0, grad_bytes = 0, before_step_bytes = 0;
+  int64_t peak = 0, peak_reserved = 0, grad_bytes = 0, activation_bytes = 0;
   int64_t optimizer_bytes = 0;
   auto total_start = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < max_steps; ++step) {
     compat::cuda_synchronize();
     probe.reset_peak();
-    before_step_bytes = probe.current();
     auto start = std::chrono::steady_clock::now();
     auto stats = trainer.step(*source);
     compat::cuda_synchronize();
@@ -261,6 +266,7 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
     peak = std::max(peak, step_peak);
     peak_reserved = std::max(peak_reserved, probe.peak_reserved());
     grad_bytes = std::max(grad_bytes, stats.grad_bytes);
+    activation_bytes = std::max(activation_bytes, stats.activation_bytes);
     optimizer_bytes = trainer.optimizer_state_bytes();
     losses.push_back(stats.loss);
     if (step >= warmup) {
@@ -278,9 +284,9 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   for (double s : measured) mean += s;
   mean /= static_cast<double>(measured.size());
 
-  // Memory by category. Activations: what the step's peak held beyond the state that lives
-  // across steps (weights, optimizer state, data) and the gradients.
-  const int64_t activations = std::max<int64_t>(0, peak - before_step_bytes - grad_bytes);
+  // Memory by category: weights, gradients before the optimizer step, optimizer state, and what
+  // the forward pass held for backward (measured after the loss, before backward).
+  const int64_t activations = activation_bytes;
   add_metric(result, "peak_mem_mb", peak / kMB, "MB");
   add_metric(result, "peak_reserved_mb", peak_reserved / kMB, "MB");
   add_metric(result, "step_time_s", mean, "s");
