@@ -89,12 +89,14 @@ StepStats Trainer::step(DataSource& data) {
     auto tokens = batch.tokens.to(device);
     auto labels = batch.labels.to(device);
     torch::Tensor loss;
+    const int64_t before = memory_now ? memory_now() : 0;
     {
       std::optional<compat::AutocastGuard> autocast;
       if (options_.mp != "off")
         autocast.emplace(device.type(), options_.mp == "fp16" ? at::kHalf : at::kBFloat16);
       loss = lm_loss(model_->forward(tokens), labels);
     }
+    if (memory_now) stats.activation_bytes = std::max(stats.activation_bytes, memory_now() - before);
     stats.loss += loss.item<double>() / static_cast<double>(options_.ga);
     stats.tokens += batch.real_tokens;
     auto scaled = loss / static_cast<double>(options_.ga);

@@ -48,6 +48,10 @@ struct StepStats {
   int64_t tokens = 0;       // real (unpadded) tokens
   bool skipped = false;     // fp16 overflow: no update
   int64_t grad_bytes = 0;   // gradients held just before the optimizer ran
+  // Bytes the forward pass left held for backward (activations, and the low-precision weight
+  // copies of autocast), at the largest micro-batch: measured right after the loss, before
+  // backward, so neither gradients nor optimizer temporaries are in it. 0 without a probe.
+  int64_t activation_bytes = 0;
 };
 
 class Trainer {
@@ -60,6 +64,8 @@ class Trainer {
   int64_t optimizer_state_bytes() const;
   // Hook for tests: runs after backward, before unscale/step (e.g. to inject an inf).
   std::function<void()> after_backward;
+  // Bytes currently held on the device (the worker's memory probe); optional.
+  std::function<int64_t()> memory_now;
 
  private:
   Transformer model_;
