@@ -46,11 +46,6 @@ std::string verdict_word(const std::string& status) {
   return status;
 }
 
-double spread(const std::vector<double>& values) {
-  const auto [lo, hi] = std::minmax_element(values.begin(), values.end());
-  return (*hi - *lo) / 2;
-}
-
 // "1,235,814,400"
 std::string with_thousands(int64_t value) {
   std::string digits = std::to_string(value);
@@ -309,60 +304,6 @@ std::string ratio_markdown(double ratio) {
   return format_fixed(ratio, std::max(2, 1 - leading));
 }
 
-std::string markdown_escape(const std::string& text) {
-  std::string out;
-  for (const char c : text) {
-    if (c == '|') out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-std::string markdown_cell(const CompareTable& table, const ReportCell& cell) {
-  if (cell.missing) return "-";
-  if (!cell.verdict.empty()) return cell.verdict;
-  if (cell.not_measured) return "n/a";
-  const double mid = median_of(cell.values);
-  const Field format{"", "", "", "", table.format, table.digits};
-  const int decimals = display_decimals(format, mid);
-  std::string text = format_fixed(mid, decimals);
-  if (cell.values.size() > 1) text += " ± " + format_fixed(spread(cell.values), decimals);
-  if (!cell.failed.empty()) {
-    std::map<std::string, int> counts;
-    for (const std::string& word : cell.failed) ++counts[word];
-    std::vector<std::string> parts;
-    for (const auto& [word, count] : counts) {
-      parts.push_back("+" + std::to_string(count) + " " + word);
-    }
-    text += " (" + join(parts, ", ") + ")";
-  }
-  return text;
-}
-
-std::string csv_field(const std::string& text) {
-  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + "\"";
-}
-
-void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
-  std::vector<std::string> escaped;
-  escaped.reserve(fields.size());
-  for (const std::string& field : fields) escaped.push_back(csv_field(field));
-  out << join(escaped, ",") << "\n";
-}
-
-std::string csv_cell(const ReportCell& cell) {
-  if (cell.missing) return "-";
-  if (!cell.verdict.empty()) return cell.verdict;
-  if (cell.not_measured) return "n/a";
-  return format_full(median_of(cell.values));
-}
-
 std::string env_header(const CompareEnv& env) { return env.label + " (" + env.letter + ")"; }
 
 std::string ratio_header(const Comparison& comparison, size_t env) {
@@ -451,7 +392,8 @@ class MarkdownCompareReporter : public CompareReporter {
       }
     }
     for (const ReportCell& cell : row.cells) {
-      out_ << " " << markdown_escape(markdown_cell(table, cell)) << " |";
+      out_ << " " << markdown_escape(report_cell_markdown(cell, table.format, table.digits))
+           << " |";
     }
     for (const std::optional<double>& ratio : row.ratios) {
       out_ << " " << (ratio.has_value() ? ratio_markdown(*ratio) : std::string("-")) << " |";
@@ -500,7 +442,7 @@ class CsvCompareReporter : public CompareReporter {
   void row(const Comparison& /*c*/, const CompareTable& table, const CompareRow& row) override {
     std::vector<std::string> fields =
         table.keys.empty() ? std::vector<std::string>{row.label} : row.values;
-    for (const ReportCell& cell : row.cells) fields.push_back(csv_cell(cell));
+    for (const ReportCell& cell : row.cells) fields.push_back(report_cell_csv(cell));
     for (const std::optional<double>& ratio : row.ratios) {
       fields.push_back(ratio.has_value() ? format_full(*ratio) : std::string("-"));
     }

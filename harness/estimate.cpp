@@ -13,6 +13,7 @@
 
 #include "harness/fields.h"
 #include "harness/json_io.h"
+#include "harness/pretokenize.h"
 
 // The system libtorch's version header (macros only; harness_core links no libtorch).
 #if __has_include(<torch/csrc/api/include/torch/version.h>)
@@ -887,20 +888,6 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   return result;
 }
 
-// ---- Alpaca lengths (harness/worker/data.cpp, byte tokenizer) ----
-
-std::string alpaca_prompt(const std::string& instruction, const std::string& input) {
-  if (input.empty()) {
-    return "Below is an instruction that describes a task. Write a response that appropriately "
-           "completes the request.\n\n### Instruction:\n" +
-           instruction + "\n\n### Response:\n";
-  }
-  return "Below is an instruction that describes a task, paired with an input that provides "
-         "further context. Write a response that appropriately completes the request.\n\n"
-         "### Instruction:\n" +
-         instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
-}
-
 // The matrix axes' values, then the keys an `include` entry set apart from `fixed`.
 std::string axes_text(const Spec& spec, const RunConfig& run) {
   std::string out;
@@ -1207,46 +1194,23 @@ std::vector<int64_t> alpaca_token_counts(const std::string& path, int64_t sample
     std::lock_guard<std::mutex> lock(mutex);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  Json doc;
+  std::vector<AlpacaRecord> records;
   try {
-    doc = Json::parse(read_file(path));
-  } catch (const Json::parse_error& e) {
-    throw std::invalid_argument(path + ": not valid JSON: " + e.what());
-  } catch (const std::runtime_error& e) {
+    records = read_alpaca(path, samples);
+  } catch (const std::runtime_error& e) {  // a missing file is a spec error, as a malformed one
     throw std::invalid_argument(e.what());
   }
-  if (!doc.is_array()) throw std::invalid_argument(path + ": expected a JSON list of records");
   std::vector<int64_t> counts;
-  int64_t records = 0;
-  for (size_t i = 0; i < doc.size(); ++i) {
-    if (samples > 0 && records >= samples) break;
-    const auto& item = doc[i];
-    auto field = [&](const char* key, bool required) -> std::string {
-      if (!item.is_object() || !item.contains(key)) {
-        if (required)
-          throw std::invalid_argument(path + ": record " + std::to_string(i) + ": missing \"" +
-                                      key + "\"");
-        return "";
-      }
-      if (!item[key].is_string())
-        throw std::invalid_argument(path + ": record " + std::to_string(i) + ": \"" + key +
-                                    "\" is not a string");
-      return item[key].get<std::string>();
-    };
-    const std::string instruction = field("instruction", true);
-    const std::string input = field("input", false);
-    const std::string output = field("output", true);
-    ++records;
+  for (const AlpacaRecord& record : records) {
     // BOS + prompt bytes + response bytes + EOS; labels start after the prompt.
-    const auto prompt = static_cast<int64_t>(alpaca_prompt(instruction, input).size());
-    int64_t tokens = 1 + prompt + static_cast<int64_t>(output.size()) + 1;
+    const auto prompt = static_cast<int64_t>(alpaca_prompt(record).size());
+    int64_t tokens = 1 + prompt + static_cast<int64_t>(record.output.size()) + 1;
     if (max_seq_len > 0) {
       if (1 + prompt >= max_seq_len) continue;  // response cut away entirely: left out
       tokens = std::min(tokens, max_seq_len);
     }
     counts.push_back(tokens);
   }
-  if (records == 0) throw std::invalid_argument(path + ": no records");
   if (counts.empty())
     throw std::invalid_argument(path +
                                 ": no training example keeps a response token within "

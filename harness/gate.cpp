@@ -27,24 +27,7 @@ std::string join(const std::vector<std::string>& parts, const std::string& separ
   return out;
 }
 
-// ---- CSV ----
-
-std::string csv_field(const std::string& text) {
-  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + "\"";
-}
-
-void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
-  std::vector<std::string> escaped;
-  escaped.reserve(fields.size());
-  for (const std::string& field : fields) escaped.push_back(csv_field(field));
-  out << join(escaped, ",") << "\n";
-}
+// ---- CSV (written with report.h's csv_line) ----
 
 struct CsvRecord {
   int line = 0;  // where the record starts

@@ -406,62 +406,6 @@ bool has_spread(const ReportRow& row) {
                      [](const ReportCell& cell) { return cell.values.size() > 1; });
 }
 
-std::string markdown_escape(const std::string& text) {
-  std::string out;
-  for (const char c : text) {
-    if (c == '|') out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-std::string markdown_cell(const ReportRow& row, const ReportCell& cell) {
-  if (cell.missing) return "-";
-  if (!cell.verdict.empty()) return cell.verdict;
-  if (cell.not_measured) return "n/a";
-  const double mid = median(cell.values);
-  const Field format{"", "", "", "", row.format, row.digits};
-  const int decimals = display_decimals(format, mid);
-  std::string text = format_fixed(mid, decimals);
-  if (cell.values.size() > 1) text += " ± " + format_fixed(spread(cell.values), decimals);
-  if (!cell.failed.empty()) {
-    std::map<std::string, int> counts;
-    for (const std::string& word : cell.failed) ++counts[word];
-    std::vector<std::string> parts;
-    parts.reserve(counts.size());
-    for (const auto& [word, count] : counts) {
-      parts.push_back("+" + std::to_string(count) + " " + word);
-    }
-    text += " (" + join(parts, ", ") + ")";
-  }
-  if (!cell.change.empty()) text += " (" + cell.change + ")";
-  return text;
-}
-
-std::string csv_field(const std::string& text) {
-  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + "\"";
-}
-
-std::string csv_cell(const ReportCell& cell) {
-  if (cell.missing) return "-";
-  if (!cell.verdict.empty()) return cell.verdict;
-  if (cell.not_measured) return "n/a";
-  return format_full(median(cell.values));
-}
-
-void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
-  std::vector<std::string> escaped;
-  escaped.reserve(fields.size());
-  for (const std::string& field : fields) escaped.push_back(csv_field(field));
-  out << join(escaped, ",") << "\n";
-}
-
 // The first part whose workload, fixed values and axis values admit the run's config (the
 // database does not record the part); 0 when none does.
 int infer_part(const Spec& spec, const StoredRun& run) {
@@ -505,6 +449,64 @@ ReportTable note_table(const TableSpec& table_spec, const std::string& note) {
 }
 
 }  // namespace
+
+// ---- Cell and field text (shared with compare and gate) ----
+
+std::string markdown_escape(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string report_cell_markdown(const ReportCell& cell, NumberFormat format, int digits) {
+  if (cell.missing) return "-";
+  if (!cell.verdict.empty()) return cell.verdict;
+  if (cell.not_measured) return "n/a";
+  const double mid = median(cell.values);
+  const Field field{"", "", "", "", format, digits};
+  const int decimals = display_decimals(field, mid);
+  std::string text = format_fixed(mid, decimals);
+  if (cell.values.size() > 1) text += " ± " + format_fixed(spread(cell.values), decimals);
+  if (!cell.failed.empty()) {
+    std::map<std::string, int> counts;
+    for (const std::string& word : cell.failed) ++counts[word];
+    std::vector<std::string> parts;
+    parts.reserve(counts.size());
+    for (const auto& [word, count] : counts) {
+      parts.push_back("+" + std::to_string(count) + " " + word);
+    }
+    text += " (" + join(parts, ", ") + ")";
+  }
+  if (!cell.change.empty()) text += " (" + cell.change + ")";
+  return text;
+}
+
+std::string report_cell_csv(const ReportCell& cell) {
+  if (cell.missing) return "-";
+  if (!cell.verdict.empty()) return cell.verdict;
+  if (cell.not_measured) return "n/a";
+  return format_full(median(cell.values));
+}
+
+std::string csv_quote_field(const std::string& text) {
+  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
+  std::vector<std::string> escaped;
+  escaped.reserve(fields.size());
+  for (const std::string& field : fields) escaped.push_back(csv_quote_field(field));
+  out << join(escaped, ",") << "\n";
+}
 
 ReportFormat parse_report_format(const std::string& name) {
   if (name == "md" || name == "markdown") return ReportFormat::kMarkdown;
@@ -566,7 +568,7 @@ void MarkdownReporter::header(const ReportTable& table) {
 void MarkdownReporter::row(const ReportTable& /*table*/, const ReportRow& row) {
   out_ << "| " << markdown_escape(row.label);
   for (const ReportCell& cell : row.cells)
-    out_ << " | " << markdown_escape(markdown_cell(row, cell));
+    out_ << " | " << markdown_escape(report_cell_markdown(cell, row.format, row.digits));
   out_ << " |\n";
 }
 
@@ -603,7 +605,7 @@ void CsvReporter::header(const ReportTable& table) {
 
 void CsvReporter::row(const ReportTable& /*table*/, const ReportRow& row) {
   std::vector<std::string> fields{row.metric};
-  for (const ReportCell& cell : row.cells) fields.push_back(csv_cell(cell));
+  for (const ReportCell& cell : row.cells) fields.push_back(report_cell_csv(cell));
   csv_line(out_, fields);
   if (!has_spread(row)) return;
   std::vector<std::string> spreads{row.metric + " half_range"};

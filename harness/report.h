@@ -111,6 +111,20 @@ class CsvReporter : public Reporter {
 
 std::unique_ptr<Reporter> make_reporter(ReportFormat format);
 
+// ---- Cell and field text, shared with `harness compare` and the gate ----
+
+// `|` escaped for a Markdown table cell.
+std::string markdown_escape(const std::string& text);
+// A cell as Markdown: `median ± s` with `digits` under `format`, failures `(+1 OOM)`, the
+// arrows change; `-`, the verdict or `n/a` without values.
+std::string report_cell_markdown(const ReportCell& cell, NumberFormat format, int digits);
+// A cell as CSV: the median at full precision; `-`, the verdict or `n/a` without values.
+std::string report_cell_csv(const ReportCell& cell);
+// RFC 4180: quoted (with "" for a quote) when it holds a comma, quote or line break.
+std::string csv_quote_field(const std::string& text);
+// One CSV record of `fields`, quoted as needed, ending in a newline.
+void csv_line(std::ostringstream& out, const std::vector<std::string>& fields);
+
 // The tables of `spec` with cells from `runs` (Store::load_runs) for the runs of `planned`
 // (expand(spec)), matched by run id.
 std::vector<ReportTable> build_report_tables(const Spec& spec,
