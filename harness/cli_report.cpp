@@ -44,7 +44,12 @@ int run_report(const ReportOptions& options) {
     const std::string path =
         (std::filesystem::path(options.out_dir) / (spec.name + "." + report_extension(format)))
             .string();
-    write_file_atomic(path, text);
+    // Charts drawn by `harness plot` into the same folder are linked from the Markdown report.
+    const auto charts = std::filesystem::path(options.out_dir) / (spec.name + "-plots.md");
+    const bool link_charts = format == ReportFormat::kMarkdown && std::filesystem::exists(charts);
+    write_file_atomic(path, link_charts ? text + "\nCharts: [" + charts.filename().string() +
+                                              "](" + charts.filename().string() + ")\n"
+                                        : text);
     std::fprintf(stderr, "wrote %s\n", path.c_str());
   }
   return kExitOk;

@@ -70,6 +70,20 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// What a regression injected for the gate's tests leaves behind: memory held for the whole run
+// (`alloc`: HARNESS_FAULT_MB, default 16) and a delay in every fine-tuning step (`slow`:
+// HARNESS_FAULT_MS, default 100).
+struct InjectedRegression {
+  torch::Tensor ballast;
+  double step_delay_s = 0;
+};
+InjectedRegression g_injected;
+
+double env_number(const char* name, double fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v ? std::atof(v) : fallback;
+}
+
 // Test-only fault injection (docs/worker-protocol.md), after the model is built.
 void maybe_inject_fault(const Json& run) {
   const char* fault = std::getenv("HARNESS_FAULT");
@@ -88,6 +102,11 @@ void maybe_inject_fault(const Json& run) {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   } else if (kind == "exit") {
     std::_Exit(5);
+  } else if (kind == "alloc") {
+    const auto bytes = static_cast<int64_t>(env_number("HARNESS_FAULT_MB", 16) * 1024 * 1024);
+    g_injected.ballast = torch::ones({bytes / 4}, torch::kFloat32);  // touched, so really held
+  } else if (kind == "slow") {
+    g_injected.step_delay_s = env_number("HARNESS_FAULT_MS", 100) / 1000.0;
   }
 }
 
@@ -260,6 +279,8 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
     probe.reset_peak();
     auto start = std::chrono::steady_clock::now();
     auto stats = trainer.step(*source);
+    if (g_injected.step_delay_s > 0)
+      std::this_thread::sleep_for(std::chrono::duration<double>(g_injected.step_delay_s));
     compat::cuda_synchronize();
     const double seconds = seconds_since(start);
     const int64_t step_peak = probe.peak();

@@ -739,3 +739,54 @@ TEST_F(E2E, ModelPresetIsForwardedToTheWorker) {
 }
 
 }  // namespace
+
+// The gate on real runs: an unchanged rerun passes; a worker that holds 16 MB more (a test-only
+// allocation) fails on memory; 100 ms more per step fails on time (5 repeats each side); a run
+// that now runs out of memory fails; a baseline from another libtorch is refused.
+TEST_F(E2E, RegressionGateOnRealRuns) {
+  const std::string spec = "tests/specs/gate.yaml";
+  const fs::path baseline = dir_ / "baseline.csv";
+  ASSERT_EQ(run(spec, {"--no-report"}).rc, 0);
+  const Outcome saved = harness({"baseline", spec, "--db", db_.string(), "--out", baseline.string()});
+  ASSERT_EQ(saved.rc, 0) << dump(saved);
+
+  // Each case reruns all runs into a fresh database and checks it against the baseline. Time is
+  // given a wide margin for the unchanged rerun: the shared machine drifts between two runs.
+  auto check = [&](const Env& env, const std::vector<std::string>& extra) {
+    std::error_code ec;
+    fs::remove_all(db_.parent_path(), ec);
+    const Outcome r = run(spec, {"--no-report"}, env);
+    EXPECT_TRUE(r.rc == 0 || r.rc == 1) << dump(r);
+    std::vector<std::string> args = {"check", spec, "--db", db_.string(), "--baseline",
+                                     baseline.string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return harness(args);
+  };
+  const Outcome unchanged = check({}, {"--time-slowdown-pct", "100"});
+  EXPECT_EQ(unchanged.rc, 0) << dump(unchanged);
+
+  const Outcome more_memory = check(Env{{{"HARNESS_FAULT", "alloc"}}}, {});
+  EXPECT_EQ(more_memory.rc, 1) << dump(more_memory);
+  EXPECT_TRUE(contains(more_memory.out, "peak_mem_mb")) << more_memory.out;
+
+  const Outcome slower = check(Env{{{"HARNESS_FAULT", "slow"}, {"HARNESS_FAULT_MS", "150"}}}, {});
+  EXPECT_EQ(slower.rc, 1) << dump(slower);
+  EXPECT_TRUE(contains(slower.out, "step_time_s")) << slower.out;
+
+  const Outcome oom =
+      check(Env{{{"HARNESS_FAULT", "oom"}}}, {});
+  EXPECT_EQ(oom.rc, 1) << dump(oom);
+  EXPECT_TRUE(contains(oom.out, "oom")) << oom.out;
+
+  // A baseline from another libtorch version is refused (exit 2) unless --cross.
+  std::string text = slurp(baseline);
+  for (size_t at = text.find(",1.13"); at != std::string::npos; at = text.find(",1.13", at))
+    text.replace(at, 5, ",9.99");
+  const fs::path foreign = dir_ / "foreign.csv";
+  {
+    std::ofstream(foreign) << text;
+  }
+  const Outcome refused = harness({"check", spec, "--db", db_.string(), "--baseline",
+                                   foreign.string()});
+  EXPECT_EQ(refused.rc, 2) << dump(refused);
+}
