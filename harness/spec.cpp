@@ -126,7 +126,7 @@ constexpr std::string_view kTopKeys[] = {
 constexpr std::string_view kPartKeys[] = {"label",  "workload", "data",   "fixed",
                                           "matrix", "include",  "exclude"};
 constexpr std::string_view kTableKeys[] = {"title", "kind", "columns", "rows", "workload", "part"};
-constexpr std::string_view kModelKeys[] = {"preset", "weights", "seed"};
+constexpr std::string_view kModelKeys[] = {"preset", "weights", "path", "seed"};
 
 template <typename Range>
 bool contains(const Range& range, std::string_view word) {
@@ -587,12 +587,28 @@ void Parser::parse_model(const Entry& entry, Spec& spec) const {
     model["preset"] = preset;
   }
   std::string weights = "random";
-  if (auto it = keys.find("weights"); it != keys.end()) {
-    weights = string_value(it->second, "model.weights");
+  // `path: DIR` names a checkpoint directory (HF or Meta layout, detected by the worker); it is
+  // `weights: DIR` under the name users look for.
+  auto weights_it = keys.find("weights");
+  const char* weights_key = "model.weights";
+  if (auto path_it = keys.find("path"); path_it != keys.end()) {
+    if (weights_it != keys.end()) {
+      fail(path_it->second.line, "model.path", "give either path (a checkpoint directory) or weights");
+    }
+    weights_it = path_it;
+    weights_key = "model.path";
+    const std::optional<fs::path> dir = resolve(string_value(path_it->second, weights_key));
+    if (dir && !fs::is_directory(*dir)) {
+      fail(path_it->second.value_line, weights_key,
+           "\"" + dir->string() + "\" is not a directory (expected a HF or Meta checkpoint)");
+    }
+  }
+  if (auto it = weights_it; it != keys.end()) {
+    weights = string_value(it->second, weights_key);
     if (weights != "random") {
       const std::optional<fs::path> found = resolve(weights);
       if (!found) {
-        fail(it->second.value_line, "model.weights",
+        fail(it->second.value_line, weights_key,
              "not found: \"" + weights + "\" (looked in the current directory and in " +
                  spec_dir_.string() + ")");
       }

@@ -449,3 +449,32 @@ matrix:
 
 }  // namespace
 }  // namespace hx
+
+namespace hx {
+namespace {
+
+// `model: {path: DIR}` names a checkpoint directory (the worker detects HF or Meta layout).
+TEST(ModelPath, CheckpointDirectoryByPath) {
+  const std::string dir = std::string(HX_SOURCE_DIR) + "/tests/golden/checkpoints/tiny_llama3_hf";
+  const Spec spec = parse_spec("name: p\nmodel: {path: " + dir +
+                                   "}\ndevice: cpu\nworkload: generate\nmatrix: {kv_cache: [on]}\n",
+                               "p.yaml");
+  EXPECT_EQ(spec.model.at("weights"), dir);
+  try {
+    parse_spec("name: p\nmodel: {path: " + dir + "/config.json}\nworkload: generate\n", "p.yaml");
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("p.yaml:2: model.path: "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is not a directory"), std::string::npos) << e.what();
+  }
+  try {
+    parse_spec("name: p\nmodel: {path: /nonexistent/ckpt}\nworkload: generate\n", "p.yaml");
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("p.yaml:2: model.path: not found"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace hx
