@@ -73,39 +73,6 @@ std::string peak_text(const GpuPeak& peak) {
 
 using RunValue = std::function<std::optional<double>(const StoredRun&)>;
 
-// As report.h's cells: the ok runs' values; a verdict when no run is ok; `-` without runs;
-// `n/a` when ok runs give no value.
-ReportCell make_cell(const std::vector<const StoredRun*>& runs, const RunValue& value) {
-  ReportCell cell;
-  if (runs.empty()) {
-    cell.missing = true;
-    return cell;
-  }
-  std::vector<std::string> failures;
-  bool any_ok = false;
-  for (const StoredRun* run : runs) {
-    if (run->status != "ok") {
-      failures.push_back(verdict_word(run->status));
-      continue;
-    }
-    any_ok = true;
-    if (const std::optional<double> v = value(*run); v.has_value() && std::isfinite(*v)) {
-      cell.values.push_back(*v);
-    }
-  }
-  if (!any_ok) {
-    std::vector<std::string> distinct;
-    for (const std::string& word : failures) {
-      if (!contains(distinct, word)) distinct.push_back(word);
-    }
-    cell.verdict = join(distinct, "/");
-    return cell;
-  }
-  cell.failed = failures;
-  if (cell.values.empty()) cell.not_measured = true;
-  return cell;
-}
-
 std::optional<double> metric_of(const StoredRun& run, const std::string& name) {
   const auto it = run.metrics.find(name);
   if (it == run.metrics.end() || std::isnan(it->second)) return std::nullopt;
@@ -714,7 +681,7 @@ Comparison build_comparison(const Spec& spec, const std::vector<RunConfig>& plan
               runs.push_back(it->second);
             }
           }
-          row.cells.push_back(make_cell(runs, value));
+          row.cells.push_back(make_report_cell(runs, value));
         }
         const ReportCell& base = row.cells.front();
         for (size_t e = 1; e < row.cells.size(); ++e) {

@@ -154,33 +154,11 @@ std::string describe(const std::vector<std::string>& keys, const Combo& combo) {
 }
 
 ReportCell make_cell(const std::vector<const StoredRun*>& runs, const std::string& metric) {
-  ReportCell cell;
-  if (runs.empty()) {
-    cell.missing = true;
-    return cell;
-  }
-  std::vector<std::string> failures;
-  bool any_ok = false;
-  for (const StoredRun* run : runs) {
-    if (run->status != "ok") {
-      failures.push_back(verdict_word(run->status));
-      continue;
-    }
-    any_ok = true;
-    const auto it = run->metrics.find(metric);
-    if (it != run->metrics.end() && !std::isnan(it->second)) cell.values.push_back(it->second);
-  }
-  if (!any_ok) {
-    std::vector<std::string> distinct;
-    for (const std::string& word : failures) {
-      if (!contains(distinct, word)) distinct.push_back(word);
-    }
-    cell.verdict = join(distinct, "/");
-    return cell;
-  }
-  cell.failed = failures;
-  if (cell.values.empty()) cell.not_measured = true;
-  return cell;
+  return make_report_cell(runs, [&metric](const StoredRun& run) -> std::optional<double> {
+    const auto it = run.metrics.find(metric);
+    if (it == run.metrics.end() || std::isnan(it->second)) return std::nullopt;
+    return it->second;
+  });
 }
 
 std::string part_name(const Spec& spec, int part) {
@@ -449,6 +427,38 @@ ReportTable note_table(const TableSpec& table_spec, const std::string& note) {
 }
 
 }  // namespace
+
+ReportCell make_report_cell(const std::vector<const StoredRun*>& runs,
+                            const std::function<std::optional<double>(const StoredRun&)>& value) {
+  ReportCell cell;
+  if (runs.empty()) {
+    cell.missing = true;
+    return cell;
+  }
+  std::vector<std::string> failures;
+  bool any_ok = false;
+  for (const StoredRun* run : runs) {
+    if (run->status != "ok") {
+      failures.push_back(verdict_word(run->status));
+      continue;
+    }
+    any_ok = true;
+    if (const std::optional<double> v = value(*run); v.has_value() && std::isfinite(*v)) {
+      cell.values.push_back(*v);
+    }
+  }
+  if (!any_ok) {
+    std::vector<std::string> distinct;
+    for (const std::string& word : failures) {
+      if (!contains(distinct, word)) distinct.push_back(word);
+    }
+    cell.verdict = join(distinct, "/");
+    return cell;
+  }
+  cell.failed = failures;
+  if (cell.values.empty()) cell.not_measured = true;
+  return cell;
+}
 
 // ---- Cell and field text (shared with compare and gate) ----
 

@@ -23,7 +23,9 @@
 //   baseline, `(-)` within 2%, which is below the run-to-run noise of this kind of measurement.
 // - Only runs of the plan (spec expansion) are shown: stored runs of an older version of the
 //   spec (their run id differs) are counted in a note, not mixed in.
+#include <functional>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -76,6 +78,12 @@ struct ReportTable {
   std::vector<ReportRow> rows;
   std::vector<std::string> notes;  // why a table is empty or not rendered
 };
+
+// A cell from the runs of one configuration: the ok runs' values of `value` (finite ones), a
+// verdict when no run is ok, `-` without runs, `n/a` when ok runs give no value. Shared by the
+// report, compare and the gate so that a cell means the same everywhere.
+ReportCell make_report_cell(const std::vector<const StoredRun*>& runs,
+                            const std::function<std::optional<double>(const StoredRun&)>& value);
 
 // The same shape for every format: header, one row per metric, footer.
 class Reporter {
