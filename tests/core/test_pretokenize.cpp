@@ -1,6 +1,8 @@
 // Pre-tokenisation of Alpaca data in the parent (harness/pretokenize.h) with a tiny hand-made
 // tiktoken-format vocabulary, and the spec's `tokenizer:` / `allow_special:` keys.
 #include <gtest/gtest.h>
+
+#include "tests/base64_util.h"
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,24 +26,7 @@ using Ids = std::vector<int64_t>;
 // `harness` executable registers the same one in cli_generate.cpp).
 const bool kLoader = (set_tokenizer_loader(&load_tokenizer), true);
 
-std::string base64(const std::string& bytes) {
-  static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v =
-        (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
-    out += {a[v >> 18], a[(v >> 12) & 63], a[(v >> 6) & 63], a[v & 63]};
-  }
-  if (bytes.size() - i == 1) {
-    const uint32_t v = uint8_t(bytes[i]) << 16;
-    out += {a[v >> 18], a[(v >> 12) & 63], '=', '='};
-  } else if (bytes.size() - i == 2) {
-    const uint32_t v = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8);
-    out += {a[v >> 18], a[(v >> 12) & 63], a[(v >> 6) & 63], '='};
-  }
-  return out;
-}
+using testing::base64;
 
 // All 256 bytes (rank = byte value), then `extra` multi-byte tokens in rank order.
 std::vector<std::string> byte_vocab(const std::vector<std::string>& extra) {

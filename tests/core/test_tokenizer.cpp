@@ -1,6 +1,8 @@
 // The tokenizers on small hand-made vocabularies (the real LLaMA vocabularies are Meta-licensed;
 // tests/tokenizers/crosscheck.sh checks them against the npm reference tokenizers).
 #include <gtest/gtest.h>
+
+#include "tests/base64_util.h"
 #include <unistd.h>
 
 #include <algorithm>
@@ -61,24 +63,7 @@ class TokenizerTest : public ::testing::Test {
   int64_t n_ = 0;
 };
 
-std::string base64(const std::string& bytes) {
-  static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v =
-        (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
-    out += {a[v >> 18], a[(v >> 12) & 63], a[(v >> 6) & 63], a[v & 63]};
-  }
-  if (bytes.size() - i == 1) {
-    const uint32_t v = uint8_t(bytes[i]) << 16;
-    out += {a[v >> 18], a[(v >> 12) & 63], '=', '='};
-  } else if (bytes.size() - i == 2) {
-    const uint32_t v = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8);
-    out += {a[v >> 18], a[(v >> 12) & 63], a[(v >> 6) & 63], '='};
-  }
-  return out;
-}
+using testing::base64;
 
 TEST_F(TokenizerTest, MergesByRank) {
   // ab (256) before cd (258); "abc" is no token, so ab + cd.

@@ -3,6 +3,8 @@
 // data for the worker, and `harness generate` encodes a text prompt and decodes the output.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "tests/base64_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -65,21 +67,7 @@ Result harness(const std::vector<std::string>& args, const fs::path& cwd) {
   return r;
 }
 
-std::string base64(const std::string& bytes) {
-  static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v =
-        (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
-    out += {a[v >> 18], a[(v >> 12) & 63], a[(v >> 6) & 63], a[v & 63]};
-  }
-  if (bytes.size() - i == 1) {
-    const uint32_t v = uint8_t(bytes[i]) << 16;
-    out += {a[v >> 18], a[(v >> 12) & 63], '=', '='};
-  }
-  return out;
-}
+using hx::testing::base64;
 
 class TokenizedTest : public ::testing::Test {
  protected:
