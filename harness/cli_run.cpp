@@ -32,6 +32,13 @@ int run_command(const RunArgs& args) {
   std::fprintf(stderr, "%s: %d ran (%d ok, %d oom, %d failed), %d already stored\n",
                spec.name.c_str(), summary.ran, summary.ok, summary.oom, summary.failed,
                summary.already_done);
+  if (summary.in_flight > 0) {
+    std::fprintf(stderr,
+                 "%d runs queued or running in Slurm; `harness collect %s` ingests them as they "
+                 "finish (`--wait` to follow them)\n",
+                 summary.in_flight, args.spec_path.c_str());
+    return summary.failed > 0 ? kExitFailure : kExitOk;
+  }
   if (!args.no_report && !spec.tables.empty()) {
     Store store(args.options.db_path, Store::Mode::kExisting);
     const auto planned = expand(spec);
@@ -67,6 +74,34 @@ const CommandRegistrar kRegistrar{"run", [](CLI::App& app, std::function<void(in
                   "where run files and logs go (default: <db dir>/runs/<name>)");
   sub->add_flag("--no-report", args->no_report, "do not print the tables at the end");
   sub->add_option("--report-dir", args->report_dir, "also write <dir>/<name>.md");
+  auto& slurm = args->options.slurm;
+  sub->add_option("--backend", args->options.backend, "where runs go: local | slurm")
+      ->check(CLI::IsMember({"local", "slurm"}))
+      ->capture_default_str();
+  const char* group = "Slurm (--backend slurm; README \"Running on a Slurm cluster\")";
+  sub->add_option("--partition", slurm.partition, "sbatch --partition")->group(group);
+  sub->add_option("--gres", slurm.gres, "sbatch --gres, e.g. gpu:1")->group(group);
+  sub->add_option("--time", slurm.time,
+                  "sbatch --time, a backstop (default: the spec's timeout_s + 2 min)")
+      ->group(group);
+  sub->add_option("--account", slurm.account, "sbatch --account")->group(group);
+  sub->add_option("--cpus-per-task", slurm.cpus_per_task,
+                  "sbatch --cpus-per-task; also the worker's thread count (default 1)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(group);
+  sub->add_option("--max-parallel", slurm.max_parallel,
+                  "at most this many tasks of the array at once (--array ...%N)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(group);
+  sub->add_option("--sbatch-arg", slurm.sbatch_args, "one more sbatch argument (repeatable)")
+      ->allow_extra_args(false)
+      ->group(group);
+  sub->add_flag("--no-wait{false}", slurm.wait,
+                "submit and return; `harness collect SPEC` ingests results later")
+      ->group(group);
+  sub->add_option("--poll", slurm.poll_s, "seconds between squeue calls while waiting")
+      ->capture_default_str()
+      ->group(group);
   sub->callback([args, set_exit] { set_exit(run_command(*args)); });
 }};
 

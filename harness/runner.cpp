@@ -20,12 +20,13 @@
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
 #include "harness/process.h"
+#include "harness/runner_internal.h"
 #include "harness/store.h"
 
 namespace hx {
 namespace fs = std::filesystem;
 
-namespace {
+namespace runner_detail {
 
 using Clock = std::chrono::steady_clock;
 
@@ -188,6 +189,74 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
   return by_run;
 }
 
+RunRecord skipped_record(const Spec& spec, const RunConfig& run) {
+  RunRecord record = make_run_record(spec.name, run);
+  record.status = "skipped";
+  record.error = run.skip_reason;
+  record.started_at = record.finished_at = utc_now_iso8601();
+  return record;
+}
+
+std::vector<const RunConfig*> select_pending(const std::vector<RunConfig>& plan,
+                                             const std::map<std::string, std::string>& stored,
+                                             bool force, bool retry_failed, RunSummary& summary) {
+  summary.planned = static_cast<int>(plan.size());
+  std::vector<const RunConfig*> pending;
+  for (const auto& run : plan) {
+    auto it = stored.find(run.run_id);
+    const bool done = it != stored.end() && !(force || (retry_failed && it->second != "ok"));
+    if (done) {
+      ++summary.already_done;
+    } else {
+      pending.push_back(&run);
+    }
+  }
+  return pending;
+}
+
+fs::path runs_dir_of(const Spec& spec, const RunOptions& options) {
+  return fs::absolute(options.runs_dir.empty()
+                          ? fs::path(options.db_path).parent_path() / "runs" / spec.name
+                          : fs::path(options.runs_dir));
+}
+
+Progress::Progress(const Spec& spec, Store& store, RunSummary& summary, size_t total, bool print)
+    : spec_(spec), store_(store), summary_(summary), total_(total), print_(print),
+      start_(Clock::now()) {}
+
+void Progress::finish(const RunConfig& run, const RunRecord& record, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  store_.ingest(record);
+  ++finished_;
+  ++summary_.ran;
+  if (record.status == "ok") {
+    ++summary_.ok;
+  } else if (record.status == "oom") {
+    ++summary_.oom;
+  } else if (record.status != "skipped") {
+    ++summary_.failed;
+  }
+  if (!print_) return;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+  const double eta =
+      elapsed / finished_ * static_cast<double>(std::max<size_t>(total_, finished_) - finished_);
+  std::fprintf(stderr, "[%zu/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished_, total_,
+               axes_text(spec_, run).c_str(), record.status.c_str(),
+               key_metric_text(record).c_str(), seconds, format_duration(elapsed).c_str(),
+               format_duration(eta).c_str());
+  std::fflush(stderr);
+}
+
+void Progress::add_to_total(size_t n) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  total_ += n;
+}
+
+}  // namespace runner_detail
+
+namespace {
+using namespace runner_detail;
+
 // A CUDA spec on a worker without CUDA (or a machine without a GPU) would record every run as
 // an error: refuse before anything runs.
 void require_cuda_worker(const std::string& worker, const Spec& spec) {
@@ -238,6 +307,9 @@ std::string default_worker_path() {
 }
 
 RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
+  if (options.backend == "slurm") return run_experiment_slurm(spec, options);
+  if (options.backend != "local")
+    throw std::invalid_argument("--backend " + options.backend + ": expected local or slurm");
   if (options.jobs < 1) throw std::invalid_argument("--jobs must be at least 1");
   const int jobs = spec.device == "cuda" ? 1 : options.jobs;  // one GPU: one run at a time
   if (spec.device == "cuda" && options.jobs > 1 && options.progress)
@@ -256,21 +328,9 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
   const auto stored = store.run_statuses(spec.name);
 
   RunSummary summary;
-  summary.planned = static_cast<int>(plan.size());
-  std::vector<const RunConfig*> pending;
-  for (const auto& run : plan) {
-    auto it = stored.find(run.run_id);
-    const bool done = it != stored.end() &&
-                      !(options.force || (options.retry_failed && it->second != "ok"));
-    if (done) {
-      ++summary.already_done;
-    } else {
-      pending.push_back(&run);
-    }
-  }
-  const fs::path runs_dir = options.runs_dir.empty()
-                                ? fs::path(options.db_path).parent_path() / "runs" / spec.name
-                                : fs::path(options.runs_dir);
+  const std::vector<const RunConfig*> pending =
+      select_pending(plan, stored, options.force, options.retry_failed, summary);
+  const fs::path runs_dir = runs_dir_of(spec, options);
   fs::create_directories(runs_dir);
   if (options.progress) {
     std::fprintf(stderr, "%s: %d runs planned, %d already stored, %zu to run (db %s, %d job%s)\n",
@@ -284,33 +344,10 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
 
   const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
   const int threads = std::max(1, static_cast<int>(cores) / jobs);
-  std::mutex mutex;  // guards the store, the summary and the progress output
   std::atomic<size_t> next{0};
-  int finished = 0;
-  const auto start = Clock::now();
-
-  // Stores one run's record and prints its progress line (the parent alone writes SQLite).
+  Progress progress(spec, store, summary, pending.size(), options.progress);
   auto finish = [&](const RunConfig& run, const RunRecord& record, double seconds) {
-    std::lock_guard<std::mutex> lock(mutex);
-    store.ingest(record);
-    ++finished;
-    ++summary.ran;
-    if (record.status == "ok") {
-      ++summary.ok;
-    } else if (record.status == "oom") {
-      ++summary.oom;
-    } else if (record.status != "skipped") {
-      ++summary.failed;
-    }
-    if (options.progress) {
-      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      const double eta = elapsed / finished * static_cast<double>(pending.size() - finished);
-      std::fprintf(stderr, "[%d/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished,
-                   pending.size(), axes_text(spec, run).c_str(), record.status.c_str(),
-                   key_metric_text(record).c_str(), seconds, format_duration(elapsed).c_str(),
-                   format_duration(eta).c_str());
-      std::fflush(stderr);
-    }
+    progress.finish(run, record, seconds);
   };
   auto worker_loop = [&] {
     for (;;) {
@@ -319,11 +356,7 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       const RunConfig& run = *pending[index];
       if (!run.skip_reason.empty()) {
         // Nothing runs that the profiled hardware cannot do; the reason is stored instead.
-        RunRecord record = make_run_record(spec.name, run);
-        record.status = "skipped";
-        record.error = run.skip_reason;
-        record.started_at = record.finished_at = utc_now_iso8601();
-        finish(run, record, 0.0);
+        finish(run, skipped_record(spec, run), 0.0);
         continue;
       }
       const fs::path dir = runs_dir / run.run_id;
