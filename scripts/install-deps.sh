@@ -12,6 +12,7 @@ packages=(
   libsentencepiece-dev libpcre2-dev   # tokenizers (LLaMA 2 SentencePiece, LLaMA 3 BPE)
   python3-torch           # golden references and side-by-side benchmarks (same libtorch)
   gnuplot-nox
+  slurm-wlm munge         # a real single-node Slurm cluster for the tests of the Slurm backend
 )
 
 missing=()

@@ -9,6 +9,9 @@
 #   scripts/slurm-local.sh stop     stop the daemons, remove /etc/slurm/slurm.conf if it is ours
 #   scripts/slurm-local.sh status   say whether the cluster runs; sinfo
 #
+# ctest's `slurm` fixture calls `start --for-tests` and `stop --if-started-for-tests`, so that a
+# cluster someone started by hand keeps running after the tests.
+#
 # The configuration comes from scripts/slurm/slurm.conf.in; /etc/slurm/slurm.conf becomes a link
 # to the filled-in copy so that sbatch, squeue and sinfo work without SLURM_CONF. An existing
 # /etc/slurm/slurm.conf that is not ours is never touched (the script stops with an error).
@@ -91,6 +94,8 @@ start() {
   fi
   stop_daemons
   configure
+  rm -f "$state/started-for-tests"
+  [ "${1:-}" != --for-tests ] || touch "$state/started-for-tests"
   # munged refuses to run as root unless forced; its socket lives in our state directory.
   /usr/sbin/munged --force --socket="$state/munge/munge.socket" \
     --pid-file="$state/munged.pid" --log-file="$state/munged.log" \
@@ -123,6 +128,11 @@ stop_daemons() {
 }
 
 stop() {
+  if [ "${1:-}" = --if-started-for-tests ] && [ ! -f "$state/started-for-tests" ]; then
+    echo "slurm-local: left running (not started by the tests)"
+    return 0
+  fi
+  rm -f "$state/started-for-tests"
   stop_daemons
   if our_conf; then rm -f "$conf_link"; fi
   echo "slurm-local: stopped"
@@ -139,8 +149,8 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
+  start) start "${2:-}" ;;
+  stop) stop "${2:-}" ;;
   status) status ;;
   *)
     echo "usage: $0 start|stop|status" >&2
