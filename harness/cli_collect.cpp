@@ -28,20 +28,21 @@ int collect_command(CollectArgs& args) {
   return summary.failed > 0 ? kExitFailure : kExitOk;
 }
 
-const CommandRegistrar kRegistrar{"collect", [](CLI::App& app, std::function<void(int)> set_exit) {
-  auto args = std::make_shared<CollectArgs>();
-  args->options.slurm.wait = false;
-  auto* sub = app.add_subcommand(
-      "collect", "ingest the results of finished Slurm tasks (any number of times)");
-  sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
-  sub->add_option("--db", args->options.db_path, "results database")->capture_default_str();
-  sub->add_option("--runs-dir", args->options.runs_dir,
-                  "where run files are (default: <db dir>/runs/<name>)");
-  sub->add_flag("--wait", args->options.slurm.wait, "follow the tasks until all are in");
-  sub->add_option("--poll", args->options.slurm.poll_s, "seconds between squeue calls")
-      ->capture_default_str();
-  sub->callback([args, set_exit] { set_exit(collect_command(*args)); });
-}};
+const CommandRegistrar kRegistrar{
+    "collect", [](CLI::App& app, std::function<void(int)> set_exit) {
+      auto args = std::make_shared<CollectArgs>();
+      args->options.slurm.wait = false;
+      auto* sub = app.add_subcommand(
+          "collect", "ingest the results of finished Slurm tasks (any number of times)");
+      sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
+      sub->add_option("--db", args->options.db_path, "results database")->capture_default_str();
+      sub->add_option("--runs-dir", args->options.runs_dir,
+                      "where run files are (default: <db dir>/runs/<name>)");
+      sub->add_flag("--wait", args->options.slurm.wait, "follow the tasks until all are in");
+      sub->add_option("--poll", args->options.slurm.poll_s, "seconds between squeue calls")
+          ->capture_default_str();
+      sub->callback([args, set_exit] { set_exit(collect_command(*args)); });
+    }};
 
 }  // namespace
 }  // namespace hx

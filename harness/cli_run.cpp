@@ -60,50 +60,52 @@ int run_command(const RunArgs& args) {
   return summary.failed > 0 ? kExitFailure : kExitOk;
 }
 
-const CommandRegistrar kRegistrar{"run", [](CLI::App& app, std::function<void(int)> set_exit) {
-  auto args = std::make_shared<RunArgs>();
-  auto* sub = app.add_subcommand("run", "run every planned run of a spec (resumes), then report");
-  sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
-  sub->add_option("--db", args->options.db_path, "results database")->capture_default_str();
-  sub->add_option("--jobs,-j", args->options.jobs, "concurrent runs (CPU specs)")
-      ->capture_default_str();
-  sub->add_flag("--force", args->options.force, "rerun runs that are already stored");
-  sub->add_flag("--retry-failed", args->options.retry_failed,
-                "rerun stored runs whose status is not ok");
-  sub->add_option("--runs-dir", args->options.runs_dir,
-                  "where run files and logs go (default: <db dir>/runs/<name>)");
-  sub->add_flag("--no-report", args->no_report, "do not print the tables at the end");
-  sub->add_option("--report-dir", args->report_dir, "also write <dir>/<name>.md");
-  auto& slurm = args->options.slurm;
-  sub->add_option("--backend", args->options.backend, "where runs go: local | slurm")
-      ->check(CLI::IsMember({"local", "slurm"}))
-      ->capture_default_str();
-  const char* group = "Slurm (--backend slurm; README \"Running on a Slurm cluster\")";
-  sub->add_option("--partition", slurm.partition, "sbatch --partition")->group(group);
-  sub->add_option("--gres", slurm.gres, "sbatch --gres, e.g. gpu:1")->group(group);
-  sub->add_option("--time", slurm.time,
-                  "sbatch --time, a backstop (default: the spec's timeout_s + 2 min)")
-      ->group(group);
-  sub->add_option("--account", slurm.account, "sbatch --account")->group(group);
-  sub->add_option("--cpus-per-task", slurm.cpus_per_task,
-                  "sbatch --cpus-per-task; also the worker's thread count (default 1)")
-      ->check(CLI::NonNegativeNumber)
-      ->group(group);
-  sub->add_option("--max-parallel", slurm.max_parallel,
-                  "at most this many tasks of the array at once (--array ...%N)")
-      ->check(CLI::NonNegativeNumber)
-      ->group(group);
-  sub->add_option("--sbatch-arg", slurm.sbatch_args, "one more sbatch argument (repeatable)")
-      ->allow_extra_args(false)
-      ->group(group);
-  sub->add_flag("--no-wait{false}", slurm.wait,
-                "submit and return; `harness collect SPEC` ingests results later")
-      ->group(group);
-  sub->add_option("--poll", slurm.poll_s, "seconds between squeue calls while waiting")
-      ->capture_default_str()
-      ->group(group);
-  sub->callback([args, set_exit] { set_exit(run_command(*args)); });
-}};
+const CommandRegistrar kRegistrar{
+    "run", [](CLI::App& app, std::function<void(int)> set_exit) {
+      auto args = std::make_shared<RunArgs>();
+      auto* sub =
+          app.add_subcommand("run", "run every planned run of a spec (resumes), then report");
+      sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
+      sub->add_option("--db", args->options.db_path, "results database")->capture_default_str();
+      sub->add_option("--jobs,-j", args->options.jobs, "concurrent runs (CPU specs)")
+          ->capture_default_str();
+      sub->add_flag("--force", args->options.force, "rerun runs that are already stored");
+      sub->add_flag("--retry-failed", args->options.retry_failed,
+                    "rerun stored runs whose status is not ok");
+      sub->add_option("--runs-dir", args->options.runs_dir,
+                      "where run files and logs go (default: <db dir>/runs/<name>)");
+      sub->add_flag("--no-report", args->no_report, "do not print the tables at the end");
+      sub->add_option("--report-dir", args->report_dir, "also write <dir>/<name>.md");
+      auto& slurm = args->options.slurm;
+      sub->add_option("--backend", args->options.backend, "where runs go: local | slurm")
+          ->check(CLI::IsMember({"local", "slurm"}))
+          ->capture_default_str();
+      const char* group = "Slurm (--backend slurm; README \"Running on a Slurm cluster\")";
+      sub->add_option("--partition", slurm.partition, "sbatch --partition")->group(group);
+      sub->add_option("--gres", slurm.gres, "sbatch --gres, e.g. gpu:1")->group(group);
+      sub->add_option("--time", slurm.time,
+                      "sbatch --time, a backstop (default: the spec's timeout_s + 2 min)")
+          ->group(group);
+      sub->add_option("--account", slurm.account, "sbatch --account")->group(group);
+      sub->add_option("--cpus-per-task", slurm.cpus_per_task,
+                      "sbatch --cpus-per-task; also the worker's thread count (default 1)")
+          ->check(CLI::NonNegativeNumber)
+          ->group(group);
+      sub->add_option("--max-parallel", slurm.max_parallel,
+                      "at most this many tasks of the array at once (--array ...%N)")
+          ->check(CLI::NonNegativeNumber)
+          ->group(group);
+      sub->add_option("--sbatch-arg", slurm.sbatch_args, "one more sbatch argument (repeatable)")
+          ->allow_extra_args(false)
+          ->group(group);
+      sub->add_flag("--no-wait{false}", slurm.wait,
+                    "submit and return; `harness collect SPEC` ingests results later")
+          ->group(group);
+      sub->add_option("--poll", slurm.poll_s, "seconds between squeue calls while waiting")
+          ->capture_default_str()
+          ->group(group);
+      sub->callback([args, set_exit] { set_exit(run_command(*args)); });
+    }};
 
 }  // namespace
 }  // namespace hx

@@ -26,16 +26,17 @@ int task_command(const TaskArgs& args) {
   return run_slurm_task(args.dir, index);
 }
 
-const CommandRegistrar kRegistrar{"task", [](CLI::App& app, std::function<void(int)> set_exit) {
-  auto args = std::make_shared<TaskArgs>();
-  auto* sub = app.add_subcommand(
-      "task", "(inside a Slurm array task) run one run of a submission and write its outcome");
-  sub->add_option("dir", args->dir, "the submission directory (<runs dir>/slurm/<token>)")
-      ->required();
-  sub->add_option("index", args->index, "task index (default: $SLURM_ARRAY_TASK_ID)");
-  sub->group("");  // hidden from --help
-  sub->callback([args, set_exit] { set_exit(task_command(*args)); });
-}};
+const CommandRegistrar kRegistrar{
+    "task", [](CLI::App& app, std::function<void(int)> set_exit) {
+      auto args = std::make_shared<TaskArgs>();
+      auto* sub = app.add_subcommand(
+          "task", "(inside a Slurm array task) run one run of a submission and write its outcome");
+      sub->add_option("dir", args->dir, "the submission directory (<runs dir>/slurm/<token>)")
+          ->required();
+      sub->add_option("index", args->index, "task index (default: $SLURM_ARRAY_TASK_ID)");
+      sub->group("");  // hidden from --help
+      sub->callback([args, set_exit] { set_exit(task_command(*args)); });
+    }};
 
 }  // namespace
 }  // namespace hx

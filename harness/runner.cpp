@@ -164,8 +164,8 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
     if (!pretokenized(spec, *run) || !run->skip_reason.empty()) continue;
     const auto& data = spec.parts[static_cast<size_t>(run->part)].data;
     // The worker's default and precedence (workloads.cpp): config, then data, then 256.
-    const int64_t max_len = run->config.value(
-        "max_seq_len", data.value("max_seq_len", int64_t{256}));
+    const int64_t max_len =
+        run->config.value("max_seq_len", data.value("max_seq_len", int64_t{256}));
     const std::string path = data.at("path").get<std::string>();
     const int64_t samples = data.value("samples", int64_t{0});
     const std::string key = spec.tokenizer + "\n" + path + "\n" + std::to_string(samples) + "\n" +
@@ -175,8 +175,8 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
       if (!tokenizer) tokenizer = load_text_tokenizer(spec.tokenizer);
       const fs::path out = runs_dir / "tokens" / (fnv1a64_hex(key) + ".json");
       fs::create_directories(out.parent_path());
-      const size_t n = pretokenize_alpaca(path, samples, *tokenizer, max_len, spec.allow_special,
-                                          out.string());
+      const size_t n =
+          pretokenize_alpaca(path, samples, *tokenizer, max_len, spec.allow_special, out.string());
       if (progress) {
         std::fprintf(stderr, "tokenised %zu examples of %s with %s (max_seq_len %lld): %s\n", n,
                      path.c_str(), spec.tokenizer.c_str(), static_cast<long long>(max_len),
@@ -221,7 +221,11 @@ fs::path runs_dir_of(const Spec& spec, const RunOptions& options) {
 }
 
 Progress::Progress(const Spec& spec, Store& store, RunSummary& summary, size_t total, bool print)
-    : spec_(spec), store_(store), summary_(summary), total_(total), print_(print),
+    : spec_(spec),
+      store_(store),
+      summary_(summary),
+      total_(total),
+      print_(print),
       start_(Clock::now()) {}
 
 void Progress::finish(const RunConfig& run, const RunRecord& record, double seconds) {
@@ -277,11 +281,12 @@ void require_cuda_worker(const std::string& worker, const Spec& spec) {
   if (outcome.exit_code != 0 || !caps.is_object())
     throw std::runtime_error(worker + " caps failed: " + outcome.stderr_tail);
   if (!caps.value("cuda", false))
-    throw std::invalid_argument("the spec asks for device cuda, but " + worker +
-                                " (libtorch " + caps.value("libtorch", std::string("?")) +
-                                ") has no CUDA device: on a GPU machine build against the libtorch of its PyTorch "
-                                "(cmake -DCMAKE_PREFIX_PATH=<torch.utils.cmake_prefix_path>), "
-                                "or set device: cpu");
+    throw std::invalid_argument(
+        "the spec asks for device cuda, but " + worker + " (libtorch " +
+        caps.value("libtorch", std::string("?")) +
+        ") has no CUDA device: on a GPU machine build against the libtorch of its PyTorch "
+        "(cmake -DCMAKE_PREFIX_PATH=<torch.utils.cmake_prefix_path>), "
+        "or set device: cpu");
   // A profile emulates a device that is at most as large as the real one.
   const auto gpu_mb = caps.value("gpu_mem_mb", int64_t{0});
   if (const DeviceProfile* profile = find_device_profile(spec.device_profile);
@@ -314,8 +319,8 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
   const int jobs = spec.device == "cuda" ? 1 : options.jobs;  // one GPU: one run at a time
   if (spec.device == "cuda" && options.jobs > 1 && options.progress)
     std::fprintf(stderr, "note: device cuda: runs go one at a time (--jobs ignored)\n");
-  const std::string worker = options.worker_path.empty() ? default_worker_path()
-                                                         : options.worker_path;
+  const std::string worker =
+      options.worker_path.empty() ? default_worker_path() : options.worker_path;
   if (::access(worker.c_str(), X_OK) != 0)
     throw std::runtime_error("worker executable not found: " + worker +
                              " (build the harness-worker target, or set HARNESS_WORKER)");
@@ -362,12 +367,14 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       const fs::path dir = runs_dir / run.run_id;
       fs::create_directories(dir);
       // A per-attempt result name: a stale child of a killed parent cannot overwrite it.
-      const std::string result = (dir / ("result." + std::to_string(::getpid()) + ".json")).string();
+      const std::string result =
+          (dir / ("result." + std::to_string(::getpid()) + ".json")).string();
       fs::remove(result);
       write_file_atomic((dir / "run.json").string(),
                         run_file(spec, run, threads, result,
                                  tokens.contains(run.run_id) ? tokens.at(run.run_id) : "")
-                                .dump(1) + "\n");
+                                .dump(1) +
+                            "\n");
       ChildSpec child;
       child.argv = {worker, "run", (dir / "run.json").string()};
       child.stderr_path = (dir / "stderr.log").string();

@@ -13,10 +13,10 @@ struct SlurmOptions {
   std::string partition, gres, account;
   std::string time;  // --time; "" = the spec's timeout_s plus a margin, in whole minutes
   std::vector<std::string> sbatch_args;  // passed to sbatch as they are
-  int cpus_per_task = 0;   // 0: sbatch's default; also the worker's thread count when set
-  int max_parallel = 0;    // 0: no limit; else the array throttle (--array=0-N%K)
-  bool wait = true;        // follow the array until every task is ingested
-  double poll_s = 2;       // squeue interval while waiting
+  int cpus_per_task = 0;       // 0: sbatch's default; also the worker's thread count when set
+  int max_parallel = 0;        // 0: no limit; else the array throttle (--array=0-N%K)
+  bool wait = true;            // follow the array until every task is ingested
+  double poll_s = 2;           // squeue interval while waiting
   double result_grace_s = 60;  // a task Slurm calls COMPLETED may take this long to show its
                                // files on a shared file system
   std::string harness_path;    // the `harness` that tasks run; default: this executable
@@ -24,8 +24,8 @@ struct SlurmOptions {
 
 struct RunOptions {
   std::string db_path = "results/harness.db";
-  std::string runs_dir;     // run files and logs; default: <db dir>/runs/<experiment>
-  std::string worker_path;  // default: harness-worker next to this executable
+  std::string runs_dir;       // run files and logs; default: <db dir>/runs/<experiment>
+  std::string worker_path;    // default: harness-worker next to this executable
   bool force = false;         // rerun every run
   bool retry_failed = false;  // rerun runs whose stored status is not ok
   int jobs = 1;               // concurrent runs (CPU specs only; CUDA runs go one at a time)

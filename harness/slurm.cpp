@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -116,7 +117,8 @@ SlurmVerdict slurm_verdict(const SlurmTaskState& task, const std::string& time_l
   if (s == "OUT_OF_MEMORY")
     return {"oom", "Slurm killed the task for exceeding its memory (OUT_OF_MEMORY" + where + ")"};
   if (s == "TIMEOUT" || s == "DEADLINE")
-    return {"timeout", "Slurm's time limit" + (time_limit.empty() ? "" : " (--time " + time_limit + ")") +
+    return {"timeout", "Slurm's time limit" +
+                           (time_limit.empty() ? "" : " (--time " + time_limit + ")") +
                            " ended the task (" + s + where + ")"};
   if (s == "NODE_FAIL" || s == "BOOT_FAIL") return {"crashed", "node failure (" + s + where + ")"};
   if (s == "CANCELLED" || s == "PREEMPTED" || s == "REVOKED")
@@ -126,8 +128,9 @@ SlurmVerdict slurm_verdict(const SlurmTaskState& task, const std::string& time_l
                            ", but the task's outcome file never appeared (is the runs directory "
                            "on a file system the nodes share?)"};
   if (s.empty())
-    return {"error", "Slurm no longer knows the task and it wrote no outcome (cancelled while "
-                     "pending, or purged from the queue)"};
+    return {"error",
+            "Slurm no longer knows the task and it wrote no outcome (cancelled while "
+            "pending, or purged from the queue)"};
   return {"crashed", "the task failed in Slurm (" + s + where + ") before writing its outcome"};
 }
 
@@ -135,9 +138,10 @@ std::string slurm_time_limit(double timeout_s) {
   if (!(timeout_s > 0) || !std::isfinite(timeout_s)) return "";
   const auto minutes = static_cast<long long>(std::ceil((timeout_s + 120) / 60));
   char buf[48];
-  if (minutes >= 24 * 60) {
-    std::snprintf(buf, sizeof buf, "%lld-%02lld:%02lld:00", minutes / (24 * 60),
-                  minutes / 60 % 24, minutes % 60);
+  constexpr long long kDay = 24LL * 60;
+  if (minutes >= kDay) {
+    std::snprintf(buf, sizeof buf, "%lld-%02lld:%02lld:00", minutes / kDay, minutes / 60 % 24,
+                  minutes % 60);
   } else {
     std::snprintf(buf, sizeof buf, "%02lld:%02lld:00", minutes / 60, minutes % 60);
   }
@@ -163,8 +167,8 @@ std::optional<double> parse_slurm_time(const std::string& text) {
   if (v.empty() || v.size() > 3) return std::nullopt;
   double seconds = 0;
   if (text.find('-') != std::string::npos) {  // D-HH[:MM[:SS]]
-    const double unit[] = {3600, 60, 1};
-    for (size_t i = 0; i < v.size(); ++i) seconds += v[i] * unit[i];
+    const std::array<double, 3> unit = {3600, 60, 1};
+    for (size_t i = 0; i < v.size() && i < unit.size(); ++i) seconds += v[i] * unit[i];
   } else if (v.size() == 1) {
     seconds = v[0] * 60.0;  // MM
   } else if (v.size() == 2) {
@@ -198,11 +202,14 @@ struct Submission {
 Json to_json(const Submission& s) {
   Json tasks = Json::array();
   for (const Task& t : s.tasks) {
-    tasks.push_back({{"run_id", t.run_id}, {"run_json", t.run_json}, {"result", t.result},
+    tasks.push_back({{"run_id", t.run_id},
+                     {"run_json", t.run_json},
+                     {"result", t.result},
                      {"outcome", t.outcome}});
   }
-  return {{"token", s.token},       {"experiment", s.experiment}, {"job_id", s.job_id},
-          {"time_limit", s.time_limit}, {"worker", s.worker},     {"timeout_s", s.timeout_s},
+  return {{"token", s.token},   {"experiment", s.experiment},
+          {"job_id", s.job_id}, {"time_limit", s.time_limit},
+          {"worker", s.worker}, {"timeout_s", s.timeout_s},
           {"tasks", tasks}};
 }
 
@@ -275,9 +282,9 @@ CommandResult run_command(const std::vector<std::string>& argv, double timeout_s
                              " not found in PATH: the Slurm backend needs Slurm's client commands "
                              "(sbatch, squeue) on this machine");
   static std::atomic<int> counter{0};
-  const fs::path base = fs::temp_directory_path() /
-                        ("harness-" + argv[0] + "." + std::to_string(::getpid()) + "." +
-                         std::to_string(counter.fetch_add(1)));
+  const fs::path base =
+      fs::temp_directory_path() / ("harness-" + argv[0] + "." + std::to_string(::getpid()) + "." +
+                                   std::to_string(counter.fetch_add(1)));
   ChildSpec child;
   child.argv = argv;
   child.argv[0] = exe;
@@ -289,7 +296,8 @@ CommandResult run_command(const std::vector<std::string>& argv, double timeout_s
   result.exit_code = outcome.exit_code.value_or(-1);
   result.out = read_file(child.stdout_path);
   result.err = trim(outcome.stderr_tail);
-  if (outcome.timed_out) result.err = argv[0] + " did not answer within " + std::to_string(int(timeout_s)) + " s";
+  if (outcome.timed_out)
+    result.err = argv[0] + " did not answer within " + std::to_string(int(timeout_s)) + " s";
   fs::remove(child.stdout_path);
   fs::remove(child.stderr_path);
   return result;
@@ -300,8 +308,8 @@ CommandResult run_command(const std::vector<std::string>& argv, double timeout_s
 // cannot be asked (then nothing is decided this round).
 std::optional<std::map<int, SlurmTaskState>> query_states(const std::string& job_id,
                                                           std::string* problem) {
-  const CommandResult q = run_command(
-      {"squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i|%T|%N|%e"});
+  const CommandResult q =
+      run_command({"squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i|%T|%N|%e"});
   std::map<int, SlurmTaskState> states;
   if (q.exit_code == 0) {
     states = parse_slurm_array_states(q.out, job_id);
@@ -311,8 +319,8 @@ std::optional<std::map<int, SlurmTaskState>> query_states(const std::string& job
   }
   // sacct knows jobs that the controller has purged; without accounting it fails, which is fine.
   if (!find_program("sacct").empty()) {
-    const CommandResult a = run_command(
-        {"sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,NodeList,End"});
+    const CommandResult a =
+        run_command({"sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,NodeList,End"});
     if (a.exit_code == 0) {
       for (auto& [index, state] : parse_slurm_array_states(a.out, job_id))
         states.try_emplace(index, std::move(state));
@@ -361,28 +369,15 @@ class Follower {
       last_problem_ = problem;
     }
     int open = 0;
-    int pending = 0, running = 0;
+    int pending = 0;
+    int running = 0;
     for (int i = 0; i < static_cast<int>(s.tasks.size()); ++i) {
       if (s.collected.contains(i)) continue;
       const Task& task = s.tasks[static_cast<size_t>(i)];
       const SlurmTaskState* state = nullptr;
       if (states && states->contains(i)) state = &states->at(i);
-      std::optional<RunRecord> record;
       double seconds = 0;
-      if (fs::exists(task.outcome)) {
-        record = from_outcome(s, task, state, &seconds);
-      } else if (states && (state == nullptr || slurm_state_is_final(state->state))) {
-        // Ended without an outcome. A COMPLETED task may still be flushing its files to a
-        // shared file system: give it a grace period from its end time.
-        const bool completed = state != nullptr && state->state == "COMPLETED";
-        const double since_end =
-            state != nullptr && state->end
-                ? std::difftime(std::time(nullptr), *state->end)
-                : options_.slurm.result_grace_s;
-        if (!completed || since_end >= options_.slurm.result_grace_s) {
-          record = without_outcome(s, task, state == nullptr ? SlurmTaskState{} : *state);
-        }
-      }
+      const std::optional<RunRecord> record = settle(s, task, states.has_value(), state, &seconds);
       if (!record) {
         ++open;
         in_flight_.insert(task.run_id);
@@ -401,17 +396,39 @@ class Follower {
       s.collected.insert(i);
       save_collected(s);
     }
-    if (options_.progress && open > 0) {
-      const std::string line = "slurm job " + s.job_id + ": " + std::to_string(pending) +
-                               " pending, " + std::to_string(running) + " running, " +
-                               std::to_string(s.collected.size()) + "/" +
-                               std::to_string(s.tasks.size()) + " done";
-      if (line != last_queue_line_[s.token]) {
-        std::fprintf(stderr, "%s\n", line.c_str());
-        last_queue_line_[s.token] = line;
-      }
-    }
+    if (options_.progress && open > 0) print_queue_line(s, pending, running);
     return open;
+  }
+
+  // The record of a task that has ended, or nullopt while it is queued, running, or finished
+  // with its files not visible yet. `known`: Slurm answered this round.
+  std::optional<RunRecord> settle(const Submission& s, const Task& task, bool known,
+                                  const SlurmTaskState* state, double* seconds) {
+    if (fs::exists(task.outcome)) return from_outcome(s, task, state, seconds);
+    if (!known || (state != nullptr && !slurm_state_is_final(state->state))) return std::nullopt;
+    // Ended without an outcome. A COMPLETED task may still be flushing its files to a shared
+    // file system: give it a grace period from its end time.
+    if (state != nullptr && state->state == "COMPLETED") {
+      const double since_end = state->end ? std::difftime(std::time(nullptr), *state->end)
+                                          : options_.slurm.result_grace_s;
+      if (since_end < options_.slurm.result_grace_s) return std::nullopt;
+    }
+    return without_outcome(s, task, state == nullptr ? SlurmTaskState{} : *state);
+  }
+
+  // "slurm job 123: 4 pending, 2 running, 6/12 done" on change, at most every 10 s (the per-run
+  // lines carry the news).
+  void print_queue_line(const Submission& s, int pending, int running) {
+    const std::string line = "slurm job " + s.job_id + ": " + std::to_string(pending) +
+                             " pending, " + std::to_string(running) + " running, " +
+                             std::to_string(s.collected.size()) + "/" +
+                             std::to_string(s.tasks.size()) + " done";
+    auto& last = last_queue_line_[s.token];
+    if (line != last.first &&
+        (last.first.empty() || Clock::now() - last.second > std::chrono::seconds(10))) {
+      std::fprintf(stderr, "%s\n", line.c_str());
+      last = {line, Clock::now()};
+    }
   }
 
   RunRecord from_outcome(const Submission& s, const Task& task, const SlurmTaskState* state,
@@ -464,7 +481,7 @@ class Follower {
   const RunOptions& options_;
   std::map<std::string, const RunConfig*> by_id_;
   std::set<std::string> in_flight_;
-  std::map<std::string, std::string> last_queue_line_;
+  std::map<std::string, std::pair<std::string, Clock::time_point>> last_queue_line_;
   std::string last_problem_;
   RunConfig placeholder_;
 };
@@ -472,10 +489,10 @@ class Follower {
 // "20261123T101500Z-1234": sorts by time; unique per parent process and second.
 std::string new_token() {
   std::string t = utc_now_iso8601();
-  t.erase(std::remove_if(t.begin(), t.end(), [](char c) { return c == '-' || c == ':'; }),
-          t.end());
+  t.erase(std::remove_if(t.begin(), t.end(), [](char c) { return c == '-' || c == ':'; }), t.end());
   static int counter = 0;
-  return t + "-" + std::to_string(::getpid()) + (counter++ > 0 ? "-" + std::to_string(counter) : "");
+  return t + "-" + std::to_string(::getpid()) +
+         (counter++ > 0 ? "-" + std::to_string(counter) : "");
 }
 
 std::string shell_quote(const std::string& s) {
@@ -507,17 +524,17 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
     write_file_atomic(task.run_json,
                       run_file(spec, *run, threads, task.result,
                                tokens.contains(run->run_id) ? tokens.at(run->run_id) : "")
-                              .dump(1) + "\n");
+                              .dump(1) +
+                          "\n");
     s.tasks.push_back(std::move(task));
   }
   const std::string harness =
       so.harness_path.empty() ? executable_dir() + "/harness" : so.harness_path;
   const fs::path script = s.dir / "task.sh";
-  write_file_atomic(script.string(), "#!/bin/sh\n# One run of harness submission " + s.token +
-                                         "; the index comes from Slurm.\nexec " +
-                                         shell_quote(harness) + " task " +
-                                         shell_quote(s.dir.string()) +
-                                         " \"$SLURM_ARRAY_TASK_ID\"\n");
+  write_file_atomic(script.string(),
+                    "#!/bin/sh\n# One run of harness submission " + s.token +
+                        "; the index comes from Slurm.\nexec " + shell_quote(harness) + " task " +
+                        shell_quote(s.dir.string()) + " \"$SLURM_ARRAY_TASK_ID\"\n");
   fs::permissions(script, fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read);
   write_file_atomic((s.dir / "submission.json").string(), to_json(s).dump(1) + "\n");
 
@@ -539,8 +556,8 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
     fs::remove_all(s.dir);
     std::string cmd;
     for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
-    throw std::runtime_error("sbatch failed (exit " + std::to_string(r.exit_code) + "): " +
-                             (r.err.empty() ? trim(r.out) : r.err) + "\n  command: " + cmd);
+    throw std::runtime_error("sbatch failed (exit " + std::to_string(r.exit_code) +
+                             "): " + (r.err.empty() ? trim(r.out) : r.err) + "\n  command: " + cmd);
   }
   s.job_id = job_id;
   write_file_atomic((s.dir / "submission.json").string(), to_json(s).dump(1) + "\n");
@@ -555,8 +572,8 @@ void sleep_interruptibly(double seconds) {
 }
 
 // Follows the submissions until every task is ingested (wait) or once (collect).
-void follow(Follower& follower, std::vector<Submission>& submissions, bool wait,
-            double poll_s, RunSummary& summary) {
+void follow(Follower& follower, std::vector<Submission>& submissions, bool wait, double poll_s,
+            RunSummary& summary) {
   for (;;) {
     summary.in_flight = follower.poll(submissions);
     if (!wait || summary.in_flight == 0 || interrupted()) break;
@@ -575,7 +592,9 @@ std::string job_list(const std::vector<Submission>& submissions) {
 
 namespace runner_detail {
 
-RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
+namespace {
+// Checks the options and the Slurm client; returns the worker's absolute path.
+std::string check_slurm_setup(const Spec& spec, const RunOptions& options) {
   const SlurmOptions& so = options.slurm;
   if (!so.time.empty() && !parse_slurm_time(so.time))
     throw std::invalid_argument("--time " + so.time +
@@ -591,13 +610,20 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
     throw std::runtime_error(
         "--backend slurm needs sbatch and squeue in PATH (run on a Slurm login node; "
         "scripts/slurm-local.sh start makes a single-node cluster here)");
-  const std::string worker = fs::absolute(options.worker_path.empty() ? default_worker_path()
-                                                                      : options.worker_path)
-                                 .string();
+  std::string worker =
+      fs::absolute(options.worker_path.empty() ? default_worker_path() : options.worker_path)
+          .string();
   if (::access(worker.c_str(), X_OK) != 0)
     throw std::runtime_error("worker executable not found: " + worker);
   if (spec.device == "cuda" && so.gres.empty() && options.progress)
     std::fprintf(stderr, "note: device cuda without --gres: tasks may get no GPU\n");
+  return worker;
+}
+}  // namespace
+
+RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
+  const SlurmOptions& so = options.slurm;
+  const std::string worker = check_slurm_setup(spec, options);
 
   const auto plan = expand(spec);
   Store store(options.db_path, Store::Mode::kCreate);
@@ -613,13 +639,15 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
   Progress progress(spec, store, summary, 0, options.progress);
   Follower follower(spec, plan, progress, options);
   if (!submissions.empty()) {
-    for (const auto& sub : submissions) progress.add_to_total(sub.tasks.size() - sub.collected.size());
+    for (const auto& sub : submissions)
+      progress.add_to_total(sub.tasks.size() - sub.collected.size());
     follow(follower, submissions, false, 0, summary);
   }
 
   std::vector<const RunConfig*> pending = select_pending(
       plan, store.run_statuses(spec.name), options.force, options.retry_failed, summary);
-  std::erase_if(pending, [&](const RunConfig* r) { return follower.in_flight().contains(r->run_id); });
+  std::erase_if(pending,
+                [&](const RunConfig* r) { return follower.in_flight().contains(r->run_id); });
   std::vector<const RunConfig*> to_submit;
   for (const RunConfig* run : pending) {
     if (run->skip_reason.empty()) {
@@ -684,7 +712,8 @@ RunSummary collect_experiment(const Spec& spec, const RunOptions& options) {
     throw std::runtime_error("harness collect needs squeue in PATH (a Slurm login node)");
   install_interrupt_handler();
   runner_detail::Progress progress(spec, store, summary, 0, options.progress);
-  for (const auto& sub : submissions) progress.add_to_total(sub.tasks.size() - sub.collected.size());
+  for (const auto& sub : submissions)
+    progress.add_to_total(sub.tasks.size() - sub.collected.size());
   Follower follower(spec, plan, progress, options);
   follow(follower, submissions, options.slurm.wait, options.slurm.poll_s, summary);
   for (const auto& s : submissions) summary.job_ids.push_back(s.job_id);
@@ -694,9 +723,9 @@ RunSummary collect_experiment(const Spec& spec, const RunOptions& options) {
 int run_slurm_task(const std::string& submission_dir, int index) {
   const Submission s = load_submission(submission_dir);
   if (index < 0 || index >= static_cast<int>(s.tasks.size()))
-    throw std::invalid_argument("task index " + std::to_string(index) + " out of range: " +
-                                submission_dir + " has " + std::to_string(s.tasks.size()) +
-                                " tasks");
+    throw std::invalid_argument("task index " + std::to_string(index) +
+                                " out of range: " + submission_dir + " has " +
+                                std::to_string(s.tasks.size()) + " tasks");
   const Task& task = s.tasks[static_cast<size_t>(index)];
   const fs::path dir = fs::path(task.run_json).parent_path();
   fs::remove(task.result);

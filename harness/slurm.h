@@ -10,8 +10,8 @@
 namespace hx {
 
 struct SlurmTaskState {
-  std::string state;        // PENDING, RUNNING, COMPLETED, TIMEOUT, ... ("CANCELLED by 0" -> CANCELLED)
-  std::string node;         // "" while pending
+  std::string state;  // PENDING, RUNNING, COMPLETED, TIMEOUT, ... ("CANCELLED by 0" -> CANCELLED)
+  std::string node;   // "" while pending
   std::optional<std::time_t> end;  // when the task ended (final states), local time
 };
 

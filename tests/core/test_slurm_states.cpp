@@ -31,11 +31,11 @@ TEST(SlurmStates, ParsesArrayElementsRangesAndCancelledBy) {
 }
 
 TEST(SlurmStates, FinalStates) {
-  for (const char* s : {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL",
-                        "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
+  for (const char* s : {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                        "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
     EXPECT_TRUE(hx::slurm_state_is_final(s)) << s;
-  for (const char* s : {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED",
-                        "REQUEUED", ""})
+  for (const char* s :
+       {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED", ""})
     EXPECT_FALSE(hx::slurm_state_is_final(s)) << s;
 }
 

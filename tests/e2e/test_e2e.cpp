@@ -31,7 +31,6 @@
 
 #include "harness/spec.h"
 #include "harness/store.h"
-
 #include "tests/e2e/e2e_util.h"
 
 namespace {
@@ -476,7 +475,8 @@ TEST_F(E2E, RegressionGateOnRealRuns) {
   const std::string spec = "tests/specs/gate.yaml";
   const fs::path baseline = dir_ / "baseline.csv";
   ASSERT_EQ(run(spec, {"--no-report"}).rc, 0);
-  const Outcome saved = harness({"baseline", spec, "--db", db_.string(), "--out", baseline.string()});
+  const Outcome saved =
+      harness({"baseline", spec, "--db", db_.string(), "--out", baseline.string()});
   ASSERT_EQ(saved.rc, 0) << dump(saved);
 
   // Each case reruns all runs into a fresh database and checks it against the baseline. Time is
@@ -486,8 +486,8 @@ TEST_F(E2E, RegressionGateOnRealRuns) {
     fs::remove_all(db_.parent_path(), ec);
     const Outcome r = run(spec, {"--no-report"}, env);
     EXPECT_TRUE(r.rc == 0 || r.rc == 1) << dump(r);
-    std::vector<std::string> args = {"check", spec, "--db", db_.string(), "--baseline",
-                                     baseline.string()};
+    std::vector<std::string> args = {"check",      spec,         "--db",
+                                     db_.string(), "--baseline", baseline.string()};
     args.insert(args.end(), extra.begin(), extra.end());
     return harness(args);
   };
@@ -502,8 +502,7 @@ TEST_F(E2E, RegressionGateOnRealRuns) {
   EXPECT_EQ(slower.rc, 1) << dump(slower);
   EXPECT_TRUE(contains(slower.out, "step_time_s")) << slower.out;
 
-  const Outcome oom =
-      check(Env{{{"HARNESS_FAULT", "oom"}}}, {});
+  const Outcome oom = check(Env{{{"HARNESS_FAULT", "oom"}}}, {});
   EXPECT_EQ(oom.rc, 1) << dump(oom);
   EXPECT_TRUE(contains(oom.out, "oom")) << oom.out;
 
@@ -512,10 +511,8 @@ TEST_F(E2E, RegressionGateOnRealRuns) {
   for (size_t at = text.find(",1.13"); at != std::string::npos; at = text.find(",1.13", at))
     text.replace(at, 5, ",9.99");
   const fs::path foreign = dir_ / "foreign.csv";
-  {
-    std::ofstream(foreign) << text;
-  }
-  const Outcome refused = harness({"check", spec, "--db", db_.string(), "--baseline",
-                                   foreign.string()});
+  { std::ofstream(foreign) << text; }
+  const Outcome refused =
+      harness({"check", spec, "--db", db_.string(), "--baseline", foreign.string()});
   EXPECT_EQ(refused.rc, 2) << dump(refused);
 }

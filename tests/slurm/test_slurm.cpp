@@ -54,7 +54,7 @@ class Slurm : public E2E {
   }
 
   Outcome collect(const std::string& spec, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {"collect",    spec,          "--db", db_.string(),
+    std::vector<std::string> args = {"collect",    spec,           "--db",   db_.string(),
                                      "--runs-dir", runs_.string(), "--poll", "0.5"};
     args.insert(args.end(), extra.begin(), extra.end());
     return harness(args, {}, 300);
@@ -107,15 +107,16 @@ TEST_F(Slurm, QuickstartGivesTheSameRunsAsTheLocalBackend) {
 
 TEST_F(Slurm, TheTaskEnforcesTheSpecTimeout) {
   // timeout_s is 5; the hung run is killed by its task, the three others finish.
-  const Outcome o = slurm_run("tests/specs/faults_hang.yaml", {"--no-report"},
-                              {{{"HARNESS_FAULT", "hang"},
-                                {"HARNESS_FAULT_MATCH", R"("gc":"on","lora":"on")"}}});
+  const Outcome o =
+      slurm_run("tests/specs/faults_hang.yaml", {"--no-report"},
+                {{{"HARNESS_FAULT", "hang"}, {"HARNESS_FAULT_MATCH", R"("gc":"on","lora":"on")"}}});
   EXPECT_EQ(o.rc, 1) << dump(o);
   EXPECT_TRUE(contains(o.err, "4 ran (3 ok, 0 oom, 1 failed)")) << o.err;
   const Db db(db_);
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM runs WHERE status = 'ok'"), 3);
-  EXPECT_EQ(db.scalar("SELECT status FROM runs WHERE config LIKE '%\"gc\":\"on\",\"lora\":\"on\"%'"),
-            "timeout");
+  EXPECT_EQ(
+      db.scalar("SELECT status FROM runs WHERE config LIKE '%\"gc\":\"on\",\"lora\":\"on\"%'"),
+      "timeout");
   EXPECT_TRUE(contains(db.scalar("SELECT error FROM runs WHERE status = 'timeout'"),
                        "enforced by the Slurm task"));
 }
@@ -156,7 +157,8 @@ TEST_F(Slurm, ACancelledTaskIsRecordedAndCollectIngestsOnce) {
 
   const Outcome first = collect(spec, {"--wait"});
   EXPECT_EQ(first.rc, 1) << dump(first);
-  EXPECT_TRUE(contains(first.err, "collected 1 (0 ok, 0 oom, 1 failed); 0 still queued")) << first.err;
+  EXPECT_TRUE(contains(first.err, "collected 1 (0 ok, 0 oom, 1 failed); 0 still queued"))
+      << first.err;
   const Db db(db_);
   EXPECT_EQ(db.scalar("SELECT status FROM runs"), "error");
   EXPECT_TRUE(contains(db.scalar("SELECT error FROM runs"), "cancelled in Slurm (CANCELLED"));
@@ -177,7 +179,8 @@ TEST_F(Slurm, CollectTwiceIngestsNothingTwice) {
 
   const Outcome first = collect(spec, {"--wait"});
   ASSERT_EQ(first.rc, 0) << dump(first);
-  EXPECT_TRUE(contains(first.err, "collected 6 (6 ok, 0 oom, 0 failed); 0 still queued")) << first.err;
+  EXPECT_TRUE(contains(first.err, "collected 6 (6 ok, 0 oom, 0 failed); 0 still queued"))
+      << first.err;
   const Db db(db_);
   const auto finished = db.by_run("finished_at");
   const long long metrics = db.count("SELECT COUNT(*) FROM metrics");
