@@ -692,7 +692,7 @@ void save_hf_checkpoint(Transformer& model, const std::string& dir_text,
     if (!options.merge_lora)
       throw std::invalid_argument(
           "export: the model has LoRA adapters; merge them into the base weights (--lora-merge)");
-    merge_lora(model);
+    merge_and_unload_lora(model);
   }
   const fs::path dir(dir_text);
   fs::create_directories(dir);

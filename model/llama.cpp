@@ -17,7 +17,7 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features,
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   auto y = torch::linear(x, weight);
-  if (lora_a_.defined()) {
+  if (lora_a_.defined() && !lora_merged_) {
     auto xd = lora_dropout_ > 0 ? torch::dropout(x, lora_dropout_, is_training()) : x;
     y = y + torch::linear(torch::linear(xd, lora_a_), lora_b_) * lora_scaling_;
   }
@@ -74,8 +74,7 @@ std::pair<torch::Tensor, torch::Tensor> KVCache::update(int64_t layer, int64_t s
 
 int64_t KVCache::bytes() const {
   int64_t total = 0;
-  for (size_t i = 0; i < keys_.size(); ++i)
-    total += keys_[i].nbytes() + values_[i].nbytes();
+  for (size_t i = 0; i < keys_.size(); ++i) total += keys_[i].nbytes() + values_[i].nbytes();
   return total;
 }
 
@@ -91,15 +90,14 @@ torch::Tensor rope_frequencies(const LlamaConfig& config) {
       // Meta's apply_scaling: keep high frequencies, divide low ones by `factor`, blend between.
       const auto& s = *config.rope_scaling;
       const double low_freq_wavelen = static_cast<double>(s.original_max_pos) / s.low_freq_factor;
-      const double high_freq_wavelen =
-          static_cast<double>(s.original_max_pos) / s.high_freq_factor;
+      const double high_freq_wavelen = static_cast<double>(s.original_max_pos) / s.high_freq_factor;
       const double wavelen = 2.0 * std::numbers::pi / freq;
       if (wavelen > low_freq_wavelen) {
         freq = freq / s.factor;
       } else if (wavelen >= high_freq_wavelen) {
-        const double smooth = (static_cast<double>(s.original_max_pos) / wavelen -
-                               s.low_freq_factor) /
-                              (s.high_freq_factor - s.low_freq_factor);
+        const double smooth =
+            (static_cast<double>(s.original_max_pos) / wavelen - s.low_freq_factor) /
+            (s.high_freq_factor - s.low_freq_factor);
         freq = (1.0 - smooth) * freq / s.factor + smooth * freq;
       }
     }
@@ -174,8 +172,7 @@ TransformerBlockImpl::TransformerBlockImpl(const LlamaConfig& config, int64_t la
     : layer_id(layer_id_) {
   attention = register_module("attention", Attention(config, options));
   feed_forward = register_module("feed_forward", FeedForward(config, options));
-  attention_norm =
-      register_module("attention_norm", RMSNorm(config.dim, config.norm_eps, options));
+  attention_norm = register_module("attention_norm", RMSNorm(config.dim, config.norm_eps, options));
   ffn_norm = register_module("ffn_norm", RMSNorm(config.dim, config.norm_eps, options));
 }
 

@@ -41,8 +41,13 @@ class LinearImpl : public torch::nn::Module {
 
   void add_lora(const LoraOptions& options, uint64_t seed);
   bool has_lora() const { return lora_a_.defined(); }
-  // W += (alpha/r) B A and the adapter is removed: the module has its base names again.
+  bool lora_merged() const { return lora_merged_; }
+  // W += (alpha/r) B A; the adapter stays but forward no longer adds it (PEFT's merge).
   void merge_lora();
+  // W -= (alpha/r) B A: the base weight again (to fp32 rounding), the adapter active again.
+  void unmerge_lora();
+  // Removes the adapter (merged or not): the module has its base names again.
+  void unload_lora();
 
   torch::Tensor weight;  // (out, in)
 
@@ -50,6 +55,7 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor lora_a_, lora_b_;
   double lora_scaling_ = 0.0;
   double lora_dropout_ = 0.0;
+  bool lora_merged_ = false;
 };
 TORCH_MODULE(Linear);
 

@@ -46,17 +46,35 @@ void LinearImpl::add_lora(const LoraOptions& options, uint64_t seed) {
   lora_dropout_ = options.dropout;
 }
 
+namespace {
+// (alpha/r) B A in fp32 (the product of the adapter, as the base weight's dtype).
+torch::Tensor lora_delta(const torch::Tensor& a, const torch::Tensor& b, double scaling,
+                         torch::ScalarType dtype) {
+  return (torch::matmul(b.to(torch::kFloat32), a.to(torch::kFloat32)) * scaling).to(dtype);
+}
+}  // namespace
+
 void LinearImpl::merge_lora() {
+  if (!has_lora() || lora_merged_) return;
+  torch::NoGradGuard no_grad;
+  weight.add_(lora_delta(lora_a_, lora_b_, lora_scaling_, weight.scalar_type()));
+  lora_merged_ = true;
+}
+
+void LinearImpl::unmerge_lora() {
+  if (!has_lora() || !lora_merged_) return;
+  torch::NoGradGuard no_grad;
+  weight.sub_(lora_delta(lora_a_, lora_b_, lora_scaling_, weight.scalar_type()));
+  lora_merged_ = false;
+}
+
+void LinearImpl::unload_lora() {
   if (!has_lora()) return;
-  {
-    torch::NoGradGuard no_grad;
-    auto delta = torch::matmul(lora_b_.to(torch::kFloat32), lora_a_.to(torch::kFloat32));
-    weight.add_((delta * lora_scaling_).to(weight.scalar_type()));
-  }
   unregister_module("lora_a");
   unregister_module("lora_b");
   lora_a_ = torch::Tensor();
   lora_b_ = torch::Tensor();
+  lora_merged_ = false;
 }
 
 void apply_lora(Transformer& model, const std::vector<std::string>& targets,
@@ -68,10 +86,21 @@ void apply_lora(Transformer& model, const std::vector<std::string>& targets,
   }
 }
 
-void merge_lora(Transformer& model) {
+namespace {
+void for_each_target(Transformer& model, void (LinearImpl::*action)()) {
   for (auto& block : model->layers) {
-    for (const auto& target : lora_target_names()) target_of(block, target)->merge_lora();
+    for (const auto& target : lora_target_names()) (target_of(block, target).get()->*action)();
   }
+}
+}  // namespace
+
+void merge_lora(Transformer& model) { for_each_target(model, &LinearImpl::merge_lora); }
+
+void unmerge_lora(Transformer& model) { for_each_target(model, &LinearImpl::unmerge_lora); }
+
+void merge_and_unload_lora(Transformer& model) {
+  for_each_target(model, &LinearImpl::merge_lora);
+  for_each_target(model, &LinearImpl::unload_lora);
 }
 
 bool is_lora_param(const std::string& name) {

@@ -16,8 +16,12 @@ const std::vector<std::string>& lora_target_names();  // wq wk wv wo w1 w2 w3
 // from `seed` (Kaiming-uniform as in PEFT), B is zero, so the adapted model equals the base.
 void apply_lora(Transformer& model, const std::vector<std::string>& targets,
                 const LoraOptions& options, uint64_t seed);
-// Folds every adapter into its base weight and removes it.
+// Folds every adapter into its base weight; the adapters stay (inactive) so that unmerge_lora
+// can take them out again (PEFT's merge_adapter / unmerge_adapter).
 void merge_lora(Transformer& model);
+void unmerge_lora(Transformer& model);
+// Folds every adapter into its base weight and removes it: the base parameter names again.
+void merge_and_unload_lora(Transformer& model);
 
 bool is_lora_param(const std::string& name);
 // Parameters with requires_grad, in named order.

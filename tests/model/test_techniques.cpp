@@ -3,12 +3,11 @@
 // precision tracks fp32, the loss scaler skips a poisoned step, training learns.
 #include <gtest/gtest.h>
 
-#include "source_dir.h"
-
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
 #include "model/lora.h"
+#include "source_dir.h"
 
 namespace hx {
 namespace {
@@ -119,19 +118,19 @@ TEST(GradientAccumulation, EightMicroBatchesOfOneEqualOneBatchOfEight) {
 TEST(Lora, TrainableCountsOfThePresets) {
   // Built on the meta device: counts without memory. llama2-7b's published 4,194,304 (PEFT's
   // figure) is for r=8; r=16 doubles it.
-  for (const auto& [preset, r, expected] : std::vector<std::tuple<std::string, int64_t, int64_t>>{
-           {"llama3.2-1b", 16, 1'703'936}, {"llama2-7b", 8, 4'194'304},
-           {"llama2-7b", 16, 8'388'608}}) {
+  for (const auto& [preset, r, expected] :
+       std::vector<std::tuple<std::string, int64_t, int64_t>>{{"llama3.2-1b", 16, 1'703'936},
+                                                              {"llama2-7b", 8, 4'194'304},
+                                                              {"llama2-7b", 16, 8'388'608}}) {
     Transformer model(config_from_name(preset), ModelOptions{torch::Device(torch::kMeta)});
     const int64_t total = model->param_count();
     apply_lora(model, {"wq", "wv"}, LoraOptions{r, 32.0, 0.05}, 0);
     EXPECT_EQ(trainable_param_count(model), expected) << preset;
-    if (preset == "llama3.2-1b")
-      EXPECT_NEAR(100.0 * expected / total, 0.1379, 0.00005);
+    if (preset == "llama3.2-1b") EXPECT_NEAR(100.0 * expected / total, 0.1379, 0.00005);
   }
 }
 
-TEST(Lora, StartsAsIdentityTrainsOnlyAdaptersAndMergesExactly) {
+TEST(Lora, StartsAsIdentityTrainsOnlyAdaptersMergesAndUnmergesExactly) {
   auto model = make_model(4);
   auto tokens = torch::randint(3, 512, {2, 16}, torch::kInt64);
   model->eval();
@@ -170,7 +169,30 @@ TEST(Lora, StartsAsIdentityTrainsOnlyAdaptersAndMergesExactly) {
   torch::NoGradGuard no_grad;
   auto adapted = model->forward(tokens);
   EXPECT_FALSE(torch::allclose(adapted, base_logits));
+  std::map<std::string, torch::Tensor> trained;
+  for (const auto& item : model->named_parameters()) trained[item.key()] = item.value().clone();
+
+  // Merge: the base weights hold the adapters (the model computes the same), adapters kept.
   merge_lora(model);
+  EXPECT_LT((model->forward(tokens) - adapted).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(model->named_parameters().size(), before.size());
+  EXPECT_FALSE(torch::equal(model->layers[0]->attention->wq->weight,
+                            trained.at("layers.0.attention.wq.weight")));
+  // Unmerge: the trained base weights again (to fp32 rounding of W + d - d), adapters active.
+  unmerge_lora(model);
+  for (const auto& item : model->named_parameters()) {
+    EXPECT_LT((item.value() - trained.at(item.key())).abs().max().item<double>(), 1e-6)
+        << item.key();
+  }
+  EXPECT_LT((model->forward(tokens) - adapted).abs().max().item<double>(), 1e-5);
+  // Merging twice or unmerging an unmerged model changes nothing.
+  unmerge_lora(model);
+  merge_lora(model);
+  merge_lora(model);
+  EXPECT_LT((model->forward(tokens) - adapted).abs().max().item<double>(), 1e-5);
+
+  // Merge and unload: the base parameter names only, the same function.
+  merge_and_unload_lora(model);
   for (const auto& item : model->named_parameters())
     EXPECT_FALSE(is_lora_param(item.key())) << item.key();
   EXPECT_EQ(model->named_parameters().size(), before.size() - 7 * 4 * 2);
