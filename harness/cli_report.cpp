@@ -37,7 +37,10 @@ int run_report(const ReportOptions& options) {
   const auto planned = expand(spec);
   auto runs = store.load_runs(spec.name);
   add_estimates(spec, planned, runs);  // a table's est_peak_mem_mb row (docs/memory-model.md)
-  const std::string text = render_report(spec, planned, runs, format);
+  std::string text = render_report(spec, planned, runs, format);
+  if (format == ReportFormat::kMarkdown)
+    text += render_generations(spec, planned,
+                               [&](const std::string& id) { return store.load_texts(id); });
   std::cout << text << std::flush;
   if (!options.out_dir.empty()) {
     std::filesystem::create_directories(options.out_dir);
@@ -47,8 +50,8 @@ int run_report(const ReportOptions& options) {
     // Charts drawn by `harness plot` into the same folder are linked from the Markdown report.
     const auto charts = std::filesystem::path(options.out_dir) / (spec.name + "-plots.md");
     const bool link_charts = format == ReportFormat::kMarkdown && std::filesystem::exists(charts);
-    write_file_atomic(path, link_charts ? text + "\nCharts: [" + charts.filename().string() +
-                                              "](" + charts.filename().string() + ")\n"
+    write_file_atomic(path, link_charts ? text + "\nCharts: [" + charts.filename().string() + "](" +
+                                              charts.filename().string() + ")\n"
                                         : text);
     std::fprintf(stderr, "wrote %s\n", path.c_str());
   }

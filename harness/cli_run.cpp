@@ -44,7 +44,10 @@ int run_command(const RunArgs& args) {
     const auto planned = expand(spec);
     auto runs = store.load_runs(spec.name);
     add_estimates(spec, planned, runs);  // a table's est_peak_mem_mb row (docs/memory-model.md)
-    const auto report = render_report(spec, planned, runs, ReportFormat::kMarkdown);
+    const auto report = render_report(spec, planned, runs, ReportFormat::kMarkdown) +
+                        render_generations(spec, planned, [&](const std::string& id) {
+                          return store.load_texts(id);
+                        });
     std::cout << report << std::flush;
     if (!args.report_dir.empty()) {
       std::filesystem::create_directories(args.report_dir);

@@ -1,9 +1,8 @@
 #include "harness/pretokenize.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "harness/json_io.h"
@@ -50,6 +49,15 @@ std::string alpaca_prompt(const AlpacaRecord& r) {
          "further context. Write a response that appropriately completes the request.\n\n"
          "### Instruction:\n" +
          r.instruction + "\n\n### Input:\n" + r.input + "\n\n### Response:\n";
+}
+
+const std::vector<AlpacaRecord>& sample_prompts() {
+  static const std::vector<AlpacaRecord> prompts = {
+      {"Give three tips for staying healthy.", "", ""},
+      {"What is the capital of France?", "", ""},
+      {"Translate the sentence into French.", "The weather is nice today.", ""},
+  };
+  return prompts;
 }
 
 Example make_text_example(const AlpacaRecord& record, const TextTokenizer& tokenizer,

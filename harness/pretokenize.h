@@ -27,6 +27,9 @@ std::vector<AlpacaRecord> read_alpaca(const std::string& path, int64_t samples);
 // The Stanford Alpaca templates (with and without input), up to "### Response:\n".
 std::string alpaca_prompt(const AlpacaRecord& record);
 
+// The fixed instructions that `generations: on` answers greedily before and after fine-tuning.
+const std::vector<AlpacaRecord>& sample_prompts();
+
 struct Example {
   std::vector<int64_t> tokens;  // BOS prompt response EOS, truncated to max_seq_len
   std::vector<int64_t> labels;  // kIgnoreIndex over BOS and the prompt

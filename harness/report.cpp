@@ -4,8 +4,11 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <utility>
+
+#include "harness/pretokenize.h"
 
 namespace hx {
 namespace {
@@ -78,7 +81,8 @@ std::string environment_line(const Json& env) {
   }
   if (const std::string v = env_string(env, "libtorch"); !v.empty())
     parts.push_back("libtorch " + v);
-  if (const std::string v = env_string(env, "threads"); !v.empty()) parts.push_back(v + (v == "1" ? " thread" : " threads"));
+  if (const std::string v = env_string(env, "threads"); !v.empty())
+    parts.push_back(v + (v == "1" ? " thread" : " threads"));
   if (const std::string v = env_string(env, "build_type"); !v.empty())
     parts.push_back(v + " build");
   if (const std::string v = env_string(env, "compiler"); !v.empty()) parts.push_back(v);
@@ -702,6 +706,60 @@ std::string render_report(const Spec& spec, const std::vector<StoredRun>& runs,
     planned.push_back(std::move(config));
   }
   return render_report(spec, planned, runs, format);
+}
+
+namespace {
+// One line of generated text as a Markdown code span: line breaks shown as ⏎, backticks as '.
+std::string code_span(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '\n') {
+      out += "⏎";
+    } else if (c == '`') {
+      out += '\'';
+    } else if (c != '\r') {
+      out += c;
+    }
+  }
+  return out.empty() ? "(nothing)" : "`" + out + "`";
+}
+}  // namespace
+
+std::string render_generations(
+    const Spec& spec, const std::vector<RunConfig>& planned,
+    const std::function<std::vector<std::pair<std::string, std::string>>(const std::string&)>&
+        texts_of) {
+  std::ostringstream out;
+  bool any = false;
+  for (const RunConfig& run : planned) {
+    std::map<std::string, std::string> texts;
+    for (auto& [name, text] : texts_of(run.run_id)) texts[name] = text;
+    if (texts.empty()) continue;
+    if (!any) {
+      out << "\n## Generations before and after fine-tuning\n\nGreedy answers to fixed "
+             "instructions (Alpaca prompt) before the first step and after the last.\n";
+      any = true;
+    }
+    std::string label;
+    for (const auto& [key, values] : spec.parts[static_cast<size_t>(run.part)].axes) {
+      const auto& v = run.config.at(key);
+      label += (label.empty() ? "" : ", ") + key + "=" +
+               (v.is_string() ? v.get<std::string>() : v.dump());
+    }
+    if (spec.repeats > 1) label += " #" + std::to_string(run.repeat);
+    out << "\n### " << (label.empty() ? run.run_id : label) << "\n";
+    const auto& prompts = sample_prompts();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const std::string key = std::to_string(i);
+      if (!texts.contains("before/" + key) && !texts.contains("after/" + key)) continue;
+      out << "\n"
+          << i + 1 << ". " << prompts[i].instruction
+          << (prompts[i].input.empty() ? "" : " (" + prompts[i].input + ")") << "\n"
+          << "   - before: " << code_span(texts["before/" + key]) << "\n"
+          << "   - after: " << code_span(texts["after/" + key]) << "\n";
+    }
+  }
+  return out.str();
 }
 
 }  // namespace hx

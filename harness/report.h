@@ -148,4 +148,12 @@ std::string render_report(const Spec& spec, const std::vector<RunConfig>& planne
 std::string render_report(const Spec& spec, const std::vector<StoredRun>& runs,
                           ReportFormat format);
 
+// The greedy answers to the fixed prompts that runs with `generations: on` stored (texts
+// before/<i> and after/<i>), as a Markdown section: per run, each prompt with the text before and
+// after fine-tuning. `texts_of` gives a run's stored texts. "" when no planned run has any.
+std::string render_generations(
+    const Spec& spec, const std::vector<RunConfig>& planned,
+    const std::function<std::vector<std::pair<std::string, std::string>>(const std::string&)>&
+        texts_of);
+
 }  // namespace hx

@@ -79,12 +79,36 @@ std::string key_metric_text(const RunRecord& record) {
   return out;
 }
 
+// The spec's tokenizer, loaded once per process (runs share it; loading LLaMA 3's takes ~0.1 s).
+const TextTokenizer& spec_tokenizer(const std::string& path) {
+  static std::mutex mutex;
+  static std::map<std::string, std::unique_ptr<TextTokenizer>> loaded;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = loaded[path];
+  if (!slot) slot = load_text_tokenizer(path);
+  return *slot;
+}
+
+bool wants_generations(const RunConfig& run) {
+  const auto it = run.config.find("generations");
+  return it != run.config.end() && ((it->is_string() && it->get<std::string>() == "on") ||
+                                    (it->is_boolean() && it->get<bool>()));
+}
+
 Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::string& result,
               const std::string& tokens_path) {
   const auto& part = spec.parts[static_cast<size_t>(run.part)];
   Json data = part.data;
   data.erase("path_as_written");
   if (!tokens_path.empty()) data["tokens_path"] = tokens_path;
+  if (wants_generations(run) && !spec.tokenizer.empty()) {
+    // The worker links no tokenizer: it gets the fixed prompts as ids (BOS + Alpaca prompt).
+    const TextTokenizer& tokenizer = spec_tokenizer(spec.tokenizer);
+    Json prompts = Json::array();
+    for (const auto& record : sample_prompts())
+      prompts.push_back(tokenizer.encode(alpaca_prompt(record), true, false, spec.allow_special));
+    data["prompt_tokens"] = prompts;
+  }
   Json model = spec.model;
   model.erase("weights_as_written");
   return {{"run_id", run.run_id},
@@ -107,8 +131,27 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
   bool have_result = false;
   if (!outcome.timed_out && fs::exists(result_path)) {
     try {
-      record = record_from_result_json(Json::parse(read_file(result_path)), spec.name, run);
+      const Json result = Json::parse(read_file(result_path));
+      record = record_from_result_json(result, spec.name, run);
       have_result = true;
+      // Generations as ids from a worker without the spec's tokenizer: decoded here.
+      if (!spec.tokenizer.empty() && result.contains("texts")) {
+        const TextTokenizer& tokenizer = spec_tokenizer(spec.tokenizer);
+        for (size_t i = 0; i < record.texts.size() && i < result["texts"].size(); ++i) {
+          const Json& text = result["texts"][i];
+          if (text.contains("ids") && record.texts[i].second.empty()) {
+            std::vector<int64_t> ids;
+            for (const auto& id : text["ids"]) {
+              const auto v = id.get<int64_t>();
+              const auto stops = tokenizer.stop_ids();
+              if (std::find(stops.begin(), stops.end(), v) != stops.end()) break;
+              // A model whose vocabulary is larger than the tokenizer's can emit ids it lacks.
+              if (v >= 0 && v < tokenizer.vocab_size()) ids.push_back(v);
+            }
+            record.texts[i].second = tokenizer.decode(ids);
+          }
+        }
+      }
     } catch (const std::exception& e) {
       record.status = "crashed";
       record.error = std::string("unreadable result.json: ") + e.what();

@@ -14,8 +14,8 @@
 #include <string_view>
 #include <system_error>
 
-#include "harness/fields.h"
 #include "harness/device_profiles.h"
+#include "harness/fields.h"
 #include "harness/hash.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
@@ -87,6 +87,11 @@ const std::vector<KeyRule>& key_rules() {
       {.name = "warmup_steps", .scope = Scope::kFinetune, .lo = kAtLeast0},
       {.name = "max_seq_len", .scope = Scope::kFinetune, .lo = kAtLeast1},
       {.name = "seq_len", .scope = Scope::kFinetune, .lo = kAtLeast1},
+      {.name = "generations",
+       .scope = Scope::kFinetune,
+       .kind = Kind::kWord,
+       .words = {"off", "on"}},
+      {.name = "generation_tokens", .scope = Scope::kFinetune, .lo = kAtLeast1},
 
       {.name = "prompt_len", .scope = Scope::kGenerate, .lo = kAtLeast1},
       {.name = "new_tokens", .scope = Scope::kGenerate, .lo = kAtLeast1},
@@ -119,10 +124,9 @@ const std::vector<KeyRule>& data_rules() {
 
 constexpr std::string_view kWorkloads[] = {"finetune", "generate"};
 constexpr std::string_view kTopKeys[] = {
-    "name",      "description", "model",           "workload", "data",
-    "fixed",     "matrix",      "include",         "exclude",  "repeats",
-    "timeout_s", "device",      "memory_limit_mb", "tables",   "parts", "device_profile",
-    "tokenizer", "allow_special"};
+    "name",    "description",    "model",     "workload",     "data",   "fixed",           "matrix",
+    "include", "exclude",        "repeats",   "timeout_s",    "device", "memory_limit_mb", "tables",
+    "parts",   "device_profile", "tokenizer", "allow_special"};
 constexpr std::string_view kPartKeys[] = {"label",  "workload", "data",   "fixed",
                                           "matrix", "include",  "exclude"};
 constexpr std::string_view kTableKeys[] = {"title", "kind", "columns", "rows", "workload", "part"};
@@ -593,7 +597,8 @@ void Parser::parse_model(const Entry& entry, Spec& spec) const {
   const char* weights_key = "model.weights";
   if (auto path_it = keys.find("path"); path_it != keys.end()) {
     if (weights_it != keys.end()) {
-      fail(path_it->second.line, "model.path", "give either path (a checkpoint directory) or weights");
+      fail(path_it->second.line, "model.path",
+           "give either path (a checkpoint directory) or weights");
     }
     weights_it = path_it;
     weights_key = "model.path";
@@ -649,7 +654,8 @@ int64_t model_vocab_size(const Json& model) {
     }
     return 0;
   }
-  if (model.contains("preset")) return config_from_name(model["preset"].get<std::string>()).vocab_size;
+  if (model.contains("preset"))
+    return config_from_name(model["preset"].get<std::string>()).vocab_size;
   return 0;
 }
 

@@ -36,6 +36,10 @@ class ByteTokenizer final : public Tokenizer {
   int64_t vocab_size() const override { return 259; }
 };
 
+// Byte-token ids back to text (ids outside 3..258 are dropped; stops at EOS), as valid UTF-8
+// (U+FFFD for bytes that do not form a character).
+std::string decode_bytes(const std::vector<int64_t>& ids);
+
 Example make_example(const AlpacaRecord& record, const Tokenizer& tokenizer, int64_t max_seq_len);
 
 // Examples pre-tokenised by the parent (read_token_examples), cut to max_seq_len (<= 0: not);

@@ -212,6 +212,59 @@ Json run_generate(const Json& run, const Config& cfg, torch::Device device, Memo
   return result;
 }
 
+// The fixed prompts of `generations: on` as token ids: the parent's (encoded with the spec's
+// tokenizer, data.prompt_tokens) or BOS + bytes of the Alpaca prompt.
+std::vector<std::vector<int64_t>> generation_prompts(const Json& data, int64_t vocab) {
+  std::vector<std::vector<int64_t>> prompts;
+  if (data.contains("prompt_tokens")) {
+    for (const auto& ids : data.at("prompt_tokens")) {
+      prompts.push_back(ids.get<std::vector<int64_t>>());
+      for (int64_t id : prompts.back())
+        if (id < 0 || id >= vocab)
+          throw std::invalid_argument("data.prompt_tokens: id " + std::to_string(id) +
+                                      " outside the vocabulary");
+    }
+    return prompts;
+  }
+  ByteTokenizer bytes;
+  if (vocab < bytes.vocab_size())
+    throw std::invalid_argument(
+        "generations: the byte tokenizer needs a vocabulary of at least 259");
+  for (const auto& record : sample_prompts()) {
+    std::vector<int64_t> ids = {bytes.bos_id()};
+    const auto text = bytes.encode(alpaca_prompt(record));
+    ids.insert(ids.end(), text.begin(), text.end());
+    prompts.push_back(std::move(ids));
+  }
+  return prompts;
+}
+
+// Greedy answers to the prompts, untimed and outside the measured steps, as texts "<when>/<i>"
+// with their ids (the parent decodes them when the spec names a tokenizer).
+void add_generations(Json& result, Transformer& model,
+                     const std::vector<std::vector<int64_t>>& prompts, int64_t new_tokens,
+                     const std::string& when, bool byte_tokens, torch::Device device) {
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto& p = prompts[i];
+    const int64_t room = model->config().max_seq_len - static_cast<int64_t>(p.size());
+    std::vector<int64_t> ids;
+    if (room > 0) {
+      const auto prompt = torch::tensor(p, torch::kInt64).view({1, -1}).to(device);
+      const auto out = generate(model, prompt, std::min(new_tokens, room), /*use_cache=*/true,
+                                SamplingOptions{});
+      const auto tokens = out.tokens.to(torch::kCPU).contiguous();
+      ids.assign(tokens.data_ptr<int64_t>(), tokens.data_ptr<int64_t>() + tokens.numel());
+    }
+    result["texts"].push_back({{"name", when + "/" + std::to_string(i)},
+                               {"text", byte_tokens ? decode_bytes(ids) : std::string()},
+                               {"ids", ids}});
+  }
+  model->train(was_training);
+}
+
 Json run_finetune(const Json& run, const Config& cfg, torch::Device device, MemoryProbe probe) {
   auto built = build_model(run, cfg, device);
   auto& model = built.model;
@@ -267,7 +320,18 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   const int64_t warmup = std::min(cfg.get<int64_t>("warmup_steps", 3), max_steps - 1);
   const int64_t trainable = trainable_param_count(model);
 
-  Json result = {{"status", "ok"}, {"metrics", Json::array()}, {"steps", Json::array()}};
+  Json result = {{"status", "ok"},
+                 {"metrics", Json::array()},
+                 {"steps", Json::array()},
+                 {"texts", Json::array()}};
+  const bool generations = cfg.on("generations", false);
+  const int64_t generation_tokens = cfg.get<int64_t>("generation_tokens", 32);
+  std::vector<std::vector<int64_t>> prompts;
+  if (generations) {
+    prompts = generation_prompts(data, vocab);
+    add_generations(result, model, prompts, generation_tokens, "before",
+                    !data.contains("prompt_tokens"), device);
+  }
   std::vector<double> measured;
   std::vector<double> losses;
   int64_t measured_tokens = 0;
@@ -301,6 +365,10 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
                                {"mem_mb", step_peak / kMB}});
   }
   const double total = seconds_since(total_start);
+  if (generations) {
+    add_generations(result, model, prompts, generation_tokens, "after",
+                    !data.contains("prompt_tokens"), device);
+  }
   double mean = 0;
   for (double s : measured) mean += s;
   mean /= static_cast<double>(measured.size());

@@ -516,3 +516,36 @@ TEST_F(E2E, RegressionGateOnRealRuns) {
       harness({"check", spec, "--db", db_.string(), "--baseline", foreign.string()});
   EXPECT_EQ(refused.rc, 2) << dump(refused);
 }
+
+namespace {
+
+TEST_F(E2E, GenerationsBeforeAndAfterFineTuningAreStoredAndShown) {
+  const Outcome o = run("tests/specs/generations.yaml");
+  ASSERT_EQ(o.rc, 0) << dump(o);
+  const Db db(db_);
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM texts"), 12);  // 2 runs x 3 prompts x before/after
+  std::map<std::string, std::map<std::string, std::string>> by_lora;  // lora -> name -> text
+  for (const auto& row : db.query("SELECT r.config, t.name, t.text FROM texts t JOIN runs r "
+                                  "USING (run_id)")) {
+    const std::string lora = Json::parse(*row[0]).at("lora");
+    by_lora[lora][*row[1]] = *row[2];
+  }
+  ASSERT_EQ(by_lora.size(), 2U);
+  for (int i = 0; i < 3; ++i) {
+    const std::string before = "before/" + std::to_string(i);
+    // LoRA starts as the identity: before training both models answer alike.
+    EXPECT_EQ(by_lora["on"][before], by_lora["off"][before]) << before;
+    EXPECT_FALSE(by_lora["off"][before].empty()) << before;
+  }
+  // Four SGD steps at lr 0.05 change what the fully fine-tuned model says.
+  bool changed = false;
+  for (int i = 0; i < 3; ++i)
+    changed |= by_lora["off"]["after/" + std::to_string(i)] !=
+               by_lora["off"]["before/" + std::to_string(i)];
+  EXPECT_TRUE(changed);
+  EXPECT_TRUE(contains(o.out, "## Generations before and after fine-tuning")) << o.out;
+  EXPECT_TRUE(contains(o.out, "### lora=on")) << o.out;
+  EXPECT_TRUE(contains(o.out, "2. What is the capital of France?")) << o.out;
+}
+
+}  // namespace

@@ -3,8 +3,6 @@
 // data for the worker, and `harness generate` encodes a text prompt and decodes the output.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-
-#include "tests/base64_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +13,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "tests/base64_util.h"
 
 namespace {
 
@@ -102,8 +102,8 @@ TEST_F(TokenizedTest, RunPretokenisesAlpacaForTheWorker) {
     ASSERT_TRUE(fs::path(tokens).is_absolute());
     const Json examples = Json::parse(slurp(tokens));
     ASSERT_EQ(examples.size(), 2u);
-    EXPECT_EQ(examples[0]["tokens"][0], 256);       // <|begin_of_text|>
-    EXPECT_EQ(examples[0]["tokens"].back(), 257);   // <|end_of_text|>
+    EXPECT_EQ(examples[0]["tokens"][0], 256);      // <|begin_of_text|>
+    EXPECT_EQ(examples[0]["tokens"].back(), 257);  // <|end_of_text|>
     EXPECT_EQ(examples[0]["labels"][0], -100);
     found = true;
   }
@@ -111,9 +111,9 @@ TEST_F(TokenizedTest, RunPretokenisesAlpacaForTheWorker) {
 }
 
 TEST_F(TokenizedTest, GenerateEncodesAndDecodes) {
-  const Result r = harness({"generate", "--tokenizer", "tok.model", "--prompt", "Hi",
-                            "--max-new-tokens", "3", "--json"},
-                           dir_);
+  const Result r = harness(
+      {"generate", "--tokenizer", "tok.model", "--prompt", "Hi", "--max-new-tokens", "3", "--json"},
+      dir_);
   ASSERT_EQ(r.rc, 0) << r.err;
   const Json j = Json::parse(r.out);
   EXPECT_EQ(j.at("prompt_ids"), Json::parse("[256, 72, 105]"));
@@ -126,3 +126,34 @@ TEST_F(TokenizedTest, GenerateEncodesAndDecodes) {
 }
 
 }  // namespace
+
+TEST_F(TokenizedTest, GenerationsBeforeAndAfterAreEncodedHereAndDecodedHere) {
+  std::ofstream(dir_ / "alpaca.json") << R"([{"instruction": "Say hi", "output": "hi there"}])";
+  std::ofstream(dir_ / "spec.yaml")
+      << "name: gen\nmodel: {preset: tiny}\ntokenizer: tok.model\nworkload: finetune\n"
+         "data: {format: alpaca, path: alpaca.json, max_seq_len: 300}\n"
+         "fixed: {batch_size: 1, max_steps: 2, warmup_steps: 0, generations: on,\n"
+         "        generation_tokens: 6}\n"
+         "matrix: {lora: [off]}\n"
+         "tables: [{title: T, columns: [lora], rows: [peak_mem_mb]}]\n";
+  const Result r = harness({"run", "spec.yaml", "--db", (dir_ / "h.db").string()}, dir_);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  // The worker got the fixed prompts as ids: BOS, then the Alpaca prompt's bytes.
+  for (const auto& entry : fs::directory_iterator(dir_ / "runs" / "gen")) {
+    if (!fs::exists(entry.path() / "run.json")) continue;
+    const Json prompts = Json::parse(slurp(entry.path() / "run.json"))["data"]["prompt_tokens"];
+    ASSERT_EQ(prompts.size(), 3u);
+    EXPECT_EQ(prompts[0][0], 256);       // <|begin_of_text|>
+    EXPECT_EQ(prompts[0][1], int('B'));  // "Below is an instruction ..."
+  }
+  // The report shows each prompt with its answers before and after.
+  EXPECT_NE(r.out.find("## Generations before and after fine-tuning"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1. Give three tips for staying healthy."), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("   - before: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("   - after: "), std::string::npos) << r.out;
+  const Result report = harness({"report", "spec.yaml", "--db", (dir_ / "h.db").string()}, dir_);
+  ASSERT_EQ(report.rc, 0) << report.err;
+  EXPECT_NE(report.out.find("3. Translate the sentence into French. (The weather is nice today.)"),
+            std::string::npos)
+      << report.out;
+}

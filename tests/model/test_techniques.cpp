@@ -296,5 +296,19 @@ TEST(Training, LossFallsOnTheShippedData) {
   EXPECT_LT(last, first * 0.7) << "first " << first << " last " << last;
 }
 
+TEST(Data, DecodedBytesAreValidUtf8) {
+  ByteTokenizer bytes;
+  auto ids = [&](const std::string& text) { return bytes.encode(text); };
+  EXPECT_EQ(decode_bytes(ids("caf\xC3\xA9 \xE2\x82\xAC")), "caf\xC3\xA9 \xE2\x82\xAC");  // é €
+  // A stray continuation byte, a truncated sequence, an overlong form and a surrogate: U+FFFD each.
+  EXPECT_EQ(decode_bytes(ids("a\x80z")), "a\xEF\xBF\xBDz");
+  EXPECT_EQ(decode_bytes(ids("\xE2\x82")), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(decode_bytes(ids("\xC0\xAF")), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(decode_bytes(ids("\xED\xA0\x80")), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  // Stops at EOS; BOS, padding and ids beyond the bytes are dropped.
+  std::vector<int64_t> with_specials = {1, 3 + 'h', 0, 3 + 'i', 300, 2, 3 + 'x'};
+  EXPECT_EQ(decode_bytes(with_specials), "hi");
+}
+
 }  // namespace
 }  // namespace hx
