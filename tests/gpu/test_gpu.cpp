@@ -1,0 +1,78 @@
+// Tests that need a CUDA device (ctest label `gpu`): built only against a libtorch with CUDA (the
+// GPU machines' PyTorch), never on the CPU-only CI. fp16 autocast with the dynamic loss scaler
+// exists only on CUDA, so its loss-curve test lives here.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "harness/worker/data.h"
+#include "harness/worker/trainer.h"
+#include "model/generate.h"
+#include "model/llama.h"
+
+namespace hx {
+namespace {
+
+Transformer cuda_model(uint64_t seed) {
+  Transformer model(config_from_name("tiny"), ModelOptions{torch::Device(torch::kCUDA)});
+  init_random(model, seed);  // drawn on the CPU: the same weights as the CPU tests
+  return model;
+}
+
+std::vector<double> cuda_loss_curve(const std::string& mp, int64_t steps, int64_t* skipped) {
+  auto model = cuda_model(1);
+  model->train();
+  TrainOptions options;
+  options.mp = mp;
+  options.optimizer = "adamw";
+  options.lr = 1e-3;
+  Trainer trainer(model, options);
+  auto data = DataSource::random(512, 32, 2, 3, 4);
+  std::vector<double> losses;
+  for (int64_t i = 0; i < steps; ++i) losses.push_back(trainer.step(data).loss);
+  if (skipped != nullptr) *skipped = trainer.skipped_steps();
+  return losses;
+}
+
+// The tolerances of the CPU bf16 test (tests/model/test_techniques.cpp): 0.5% at step 0, 5% at
+// every step, 2.5% on average over 20 steps. fp16 keeps 11 mantissa bits, so it tracks closer.
+void expect_tracks(const std::vector<double>& fp32, const std::vector<double>& low,
+                   const char* what) {
+  ASSERT_EQ(fp32.size(), low.size());
+  EXPECT_NEAR(low[0], fp32[0], 0.005 * fp32[0]) << what;
+  double mean_rel = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) {
+    EXPECT_NEAR(low[i], fp32[i], 0.05 * fp32[i]) << what << " step " << i;
+    mean_rel += std::abs(low[i] - fp32[i]) / fp32[i] / static_cast<double>(fp32.size());
+  }
+  EXPECT_LT(mean_rel, 0.025) << what;
+}
+
+TEST(GpuMixedPrecision, Fp16WithLossScalingAndBf16TrackTheFp32LossCurve) {
+  ASSERT_TRUE(torch::cuda::is_available());
+  const auto fp32 = cuda_loss_curve("off", 20, nullptr);
+  int64_t skipped = -1;
+  const auto fp16 = cuda_loss_curve("fp16", 20, &skipped);
+  const auto bf16 = cuda_loss_curve("bf16", 20, nullptr);
+  expect_tracks(fp32, fp16, "fp16");
+  expect_tracks(fp32, bf16, "bf16");
+  EXPECT_EQ(skipped, 0);  // no overflow at the initial scale on this model
+  EXPECT_LT(fp32.back(), fp32.front() * 0.9);
+  EXPECT_LT(fp16.back(), fp16.front() * 0.9);
+}
+
+TEST(GpuGeneration, KvCacheGivesTheSameTokensAndLogits) {
+  ASSERT_TRUE(torch::cuda::is_available());
+  auto model = cuda_model(2);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto prompt = torch::randint(3, 512, {4, 8}, torch::kInt64).to(torch::kCUDA);
+  const auto cached = generate(model, prompt, 32, true, SamplingOptions{});
+  const auto uncached = generate(model, prompt, 32, false, SamplingOptions{});
+  EXPECT_TRUE(torch::equal(cached.tokens.cpu(), uncached.tokens.cpu()));
+}
+
+}  // namespace
+}  // namespace hx
