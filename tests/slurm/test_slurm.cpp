@@ -201,3 +201,21 @@ TEST_F(Slurm, CollectTwiceIngestsNothingTwice) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Slurm, ARefusedSubmissionSaysWhyAndStoresNothing) {
+  const Outcome o = slurm_run("tests/specs/smoke.yaml", {"--partition", "no-such-partition"});
+  EXPECT_EQ(o.rc, 1) << dump(o);
+  EXPECT_TRUE(contains(o.err, "sbatch failed")) << o.err;
+  EXPECT_TRUE(contains(o.err, "--partition=no-such-partition")) << o.err;  // the command line
+  const Db db(db_);
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM runs"), 0);
+  // No submission is left behind for `collect` to wait on.
+  EXPECT_TRUE(submitted_jobs().empty());
+  const Outcome c = collect("tests/specs/smoke.yaml");
+  EXPECT_EQ(c.rc, 0) << dump(c);
+  EXPECT_TRUE(contains(c.err, "no Slurm tasks waiting to be collected")) << c.err;
+}
+
+}  // namespace
