@@ -11,6 +11,7 @@
 #include "harness/worker/trainer.h"
 #include "model/generate.h"
 #include "model/llama.h"
+#include "tests/model/loss_curve.h"
 
 namespace hx {
 namespace {
@@ -22,18 +23,7 @@ Transformer cuda_model(uint64_t seed) {
 }
 
 std::vector<double> cuda_loss_curve(const std::string& mp, int64_t steps, int64_t* skipped) {
-  auto model = cuda_model(1);
-  model->train();
-  TrainOptions options;
-  options.mp = mp;
-  options.optimizer = "adamw";
-  options.lr = 1e-3;
-  Trainer trainer(model, options);
-  auto data = DataSource::random(512, 32, 2, 3, 4);
-  std::vector<double> losses;
-  for (int64_t i = 0; i < steps; ++i) losses.push_back(trainer.step(data).loss);
-  if (skipped != nullptr) *skipped = trainer.skipped_steps();
-  return losses;
+  return testing::loss_curve(mp, steps, torch::Device(torch::kCUDA), skipped);
 }
 
 // The tolerances of the CPU bf16 test (tests/model/test_techniques.cpp): 0.5% at step 0, 5% at

@@ -8,6 +8,7 @@
 #include "harness/worker/trainer.h"
 #include "model/lora.h"
 #include "source_dir.h"
+#include "tests/model/loss_curve.h"
 
 namespace hx {
 namespace {
@@ -199,19 +200,7 @@ TEST(Lora, StartsAsIdentityTrainsOnlyAdaptersMergesAndUnmergesExactly) {
   EXPECT_LT((model->forward(tokens) - adapted).abs().max().item<double>(), 1e-5);
 }
 
-std::vector<double> loss_curve(const std::string& mp, int64_t steps) {
-  auto model = make_model(1);
-  model->train();
-  TrainOptions options;
-  options.mp = mp;
-  options.optimizer = "adamw";
-  options.lr = 1e-3;
-  Trainer trainer(model, options);
-  auto data = DataSource::random(512, 32, 2, 3, 4);
-  std::vector<double> losses;
-  for (int64_t i = 0; i < steps; ++i) losses.push_back(trainer.step(data).loss);
-  return losses;
-}
+using testing::loss_curve;
 
 TEST(MixedPrecision, Bf16TracksFp32LossCurve) {
   // bf16 keeps 8 mantissa bits (relative error per op about 4e-3). The first loss differs only
