@@ -18,15 +18,6 @@
 namespace hx {
 namespace {
 
-std::string join(const std::vector<std::string>& parts, const std::string& separator) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += separator;
-    out += parts[i];
-  }
-  return out;
-}
-
 // ---- CSV (written with report.h's csv_line) ----
 
 struct CsvRecord {

@@ -43,15 +43,6 @@ double spread(const std::vector<double>& values) {
   return (*hi - *lo) / 2;
 }
 
-std::string join(const std::vector<std::string>& parts, const std::string& separator) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += separator;
-    out += parts[i];
-  }
-  return out;
-}
-
 std::string env_string(const Json& env, const char* key) {
   const auto it = env.find(key);
   if (it == env.end() || it->is_null()) return {};
@@ -706,6 +697,15 @@ std::string render_report(const Spec& spec, const std::vector<StoredRun>& runs,
     planned.push_back(std::move(config));
   }
   return render_report(spec, planned, runs, format);
+}
+
+std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += separator;
+    out += parts[i];
+  }
+  return out;
 }
 
 namespace {

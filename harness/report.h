@@ -128,6 +128,9 @@ std::string markdown_escape(const std::string& text);
 std::string report_cell_markdown(const ReportCell& cell, NumberFormat format, int digits);
 // A cell as CSV: the median at full precision; `-`, the verdict or `n/a` without values.
 std::string report_cell_csv(const ReportCell& cell);
+// parts[0] + separator + parts[1] + ...
+std::string join(const std::vector<std::string>& parts, const std::string& separator);
+
 // RFC 4180: quoted (with "" for a quote) when it holds a comma, quote or line break.
 std::string csv_quote_field(const std::string& text);
 // One CSV record of `fields`, quoted as needed, ending in a newline.
