@@ -383,6 +383,9 @@ std::vector<BadSpec> bad_specs() {
   return out;
 }
 
+// What ctest shows after "GetParam() =" (by default, the struct's raw bytes, pointers included).
+void PrintTo(const BadSpec& bad, std::ostream* out) { *out << bad.yaml.filename().string(); }
+
 class BadSpecTest : public ::testing::TestWithParam<BadSpec> {};
 
 TEST_P(BadSpecTest, ThrowsNamingFileLineAndKey) {
