@@ -20,6 +20,7 @@
 #include "harness/json_io.h"
 #include "harness/store.h"
 #include "model/config.h"
+#include "tests/core/environments.h"
 
 namespace hx {
 namespace {
@@ -61,19 +62,7 @@ std::vector<RunConfig> compare_plan() {
           planned("off", "fp16", 0), planned("on", "off", 0),  planned("on", "fp16", 0)};
 }
 
-Json p100_env() {
-  return {{"host", "node7"},
-          {"cpu", "Intel Xeon E5-2690 v4"},
-          {"gpu_name", "Tesla P100-PCIE-16GB"},
-          {"gpu_mem_mb", 16280},
-          {"driver", "535.54.03"},
-          {"cuda", "12.2"},
-          {"libtorch", "2.1.0"},
-          {"compiler", "GCC 12.2.0"},
-          {"build_type", "Release"},
-          {"git_commit", "0123456789ab"},
-          {"threads", 4}};
-}
+using testing::p100_env;
 
 Json a100_env() {
   Json env = p100_env();

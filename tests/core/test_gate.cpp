@@ -14,6 +14,7 @@
 
 #include "harness/gate.h"
 #include "harness/store.h"
+#include "tests/core/environments.h"
 
 namespace hx {
 namespace {
@@ -128,19 +129,7 @@ std::vector<RunConfig> gate_plan(int repeats) {
   return plan;
 }
 
-Json p100_env() {
-  return {{"host", "node7"},
-          {"cpu", "Intel Xeon E5-2690 v4"},
-          {"gpu_name", "Tesla P100-PCIE-16GB"},
-          {"gpu_mem_mb", 16280},
-          {"driver", "535.54.03"},
-          {"cuda", "12.2"},
-          {"libtorch", "2.1.0"},
-          {"compiler", "GCC 12.2.0"},
-          {"build_type", "Release"},
-          {"git_commit", "0123456789ab"},
-          {"threads", 4}};
-}
+using testing::p100_env;
 
 // One side of a comparison: per configuration a peak memory and one step time per repeat.
 struct Side {

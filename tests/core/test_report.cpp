@@ -17,6 +17,7 @@
 #include "harness/json_io.h"
 #include "harness/report.h"
 #include "harness/store.h"
+#include "tests/core/environments.h"
 
 namespace hx {
 namespace {
@@ -64,19 +65,7 @@ RunConfig planned(const std::string& gc, const std::string& mp, int repeat) {
   return run;
 }
 
-Json p100() {
-  return {{"host", "node7"},
-          {"cpu", "Intel Xeon E5-2690 v4"},
-          {"gpu_name", "Tesla P100-PCIE-16GB"},
-          {"gpu_mem_mb", 16280},
-          {"driver", "535.54.03"},
-          {"cuda", "12.2"},
-          {"libtorch", "2.1.0"},
-          {"compiler", "GCC 12.2.0"},
-          {"build_type", "Release"},
-          {"git_commit", "0123456789ab"},
-          {"threads", 4}};
-}
+Json p100() { return testing::p100_env(); }
 
 RunRecord ok_run(const RunConfig& run, double peak_mb, double step_s, double loss,
                  double tokens_per_s) {
