@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "harness/config_reader.h"
 #include "harness/fields.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
@@ -27,19 +28,7 @@ constexpr double kMB = 1024.0 * 1024.0;  // the measured *_mb metrics are MiB
 
 // ---- Config, read with the worker's defaults (harness/worker/workloads.cpp) ----
 
-struct Config {
-  const Json& j;
-  template <typename T>
-  T get(const char* key, T fallback) const {
-    return j.contains(key) ? j.at(key).get<T>() : fallback;
-  }
-  bool on(const char* key, bool fallback) const {
-    if (!j.contains(key)) return fallback;
-    const auto& v = j.at(key);
-    if (v.is_boolean()) return v.get<bool>();
-    return v.get<std::string>() == "on";
-  }
-};
+using Config = ConfigReader;
 
 // Before libtorch 2.0 the node of mean(dim) saves its input (measured on 1.13: each RMSNorm
 // holds x^2 until backward); from 2.0 it keeps only sizes and numel.

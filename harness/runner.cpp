@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "harness/config_reader.h"
 #include "harness/device_profiles.h"
 #include "harness/hash.h"
 #include "harness/json_io.h"
@@ -90,9 +91,7 @@ const TextTokenizer& spec_tokenizer(const std::string& path) {
 }
 
 bool wants_generations(const RunConfig& run) {
-  const auto it = run.config.find("generations");
-  return it != run.config.end() && ((it->is_string() && it->get<std::string>() == "on") ||
-                                    (it->is_boolean() && it->get<bool>()));
+  return ConfigReader{run.config}.on("generations", false);
 }
 
 Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::string& result,

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "build_info.h"
+#include "harness/config_reader.h"
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
@@ -41,20 +42,7 @@ std::string cpu_model() {
   return "unknown";
 }
 
-// Reads config keys with the worker's defaults (docs/worker-protocol.md).
-struct Config {
-  const Json& j;
-  template <typename T>
-  T get(const char* key, T fallback) const {
-    return j.contains(key) ? j.at(key).get<T>() : fallback;
-  }
-  bool on(const char* key, bool fallback) const {
-    if (!j.contains(key)) return fallback;
-    const auto& v = j.at(key);
-    if (v.is_boolean()) return v.get<bool>();
-    return v.get<std::string>() == "on";
-  }
-};
+using Config = ConfigReader;
 
 torch::Dtype dtype_from(const std::string& name) {
   if (name == "fp32") return torch::kFloat32;
