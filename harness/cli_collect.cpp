@@ -17,8 +17,9 @@ struct CollectArgs {
 int collect_command(CollectArgs& args) {
   const Spec spec = load_spec(args.spec_path);
   const RunSummary summary = collect_experiment(spec, args.options);
-  if (summary.job_ids.empty()) {
-    std::fprintf(stderr, "%s: no Slurm tasks waiting to be collected\n", spec.name.c_str());
+  if (summary.ran == 0 && summary.in_flight == 0) {
+    std::fprintf(stderr, "%s: no Slurm tasks waiting to be collected (in %s)\n", spec.name.c_str(),
+                 slurm_submissions_dir(spec, args.options).c_str());
     return kExitOk;
   }
   std::fprintf(stderr, "%s: collected %d (%d ok, %d oom, %d failed); %d still queued or running\n",

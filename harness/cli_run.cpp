@@ -34,10 +34,10 @@ int run_command(const RunArgs& args) {
                summary.already_done);
   if (summary.in_flight > 0) {
     std::fprintf(stderr,
-                 "%d runs queued or running in Slurm; `harness collect %s` ingests them as they "
-                 "finish (`--wait` to follow them)\n",
-                 summary.in_flight, args.spec_path.c_str());
-    return summary.failed > 0 ? kExitFailure : kExitOk;
+                 "%d runs queued or running in Slurm; `%s` ingests them as they finish "
+                 "(`--wait` to follow them)\n",
+                 summary.in_flight, collect_hint(args.spec_path, args.options).c_str());
+    return summary.failed > 0 || summary.submit_failed ? kExitFailure : kExitOk;
   }
   if (!args.no_report && !spec.tables.empty()) {
     Store store(args.options.db_path, Store::Mode::kExisting);
@@ -60,7 +60,7 @@ int run_command(const RunArgs& args) {
     }
   }
   // OOM is a measurement (the memory frontier), not a failure of the harness.
-  return summary.failed > 0 ? kExitFailure : kExitOk;
+  return summary.failed > 0 || summary.submit_failed ? kExitFailure : kExitOk;
 }
 
 const CommandRegistrar kRegistrar{
@@ -90,6 +90,8 @@ const CommandRegistrar kRegistrar{
                       "sbatch --time, a backstop (default: the spec's timeout_s + 2 min)")
           ->group(group);
       sub->add_option("--account", slurm.account, "sbatch --account")->group(group);
+      sub->add_option("--mem", slurm.mem, "sbatch --mem: host memory per task, e.g. 32G")
+          ->group(group);
       sub->add_option("--cpus-per-task", slurm.cpus_per_task,
                       "sbatch --cpus-per-task; also the worker's thread count (default 1)")
           ->check(CLI::NonNegativeNumber)
@@ -98,7 +100,8 @@ const CommandRegistrar kRegistrar{
                       "at most this many tasks of the array at once (--array ...%N)")
           ->check(CLI::NonNegativeNumber)
           ->group(group);
-      sub->add_option("--sbatch-arg", slurm.sbatch_args, "one more sbatch argument (repeatable)")
+      sub->add_option("--sbatch-arg", slurm.sbatch_args,
+                      "one more sbatch argument, as --sbatch-arg=--qos=high (repeatable)")
           ->allow_extra_args(false)
           ->group(group);
       sub->add_flag("--no-wait{false}", slurm.wait,

@@ -51,6 +51,46 @@ std::string alpaca_prompt(const AlpacaRecord& r) {
          r.instruction + "\n\n### Input:\n" + r.input + "\n\n### Response:\n";
 }
 
+// Bytes -> valid UTF-8: each byte that does not start a well-formed sequence becomes U+FFFD (a
+// model emits arbitrary bytes, and JSON and SQLite text must be UTF-8).
+std::string valid_utf8(const std::string& bytes) {
+  std::string out;
+  size_t i = 0;
+  while (i < bytes.size()) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    size_t len = 0;
+    uint32_t min = 0;
+    if (c < 0x80) {
+      len = 1;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      min = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      min = 0x10000;
+    }
+    bool ok = len > 0 && i + len <= bytes.size();
+    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+    for (size_t k = 1; ok && k < len; ++k) {
+      const auto b = static_cast<unsigned char>(bytes[i + k]);
+      ok = (b & 0xC0) == 0x80;
+      cp = (cp << 6) | (b & 0x3F);
+    }
+    ok = ok && cp >= min && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+    if (ok) {
+      out.append(bytes, i, len);
+      i += len;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
 const std::vector<AlpacaRecord>& sample_prompts() {
   static const std::vector<AlpacaRecord> prompts = {
       {"Give three tips for staying healthy.", "", ""},

@@ -27,6 +27,10 @@ std::vector<AlpacaRecord> read_alpaca(const std::string& path, int64_t samples);
 // The Stanford Alpaca templates (with and without input), up to "### Response:\n".
 std::string alpaca_prompt(const AlpacaRecord& record);
 
+// Bytes -> valid UTF-8: each byte that does not start a well-formed sequence becomes U+FFFD (a
+// model emits arbitrary bytes, and JSON and SQLite text must be UTF-8).
+std::string valid_utf8(const std::string& bytes);
+
 // The fixed instructions that `generations: on` answers greedily before and after fine-tuning.
 const std::vector<AlpacaRecord>& sample_prompts();
 

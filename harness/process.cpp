@@ -200,14 +200,15 @@ bool poll_pidfd(int pidfd, int wake_fd, std::optional<Clock::time_point> deadlin
 
 // Waits for the child to exit (leaving it unreaped), the deadline, or an interrupt. Without a
 // pidfd: waitid with naps doubling from 50 us to 2 ms, so short runs are not slowed much.
-WaitEnd wait_child(pid_t pid, std::optional<Clock::time_point> deadline) noexcept {
+WaitEnd wait_child(pid_t pid, std::optional<Clock::time_point> deadline,
+                   bool interruptible) noexcept {
   const UniqueFd pidfd = open_pidfd(pid);
-  const int wake_fd = g_wake_read.load();
+  const int wake_fd = interruptible ? g_wake_read.load() : -1;
   std::chrono::microseconds nap(50);
   for (;;) {
     if (pidfd.get() >= 0 && poll_pidfd(pidfd.get(), wake_fd, deadline)) return WaitEnd::kExited;
     if (has_exited(pid, /*block=*/false)) return WaitEnd::kExited;
-    if (interrupted()) return WaitEnd::kInterrupted;
+    if (interruptible && interrupted()) return WaitEnd::kInterrupted;
     const auto now = Clock::now();
     if (deadline && now >= *deadline) return WaitEnd::kTimeout;
     if (pidfd.get() < 0) {
@@ -286,7 +287,7 @@ ChildOutcome run_child(const ChildSpec& spec) {
     throw std::runtime_error("run_child: empty argv");
   }
   ChildOutcome outcome;
-  if (interrupted()) {
+  if (interrupted() && !spec.keep_on_interrupt) {
     outcome.interrupted = true;
     return outcome;
   }
@@ -319,14 +320,14 @@ ChildOutcome run_child(const ChildSpec& spec) {
     const std::lock_guard<std::mutex> lock(g_spawn_mutex);
     // Boost's fork path returns only after the exec succeeded (or failed), so setpgid has run.
     child = bp::child(bp::exe = path, bp::args = args, setup, ec);
-    if (!ec) registration.emplace(child.id());
+    if (!ec && !spec.keep_on_interrupt) registration.emplace(child.id());
   }
   if (ec || !child.valid()) {
     throw std::runtime_error("run_child: cannot execute '" + path + "': " + ec.message());
   }
   const pid_t pgid = child.id();
 
-  const WaitEnd end = wait_child(pgid, deadline);
+  const WaitEnd end = wait_child(pgid, deadline, !spec.keep_on_interrupt);
   outcome.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (end != WaitEnd::kExited) {
     kill_group(pgid);
@@ -344,7 +345,8 @@ ChildOutcome run_child(const ChildSpec& spec) {
   if (WIFSIGNALED(status)) outcome.signal = WTERMSIG(status);
   outcome.timed_out = end == WaitEnd::kTimeout;
   // A child that exited on its own has a genuine result even if Ctrl-C came just after.
-  outcome.interrupted = end == WaitEnd::kInterrupted || (interrupted() && !WIFEXITED(status));
+  outcome.interrupted = end == WaitEnd::kInterrupted ||
+                        (interrupted() && !WIFEXITED(status) && !spec.keep_on_interrupt);
   outcome.stderr_tail = spec.stderr_path.empty() ? std::string() : read_tail(err.get());
   return outcome;
 }

@@ -14,6 +14,9 @@ struct ChildSpec {
   std::string stderr_path;  // truncated and created; empty: /dev/null (and no stderr_tail)
   std::string stdout_path;  // as stderr_path; the same path for both shares one file
   double timeout_s = 0;     // <= 0: no timeout
+  // Ctrl-C neither kills this child nor stops the wait (e.g. sbatch: killed half-way, it may
+  // have queued a job that nobody then knows of). It is still started after an interrupt.
+  bool keep_on_interrupt = false;
 };
 
 struct ChildOutcome {

@@ -123,6 +123,30 @@ Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::st
           {"result_path", result}};
 }
 
+// Decodes the ids of generated texts with the spec's tokenizer. A failure (the tokenizer file
+// gone, an id it lacks) keeps the run's record and says so in the text instead.
+void decode_texts(const Spec& spec, const Json& result, RunRecord& record) {
+  for (size_t i = 0; i < record.texts.size() && i < result["texts"].size(); ++i) {
+    const Json& text = result["texts"][i];
+    if (!text.contains("ids") || !record.texts[i].second.empty()) continue;
+    try {
+      const TextTokenizer& tokenizer = spec_tokenizer(spec.tokenizer);
+      const auto stops = tokenizer.stop_ids();
+      std::vector<int64_t> ids;
+      for (const auto& id : text["ids"]) {
+        const auto v = id.get<int64_t>();
+        if (std::find(stops.begin(), stops.end(), v) != stops.end()) break;
+        // A model whose vocabulary is larger than the tokenizer's can emit ids it lacks.
+        if (v >= 0 && v < tokenizer.vocab_size()) ids.push_back(v);
+      }
+      // A character can be cut at generation_tokens: text must stay valid UTF-8.
+      record.texts[i].second = valid_utf8(tokenizer.decode(ids));
+    } catch (const std::exception& e) {
+      record.texts[i].second = std::string("(not decoded: ") + e.what() + ")";
+    }
+  }
+}
+
 // The parent's verdict on one finished child.
 RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& outcome,
                   const std::string& result_path, const std::string& started) {
@@ -134,23 +158,7 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
       record = record_from_result_json(result, spec.name, run);
       have_result = true;
       // Generations as ids from a worker without the spec's tokenizer: decoded here.
-      if (!spec.tokenizer.empty() && result.contains("texts")) {
-        const TextTokenizer& tokenizer = spec_tokenizer(spec.tokenizer);
-        for (size_t i = 0; i < record.texts.size() && i < result["texts"].size(); ++i) {
-          const Json& text = result["texts"][i];
-          if (text.contains("ids") && record.texts[i].second.empty()) {
-            std::vector<int64_t> ids;
-            for (const auto& id : text["ids"]) {
-              const auto v = id.get<int64_t>();
-              const auto stops = tokenizer.stop_ids();
-              if (std::find(stops.begin(), stops.end(), v) != stops.end()) break;
-              // A model whose vocabulary is larger than the tokenizer's can emit ids it lacks.
-              if (v >= 0 && v < tokenizer.vocab_size()) ids.push_back(v);
-            }
-            record.texts[i].second = tokenizer.decode(ids);
-          }
-        }
-      }
+      if (!spec.tokenizer.empty() && result.contains("texts")) decode_texts(spec, result, record);
     } catch (const std::exception& e) {
       record.status = "crashed";
       record.error = std::string("unreadable result.json: ") + e.what();
@@ -412,11 +420,21 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       const std::string result =
           (dir / ("result." + std::to_string(::getpid()) + ".json")).string();
       fs::remove(result);
-      write_file_atomic((dir / "run.json").string(),
-                        run_file(spec, run, threads, result,
-                                 tokens.contains(run.run_id) ? tokens.at(run.run_id) : "")
-                                .dump(1) +
-                            "\n");
+      try {
+        write_file_atomic((dir / "run.json").string(),
+                          run_file(spec, run, threads, result,
+                                   tokens.contains(run.run_id) ? tokens.at(run.run_id) : "")
+                                  .dump(1) +
+                              "\n");
+      } catch (const std::exception& e) {
+        // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
+        RunRecord record = make_run_record(spec.name, run);
+        record.status = "error";
+        record.error = std::string("cannot write the run file: ") + e.what();
+        record.started_at = record.finished_at = utc_now_iso8601();
+        finish(run, record, 0.0);
+        continue;
+      }
       ChildSpec child;
       child.argv = {worker, "run", (dir / "run.json").string()};
       child.stderr_path = (dir / "stderr.log").string();

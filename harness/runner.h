@@ -11,12 +11,13 @@ namespace hx {
 // `--backend slurm`: one job array per submission (docs/slurm.md).
 struct SlurmOptions {
   std::string partition, gres, account;
+  std::string mem;   // sbatch --mem (host memory of a task); "" = the cluster's default
   std::string time;  // --time; "" = the spec's timeout_s plus a margin, in whole minutes
   std::vector<std::string> sbatch_args;  // passed to sbatch as they are
   int cpus_per_task = 0;       // 0: sbatch's default; also the worker's thread count when set
   int max_parallel = 0;        // 0: no limit; else the array throttle (--array=0-N%K)
   bool wait = true;            // follow the array until every task is ingested
-  double poll_s = 2;           // squeue interval while waiting
+  double poll_s = 10;          // squeue interval while waiting
   double result_grace_s = 60;  // a task Slurm calls COMPLETED may take this long to show its
                                // files on a shared file system
   std::string harness_path;    // the `harness` that tasks run; default: this executable
@@ -44,6 +45,7 @@ struct RunSummary {
   bool interrupted = false;
   int in_flight = 0;  // Slurm: tasks still queued or running when the command returned
   std::vector<std::string> job_ids;  // Slurm: the arrays submitted by this command
+  bool submit_failed = false;        // Slurm: a later array could not be submitted
 };
 
 // Throws std::invalid_argument for bad options, std::runtime_error when the store or the worker
@@ -54,6 +56,11 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options);
 // yet ingested (any number of times; nothing is ingested twice); with options.slurm.wait, follows
 // the arrays until every task is in.
 RunSummary collect_experiment(const Spec& spec, const RunOptions& options);
+
+// "harness collect SPEC [--db DB] [--runs-dir DIR]" as the user's options need it.
+std::string collect_hint(const std::string& spec_path, const RunOptions& options);
+// Where the Slurm submissions of the spec are kept (<runs dir>/slurm).
+std::string slurm_submissions_dir(const Spec& spec, const RunOptions& options);
 
 // Inside a Slurm array task: runs task `index` of the submission in `submission_dir` (its worker,
 // with the spec's timeout_s enforced here) and writes the task's outcome file. Returns the exit

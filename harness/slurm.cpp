@@ -99,6 +99,7 @@ std::map<int, SlurmTaskState> parse_slurm_array_states(const std::string& text,
     if (fields.size() > 2 && fields[2] != "(null)" && fields[2] != "None assigned")
       state.node = trim(fields[2]);
     if (fields.size() > 3) state.end = parse_local_time(trim(fields[3]));
+    if (fields.size() > 4) state.reason = trim(fields[4]);
     for (int index : array_indices(task)) out[index] = state;
   }
   return out;
@@ -115,7 +116,10 @@ SlurmVerdict slurm_verdict(const SlurmTaskState& task, const std::string& time_l
   const std::string where = task.node.empty() ? "" : " on node " + task.node;
   const std::string s = task.state;
   if (s == "OUT_OF_MEMORY")
-    return {"oom", "Slurm killed the task for exceeding its memory (OUT_OF_MEMORY" + where + ")"};
+    return {"oom",
+            "Slurm killed the task for exceeding the job's host memory limit (--mem; "
+            "OUT_OF_MEMORY" +
+                where + ")"};
   if (s == "TIMEOUT" || s == "DEADLINE")
     return {"timeout", "Slurm's time limit" +
                            (time_limit.empty() ? "" : " (--time " + time_limit + ")") +
@@ -195,8 +199,14 @@ struct Submission {
   double timeout_s = 0;
   std::vector<Task> tasks;
   std::set<int> collected;
+  // Collected without an outcome (Slurm said the task ended): their outcome files are looked for
+  // again later, since a requeued task or a slow shared file system can still deliver one.
+  std::set<int> late;
 
   bool done() const { return collected.size() >= tasks.size(); }
+  // sbatch --job-name: with the token, so that a submission whose job id was never saved (the
+  // parent died during sbatch) can be found in the queue.
+  std::string job_name() const { return "harness-" + experiment + "-" + token; }
 };
 
 Json to_json(const Submission& s) {
@@ -232,18 +242,26 @@ Submission load_submission(const fs::path& dir) {
   } catch (const Json::exception& e) {
     throw std::runtime_error(file.string() + ": not a harness submission file: " + e.what());
   }
-  if (fs::exists(dir / "collected.json")) {
-    for (const Json& i : Json::parse(read_file((dir / "collected.json").string())))
-      s.collected.insert(i.get<int>());
+  const fs::path collected = dir / "collected.json";
+  if (fs::exists(collected)) {
+    try {
+      const Json j = Json::parse(read_file(collected.string()));
+      for (const Json& i : j.at("collected")) s.collected.insert(i.get<int>());
+      for (const Json& i : j.at("late")) s.late.insert(i.get<int>());
+    } catch (const Json::exception& e) {
+      throw std::runtime_error(collected.string() + ": unreadable: " + e.what());
+    }
   }
   return s;
 }
 
 void save_collected(const Submission& s) {
-  write_file_atomic((s.dir / "collected.json").string(), Json(s.collected).dump() + "\n");
+  write_file_atomic((s.dir / "collected.json").string(),
+                    Json{{"collected", s.collected}, {"late", s.late}}.dump() + "\n");
 }
 
-// The experiment's submissions with tasks not yet ingested, oldest first.
+// The experiment's submissions with tasks not yet ingested (or ingested without an outcome),
+// oldest first.
 std::vector<Submission> open_submissions(const fs::path& runs_dir, const std::string& experiment) {
   std::vector<Submission> out;
   const fs::path root = runs_dir / "slurm";
@@ -254,7 +272,7 @@ std::vector<Submission> open_submissions(const fs::path& runs_dir, const std::st
   std::sort(dirs.begin(), dirs.end());  // tokens start with the UTC time
   for (const auto& dir : dirs) {
     Submission s = load_submission(dir);
-    if (s.experiment == experiment && !s.done()) out.push_back(std::move(s));
+    if (s.experiment == experiment && (!s.done() || !s.late.empty())) out.push_back(std::move(s));
   }
   return out;
 }
@@ -275,7 +293,9 @@ struct CommandResult {
 };
 
 // Runs a Slurm client command and captures its output; throws when it cannot be started.
-CommandResult run_command(const std::vector<std::string>& argv, double timeout_s = 60) {
+// Dates in the standard format whatever the user's SLURM_TIME_FORMAT says.
+CommandResult run_command(const std::vector<std::string>& argv, double timeout_s = 60,
+                          bool keep_on_interrupt = false) {
   const std::string exe = find_program(argv[0]);
   if (exe.empty())
     throw std::runtime_error(argv[0] +
@@ -291,6 +311,8 @@ CommandResult run_command(const std::vector<std::string>& argv, double timeout_s
   child.stdout_path = base.string() + ".out";
   child.stderr_path = base.string() + ".err";
   child.timeout_s = timeout_s;
+  child.extra_env = {{"SLURM_TIME_FORMAT", "standard"}};
+  child.keep_on_interrupt = keep_on_interrupt;
   const ChildOutcome outcome = run_child(child);
   CommandResult result;
   result.exit_code = outcome.exit_code.value_or(-1);
@@ -307,9 +329,10 @@ CommandResult run_command(const std::vector<std::string>& argv, double timeout_s
 // tasks squeue no longer lists, sacct where accounting is enabled. nullopt when the controller
 // cannot be asked (then nothing is decided this round).
 std::optional<std::map<int, SlurmTaskState>> query_states(const std::string& job_id,
+                                                          const std::set<int>& wanted,
                                                           std::string* problem) {
   const CommandResult q =
-      run_command({"squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i|%T|%N|%e"});
+      run_command({"squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i|%T|%N|%e|%r"});
   std::map<int, SlurmTaskState> states;
   if (q.exit_code == 0) {
     states = parse_slurm_array_states(q.out, job_id);
@@ -318,7 +341,10 @@ std::optional<std::map<int, SlurmTaskState>> query_states(const std::string& job
     return std::nullopt;
   }
   // sacct knows jobs that the controller has purged; without accounting it fails, which is fine.
-  if (!find_program("sacct").empty()) {
+  // Asked only when squeue lacks a task (it goes to the accounting database).
+  const bool all_known =
+      std::all_of(wanted.begin(), wanted.end(), [&](int i) { return states.contains(i); });
+  if (!all_known && !find_program("sacct").empty()) {
     const CommandResult a =
         run_command({"sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,NodeList,End"});
     if (a.exit_code == 0) {
@@ -360,67 +386,157 @@ class Follower {
 
  private:
   int poll(Submission& s) {
+    if (s.done()) {
+      find_late_outcomes(s);
+      return 0;
+    }
+    if (s.job_id.empty()) find_job_id(s);
+    std::set<int> wanted;
+    for (int i = 0; i < static_cast<int>(s.tasks.size()); ++i)
+      if (!s.collected.contains(i)) wanted.insert(i);
     std::optional<std::map<int, SlurmTaskState>> states;
     std::string problem;
-    if (!s.job_id.empty()) states = query_states(s.job_id, &problem);
+    if (interrupted()) {
+      // Nothing is decided after Ctrl-C (squeue would not even start): outcomes only.
+    } else if (!s.job_id.empty()) {
+      states = query_states(s.job_id, wanted, &problem);
+    } else if (submission_age_s(s) > 600) {
+      states.emplace();  // sbatch never queued it (or Slurm forgot it): every task is unknown
+    }
     if (!problem.empty() && problem != last_problem_) {
       std::fprintf(stderr, "warning: job %s: %s (will ask again)\n", s.job_id.c_str(),
                    problem.c_str());
       last_problem_ = problem;
     }
     int open = 0;
-    int pending = 0;
     int running = 0;
-    for (int i = 0; i < static_cast<int>(s.tasks.size()); ++i) {
-      if (s.collected.contains(i)) continue;
+    std::map<std::string, int> pending;  // reason -> tasks
+    for (int i : wanted) {
       const Task& task = s.tasks[static_cast<size_t>(i)];
       const SlurmTaskState* state = nullptr;
       if (states && states->contains(i)) state = &states->at(i);
       double seconds = 0;
-      const std::optional<RunRecord> record = settle(s, task, states.has_value(), state, &seconds);
+      bool late = false;
+      const std::optional<RunRecord> record =
+          settle(s, i, states.has_value(), state, &seconds, &late);
       if (!record) {
         ++open;
         in_flight_.insert(task.run_id);
-        if (state != nullptr && state->state == "PENDING") ++pending;
+        if (state != nullptr && state->state == "PENDING") ++pending[state->reason];
         if (state != nullptr && state->state == "RUNNING") ++running;
         continue;
       }
       in_flight_.erase(task.run_id);
-      if (auto it = by_id_.find(task.run_id); it != by_id_.end()) {
-        progress_.finish(*it->second, *record, seconds);
-      } else {
-        std::fprintf(stderr,
-                     "note: run %s of Slurm job %s is no longer in the spec: not ingested\n",
-                     task.run_id.c_str(), s.job_id.c_str());
-      }
+      ingest(s, task, *record, seconds);
       s.collected.insert(i);
+      if (late) s.late.insert(i);
       save_collected(s);
     }
     if (options_.progress && open > 0) print_queue_line(s, pending, running);
     return open;
   }
 
-  // The record of a task that has ended, or nullopt while it is queued, running, or finished
-  // with its files not visible yet. `known`: Slurm answered this round.
-  std::optional<RunRecord> settle(const Submission& s, const Task& task, bool known,
-                                  const SlurmTaskState* state, double* seconds) {
-    if (fs::exists(task.outcome)) return from_outcome(s, task, state, seconds);
-    if (!known || (state != nullptr && !slurm_state_is_final(state->state))) return std::nullopt;
-    // Ended without an outcome. A COMPLETED task may still be flushing its files to a shared
-    // file system: give it a grace period from its end time.
-    if (state != nullptr && state->state == "COMPLETED") {
-      const double since_end = state->end ? std::difftime(std::time(nullptr), *state->end)
-                                          : options_.slurm.result_grace_s;
-      if (since_end < options_.slurm.result_grace_s) return std::nullopt;
+  // Stores a task's record (through the progress line) unless its run left the spec.
+  void ingest(const Submission& s, const Task& task, const RunRecord& record, double seconds) {
+    if (auto it = by_id_.find(task.run_id); it != by_id_.end()) {
+      progress_.finish(*it->second, record, seconds);
+    } else {
+      std::fprintf(stderr, "note: run %s of Slurm job %s is no longer in the spec: not ingested\n",
+                   task.run_id.c_str(), s.job_id.c_str());
     }
-    return without_outcome(s, task, state == nullptr ? SlurmTaskState{} : *state);
   }
 
-  // "slurm job 123: 4 pending, 2 running, 6/12 done" on change, at most every 10 s (the per-run
-  // lines carry the news).
-  void print_queue_line(const Submission& s, int pending, int running) {
-    const std::string line = "slurm job " + s.job_id + ": " + std::to_string(pending) +
-                             " pending, " + std::to_string(running) + " running, " +
+  // Tasks recorded without an outcome whose outcome has appeared since (a requeued task, a slow
+  // shared file system): the outcome's record replaces the earlier one.
+  void find_late_outcomes(Submission& s) {
+    for (auto it = s.late.begin(); it != s.late.end();) {
+      const Task& task = s.tasks[static_cast<size_t>(*it)];
+      if (!fs::exists(task.outcome)) {
+        ++it;
+        continue;
+      }
+      double seconds = 0;
+      ingest(s, task, from_outcome(task, nullptr, &seconds), seconds);
+      it = s.late.erase(it);
+      save_collected(s);
+    }
+  }
+
+  static double submission_age_s(const Submission& s) {
+    std::error_code ec;
+    const auto written = fs::last_write_time(s.dir / "submission.json", ec);
+    if (ec) return 0;
+    return std::chrono::duration<double>(fs::file_time_type::clock::now() - written).count();
+  }
+
+  // A submission whose parent died during sbatch has no job id: look for its job by name.
+  void find_job_id(Submission& s) {
+    if (interrupted()) return;
+    const CommandResult q =
+        run_command({"squeue", "-h", "-t", "all", "--name=" + s.job_name(), "-o", "%F"});
+    std::string id = q.exit_code == 0 ? trim(q.out.substr(0, q.out.find('\n'))) : "";
+    if (id.empty() && !find_program("sacct").empty()) {
+      const CommandResult a =
+          run_command({"sacct", "-n", "-X", "-P", "--name=" + s.job_name(), "-o", "JobID"});
+      if (a.exit_code == 0) id = trim(a.out.substr(0, a.out.find_first_of("_\n")));
+    }
+    if (id.empty() || !to_int(id)) return;
+    s.job_id = id;
+    write_file_atomic((s.dir / "submission.json").string(), to_json(s).dump(1) + "\n");
+    std::fprintf(stderr, "found Slurm job %s of submission %s by its name\n", id.c_str(),
+                 s.token.c_str());
+  }
+
+  // The record of a task that has ended, or nullopt while it is queued, running, or finished
+  // with its files not visible yet. `known`: Slurm answered this round. *late: recorded without
+  // an outcome.
+  std::optional<RunRecord> settle(const Submission& s, int index, bool known,
+                                  const SlurmTaskState* state, double* seconds, bool* late) {
+    const Task& task = s.tasks[static_cast<size_t>(index)];
+    if (fs::exists(task.outcome)) {
+      // A worker killed by SIGKILL: Slurm may be about to say OUT_OF_MEMORY; wait for its verdict.
+      if (state != nullptr && !slurm_state_is_final(state->state) && killed_by_sigkill(task))
+        return std::nullopt;
+      return from_outcome(task, state, seconds);
+    }
+    if (!known || (state != nullptr && !slurm_state_is_final(state->state))) return std::nullopt;
+    // Ended without an outcome. A COMPLETED task may still be flushing its files to a shared
+    // file system: a grace period from its end (or from when we first saw it ended).
+    if (state != nullptr && state->state == "COMPLETED") {
+      const auto first =
+          first_seen_ended_.try_emplace(s.token + "/" + std::to_string(index), Clock::now())
+              .first->second;
+      double waited = std::chrono::duration<double>(Clock::now() - first).count();
+      if (state->end) waited = std::max(waited, std::difftime(std::time(nullptr), *state->end));
+      if (waited < options_.slurm.result_grace_s) return std::nullopt;
+    }
+    *late = true;
+    return without_outcome(s, index, state == nullptr ? SlurmTaskState{} : *state);
+  }
+
+  static bool killed_by_sigkill(const Task& task) {
+    try {
+      const Json j = Json::parse(read_file(task.outcome));
+      return j.contains("signal") && j["signal"].is_number() && j["signal"].get<int>() == SIGKILL;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+
+  // "slurm job 123: 4 pending (Priority), 2 running, 6/12 done" on change, at most every 10 s
+  // (the per-run lines carry the news).
+  void print_queue_line(const Submission& s, const std::map<std::string, int>& pending,
+                        int running) {
+    int waiting = 0;
+    std::string reasons;
+    for (const auto& [reason, n] : pending) {
+      waiting += n;
+      if (reason.empty() || reason == "None") continue;
+      reasons += (reasons.empty() ? "" : ", ") + reason;
+    }
+    const std::string line = "slurm job " + s.job_id + ": " + std::to_string(waiting) + " pending" +
+                             (reasons.empty() ? "" : " (" + reasons + ")") + ", " +
+                             std::to_string(running) + " running, " +
                              std::to_string(s.collected.size()) + "/" +
                              std::to_string(s.tasks.size()) + " done";
     auto& last = last_queue_line_[s.token];
@@ -431,39 +547,47 @@ class Follower {
     }
   }
 
-  RunRecord from_outcome(const Submission& s, const Task& task, const SlurmTaskState* state,
-                         double* seconds) {
+  RunRecord from_outcome(const Task& task, const SlurmTaskState* state, double* seconds) {
     const RunConfig& run = config_of(task);
+    RunRecord record = make_run_record(spec_.name, run);
     Json j;
     try {
       j = Json::parse(read_file(task.outcome));
     } catch (const std::exception& e) {
-      RunRecord record = make_run_record(spec_.name, run);
       record.status = "crashed";
       record.error = std::string("unreadable outcome file: ") + e.what();
       record.finished_at = utc_now_iso8601();
       return record;
     }
+    const std::string host = j.value("host", std::string("?"));
+    if (j.contains("error")) {  // the task itself failed before or around the worker
+      record.status = "error";
+      record.error = "the Slurm task on " + host + ": " + j.value("error", std::string());
+      record.started_at = j.value("started_at", "");
+      record.finished_at = j.value("finished_at", utc_now_iso8601());
+      return record;
+    }
     const ChildOutcome outcome = outcome_from_json(j);
     *seconds = outcome.seconds;
-    RunRecord record = verdict(spec_, run, outcome, task.result, j.value("started_at", ""));
+    record = verdict(spec_, run, outcome, task.result, j.value("started_at", ""));
     record.finished_at = j.value("finished_at", record.finished_at);
-    if (record.status == "timeout") {
-      record.error += " (enforced by the Slurm task on " + j.value("host", std::string("?")) + ")";
-    }
+    if (record.status == "timeout") record.error += " (enforced by the Slurm task on " + host + ")";
     // A cgroup OOM kill takes the worker with SIGKILL; Slurm names the cause.
     if (state != nullptr && state->state == "OUT_OF_MEMORY" && outcome.signal == SIGKILL) {
       record.status = "oom";
-      record.error = slurm_verdict(*state, s.time_limit).error;
+      record.error = slurm_verdict(*state, "").error;
     }
     return record;
   }
 
-  RunRecord without_outcome(const Submission& s, const Task& task, const SlurmTaskState& state) {
+  RunRecord without_outcome(const Submission& s, int index, const SlurmTaskState& state) {
+    const Task& task = s.tasks[static_cast<size_t>(index)];
     RunRecord record = make_run_record(spec_.name, config_of(task));
     const SlurmVerdict v = slurm_verdict(state, s.time_limit);
     record.status = v.status;
-    record.error = v.error + " [job " + s.job_id + "]";
+    record.error = v.error + " [job " + (s.job_id.empty() ? "?" : s.job_id) + "]";
+    const fs::path log = s.dir / ("slurm-" + s.job_id + "_" + std::to_string(index) + ".out");
+    if (!s.job_id.empty() && fs::exists(log)) record.error += "; Slurm's output: " + log.string();
     record.finished_at = utc_now_iso8601();
     return record;
   }
@@ -482,6 +606,7 @@ class Follower {
   std::map<std::string, const RunConfig*> by_id_;
   std::set<std::string> in_flight_;
   std::map<std::string, std::pair<std::string, Clock::time_point>> last_queue_line_;
+  std::map<std::string, Clock::time_point> first_seen_ended_;  // "<token>/<index>"
   std::string last_problem_;
   RunConfig placeholder_;
 };
@@ -515,18 +640,23 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
   s.time_limit = so.time.empty() ? slurm_time_limit(spec.timeout_s) : so.time;
   fs::create_directories(s.dir);
   const int threads = so.cpus_per_task > 0 ? so.cpus_per_task : 1;
-  for (const RunConfig* run : runs) {
-    const fs::path dir = runs_dir / run->run_id;
-    fs::create_directories(dir);
-    Task task{run->run_id, (dir / ("run." + s.token + ".json")).string(),
-              (dir / ("result." + s.token + ".json")).string(),
-              (dir / ("outcome." + s.token + ".json")).string()};
-    write_file_atomic(task.run_json,
-                      run_file(spec, *run, threads, task.result,
-                               tokens.contains(run->run_id) ? tokens.at(run->run_id) : "")
-                              .dump(1) +
-                          "\n");
-    s.tasks.push_back(std::move(task));
+  try {
+    for (const RunConfig* run : runs) {
+      const fs::path dir = runs_dir / run->run_id;
+      fs::create_directories(dir);
+      Task task{run->run_id, (dir / ("run." + s.token + ".json")).string(),
+                (dir / ("result." + s.token + ".json")).string(),
+                (dir / ("outcome." + s.token + ".json")).string()};
+      write_file_atomic(task.run_json,
+                        run_file(spec, *run, threads, task.result,
+                                 tokens.contains(run->run_id) ? tokens.at(run->run_id) : "")
+                                .dump(1) +
+                            "\n");
+      s.tasks.push_back(std::move(task));
+    }
+  } catch (...) {
+    fs::remove_all(s.dir);  // nothing was submitted: no submission to wait for
+    throw;
   }
   const std::string harness =
       so.harness_path.empty() ? executable_dir() + "/harness" : so.harness_path;
@@ -538,7 +668,7 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
   fs::permissions(script, fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read);
   write_file_atomic((s.dir / "submission.json").string(), to_json(s).dump(1) + "\n");
 
-  std::vector<std::string> argv = {"sbatch", "--parsable", "--job-name=harness-" + spec.name,
+  std::vector<std::string> argv = {"sbatch", "--parsable", "--job-name=" + s.job_name(),
                                    "--output=" + (s.dir / "slurm-%A_%a.out").string()};
   std::string array = "--array=0-" + std::to_string(runs.size() - 1);
   if (so.max_parallel > 0) array += "%" + std::to_string(so.max_parallel);
@@ -547,17 +677,25 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
   if (!so.partition.empty()) argv.push_back("--partition=" + so.partition);
   if (!so.gres.empty()) argv.push_back("--gres=" + so.gres);
   if (!so.account.empty()) argv.push_back("--account=" + so.account);
+  if (!so.mem.empty()) argv.push_back("--mem=" + so.mem);
   if (so.cpus_per_task > 0) argv.push_back("--cpus-per-task=" + std::to_string(so.cpus_per_task));
   argv.insert(argv.end(), so.sbatch_args.begin(), so.sbatch_args.end());
   argv.push_back(script.string());
-  const CommandResult r = run_command(argv);
+  // Not killed by Ctrl-C and given time on a busy controller: a half-finished sbatch may have
+  // queued the job, which the submission (found again by its job name) must then follow.
+  const CommandResult r = run_command(argv, 600, /*keep_on_interrupt=*/true);
+  std::string cmd;
+  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
   const std::string job_id = trim(r.out).substr(0, trim(r.out).find(';'));
   if (r.exit_code != 0 || job_id.empty() || !to_int(job_id)) {
-    fs::remove_all(s.dir);
-    std::string cmd;
-    for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
-    throw std::runtime_error("sbatch failed (exit " + std::to_string(r.exit_code) +
-                             "): " + (r.err.empty() ? trim(r.out) : r.err) + "\n  command: " + cmd);
+    if (r.exit_code > 0) fs::remove_all(s.dir);  // sbatch refused: nothing was queued
+    throw std::runtime_error(
+        "sbatch failed (exit " + std::to_string(r.exit_code) +
+        "): " + (r.err.empty() ? trim(r.out) : r.err) + "\n  command: " + cmd +
+        (r.exit_code > 0 ? ""
+                         : "\n  if it queued the job after all, `harness collect` finds it by "
+                           "its name " +
+                               s.job_name()));
   }
   s.job_id = job_id;
   write_file_atomic((s.dir / "submission.json").string(), to_json(s).dump(1) + "\n");
@@ -673,7 +811,15 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
     const std::vector<const RunConfig*> chunk(
         to_submit.begin() + static_cast<long>(first),
         to_submit.begin() + static_cast<long>(std::min(to_submit.size(), first + kMaxArray)));
-    submissions.push_back(submit(spec, chunk, tokens, runs_dir, worker, options));
+    try {
+      submissions.push_back(submit(spec, chunk, tokens, runs_dir, worker, options));
+    } catch (const std::exception& e) {
+      if (summary.job_ids.empty()) throw;
+      // Arrays already queued are followed all the same; the rest waits for the next run.
+      std::fprintf(stderr, "error: %s\n", e.what());
+      summary.submit_failed = true;
+      break;
+    }
     summary.job_ids.push_back(submissions.back().job_id);
     if (options.progress) {
       std::fprintf(stderr, "submitted Slurm job %s: %zu tasks (time limit %s), files in %s\n",
@@ -684,20 +830,33 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
     }
   }
   if (!so.wait) {
-    summary.in_flight = static_cast<int>(follower.in_flight().size() + to_submit.size());
+    size_t queued = 0;
+    for (const auto& sub : submissions) queued += sub.tasks.size() - sub.collected.size();
+    summary.in_flight = static_cast<int>(queued);
     return summary;
   }
   follow(follower, submissions, true, so.poll_s, summary);
   if (summary.interrupted && options.progress) {
     std::fprintf(stderr,
-                 "interrupted: Slurm job(s) %s keep running (scancel to stop them); `harness "
-                 "collect %s` ingests their results\n",
-                 job_list(submissions).c_str(), spec.path.c_str());
+                 "interrupted: Slurm job(s) %s keep running (scancel to stop them); `%s` "
+                 "ingests their results\n",
+                 job_list(submissions).c_str(), collect_hint(spec.path, options).c_str());
   }
   return summary;
 }
 
 }  // namespace runner_detail
+
+std::string collect_hint(const std::string& spec_path, const RunOptions& options) {
+  std::string hint = "harness collect " + spec_path;
+  if (options.db_path != RunOptions{}.db_path) hint += " --db " + options.db_path;
+  if (!options.runs_dir.empty()) hint += " --runs-dir " + options.runs_dir;
+  return hint;
+}
+
+std::string slurm_submissions_dir(const Spec& spec, const RunOptions& options) {
+  return (runner_detail::runs_dir_of(spec, options) / "slurm").string();
+}
 
 RunSummary collect_experiment(const Spec& spec, const RunOptions& options) {
   Store store(options.db_path, Store::Mode::kCreate);
@@ -727,29 +886,33 @@ int run_slurm_task(const std::string& submission_dir, int index) {
                                 " out of range: " + submission_dir + " has " +
                                 std::to_string(s.tasks.size()) + " tasks");
   const Task& task = s.tasks[static_cast<size_t>(index)];
-  const fs::path dir = fs::path(task.run_json).parent_path();
-  fs::remove(task.result);
-  install_interrupt_handler();  // Slurm's SIGTERM (cancel, time limit) takes the worker along
-  ChildSpec child;
-  child.argv = {s.worker, "run", task.run_json};
-  child.stdout_path = (dir / "stdout.log").string();
-  child.stderr_path = (dir / "stderr.log").string();
-  child.timeout_s = s.timeout_s;
-  const std::string started = utc_now_iso8601();
-  const ChildOutcome outcome = run_child(child);
-  if (outcome.interrupted) return 128 + interrupt_signal();  // Slurm's state tells what happened
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
   const char* job = std::getenv("SLURM_JOB_ID");
-  Json j = {{"exit_code", outcome.exit_code ? Json(*outcome.exit_code) : Json()},
-            {"signal", outcome.signal ? Json(*outcome.signal) : Json()},
-            {"timed_out", outcome.timed_out},
-            {"seconds", outcome.seconds},
-            {"stderr_tail", outcome.stderr_tail},
-            {"started_at", started},
-            {"finished_at", utc_now_iso8601()},
+  Json j = {{"started_at", utc_now_iso8601()},
             {"host", std::string(host)},
             {"slurm_job_id", job != nullptr ? job : ""}};
+  try {
+    const fs::path dir = fs::path(task.run_json).parent_path();
+    fs::remove(task.result);
+    install_interrupt_handler();  // Slurm's SIGTERM (cancel, time limit) takes the worker along
+    ChildSpec child;
+    child.argv = {s.worker, "run", task.run_json};
+    child.stdout_path = (dir / "stdout.log").string();
+    child.stderr_path = (dir / "stderr.log").string();
+    child.timeout_s = s.timeout_s;
+    const ChildOutcome outcome = run_child(child);
+    if (outcome.interrupted) return 128 + interrupt_signal();  // Slurm's state tells what happened
+    j["exit_code"] = outcome.exit_code ? Json(*outcome.exit_code) : Json();
+    j["signal"] = outcome.signal ? Json(*outcome.signal) : Json();
+    j["timed_out"] = outcome.timed_out;
+    j["seconds"] = outcome.seconds;
+    j["stderr_tail"] = outcome.stderr_tail;
+  } catch (const std::exception& e) {
+    // E.g. the worker is missing on this node: the parent records the reason, not just FAILED.
+    j["error"] = e.what();
+  }
+  j["finished_at"] = utc_now_iso8601();
   write_file_atomic(task.outcome, j.dump(1) + "\n");
   return 0;
 }

@@ -13,9 +13,10 @@ struct SlurmTaskState {
   std::string state;  // PENDING, RUNNING, COMPLETED, TIMEOUT, ... ("CANCELLED by 0" -> CANCELLED)
   std::string node;   // "" while pending
   std::optional<std::time_t> end;  // when the task ended (final states), local time
+  std::string reason;              // squeue's %r: why a task is pending ("None", "Priority", ...)
 };
 
-// Parses lines "JOBID_TASK|STATE|NODE|END" (squeue -h -r -t all -o '%i|%T|%N|%e', or
+// Parses lines "JOBID_TASK|STATE|NODE|END[|REASON]" (squeue -h -r -t all -o '%i|%T|%N|%e|%r', or
 // sacct -n -P -X -o JobID,State,NodeList,End) into task index -> state for array job `job_id`.
 // Ranges such as "12_[3-5,7%2]" count for each index; lines of other jobs and job steps are
 // ignored.

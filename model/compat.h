@@ -96,6 +96,13 @@ inline void cuda_synchronize() {
 #endif
 }
 
+// Returns the caching allocator's unused blocks to the device (a no-op without CUDA).
+inline void cuda_empty_cache() {
+#if HX_WITH_CUDA
+  c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+}
+
 inline void cuda_reset_peak() {
 #if HX_WITH_CUDA
   c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device());

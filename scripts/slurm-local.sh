@@ -27,11 +27,16 @@ die() {
   exit 1
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-running() {
-  pid_alive "$state/munged.pid" && pid_alive "$state/slurmctld.pid" && pid_alive "$state/slurmd.pid"
+# pid_alive NAME: the daemon's pid file names a live process that is that daemon (after a
+# container restart a stale pid may belong to something else).
+pid_alive() {
+  local file="$state/$1.pid" pid
+  [ -f "$file" ] || return 1
+  pid="$(cat "$file")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
 }
+
+running() { pid_alive munged && pid_alive slurmctld && pid_alive slurmd; }
 
 check_tools() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (the daemons run as root here)"
@@ -113,7 +118,7 @@ start() {
 stop_daemons() {
   local name
   for name in slurmd slurmctld munged; do
-    if pid_alive "$state/$name.pid"; then
+    if pid_alive "$name"; then
       local pid
       pid="$(cat "$state/$name.pid")"
       kill "$pid" 2>/dev/null || true

@@ -251,6 +251,8 @@ void add_generations(Json& result, Transformer& model,
                                {"ids", ids}});
   }
   model->train(was_training);
+  // What generation cached must not count in the training steps' reserved memory.
+  compat::cuda_empty_cache();
 }
 
 Json run_finetune(const Json& run, const Config& cfg, torch::Device device, MemoryProbe probe) {

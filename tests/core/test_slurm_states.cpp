@@ -8,9 +8,9 @@ namespace {
 
 TEST(SlurmStates, ParsesArrayElementsRangesAndCancelledBy) {
   const std::string text =
-      "41_0|COMPLETED|node1|2026-11-23T10:00:05\n"
+      "41_0|COMPLETED|node1|2026-11-23T10:00:05|None\n"
       "41_1|RUNNING|node2|2026-11-23T11:00:00\n"
-      "41_[2-4,7%2]|PENDING||N/A\n"
+      "41_[2-4,7%2]|PENDING||N/A|Priority\n"
       "41_5|CANCELLED by 0|node1|2026-11-23T10:00:09\n"
       "41_6.batch|COMPLETED|node1|2026-11-23T10:00:05\n"  // a job step: ignored
       "410_0|FAILED|node9|2026-11-23T10:00:05\n"          // another job: ignored
@@ -25,6 +25,7 @@ TEST(SlurmStates, ParsesArrayElementsRangesAndCancelledBy) {
     EXPECT_EQ(states.at(i).state, "PENDING") << i;
     EXPECT_EQ(states.at(i).node, "") << i;
     EXPECT_FALSE(states.at(i).end.has_value()) << i;
+    EXPECT_EQ(states.at(i).reason, "Priority") << i;
   }
   EXPECT_EQ(states.at(5).state, "CANCELLED");
   EXPECT_FALSE(states.contains(6));

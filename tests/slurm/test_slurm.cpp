@@ -219,3 +219,29 @@ TEST_F(Slurm, ARefusedSubmissionSaysWhyAndStoresNothing) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Slurm, ASubmissionWhoseJobIdWasLostIsFoundByItsName) {
+  // As if the parent had died between sbatch's answer and saving the job id.
+  const std::string spec = "tests/specs/smoke.yaml";
+  const Outcome submitted = slurm_run(spec, {"--no-wait"});
+  ASSERT_EQ(submitted.rc, 0) << dump(submitted);
+  const std::string job = job_id_in(submitted.err);
+  ASSERT_FALSE(job.empty()) << submitted.err;
+  bool erased = false;
+  for (const auto& entry : fs::directory_iterator(runs_ / "slurm")) {
+    const fs::path file = entry.path() / "submission.json";
+    Json j = Json::parse(slurp(file));
+    j["job_id"] = "";
+    std::ofstream(file) << j.dump(1);
+    erased = true;
+  }
+  ASSERT_TRUE(erased);
+  const Outcome c = collect(spec, {"--wait"});
+  ASSERT_EQ(c.rc, 0) << dump(c);
+  EXPECT_TRUE(contains(c.err, "found Slurm job " + job)) << c.err;
+  EXPECT_TRUE(contains(c.err, "collected 6 (6 ok, 0 oom, 0 failed)")) << c.err;
+}
+
+}  // namespace
