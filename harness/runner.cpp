@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -292,8 +293,8 @@ void Progress::finish(const RunConfig& run, const RunRecord& record, double seco
   }
   if (!print_) return;
   const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-  const double eta =
-      elapsed / finished_ * static_cast<double>(std::max<size_t>(total_, finished_) - finished_);
+  const double eta = elapsed / static_cast<double>(finished_) *
+                     static_cast<double>(std::max<size_t>(total_, finished_) - finished_);
   std::fprintf(stderr, "[%zu/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished_, total_,
                axes_text(spec_, run).c_str(), record.status.c_str(),
                key_metric_text(record).c_str(), seconds, format_duration(elapsed).c_str(),
@@ -310,6 +311,16 @@ void Progress::add_to_total(size_t n) {
 
 namespace {
 using namespace runner_detail;
+
+// Writes the run file that make() builds; the error message, or "" when written.
+std::string write_run_file(const std::string& path, const std::function<Json()>& make) {
+  try {
+    write_file_atomic(path, make().dump(1) + "\n");
+    return "";
+  } catch (const std::exception& e) {
+    return std::string("cannot write the run file: ") + e.what();
+  }
+}
 
 // A CUDA spec on a worker without CUDA (or a machine without a GPU) would record every run as
 // an error: refuse before anything runs.
@@ -420,17 +431,17 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       const std::string result =
           (dir / ("result." + std::to_string(::getpid()) + ".json")).string();
       fs::remove(result);
-      try {
-        write_file_atomic((dir / "run.json").string(),
-                          run_file(spec, run, threads, result,
-                                   tokens.contains(run.run_id) ? tokens.at(run.run_id) : "")
-                                  .dump(1) +
-                              "\n");
-      } catch (const std::exception& e) {
-        // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
+      // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
+      if (const std::string error = write_run_file(
+              (dir / "run.json").string(),
+              [&] {
+                return run_file(spec, run, threads, result,
+                                tokens.contains(run.run_id) ? tokens.at(run.run_id) : "");
+              });
+          !error.empty()) {
         RunRecord record = make_run_record(spec.name, run);
         record.status = "error";
-        record.error = std::string("cannot write the run file: ") + e.what();
+        record.error = error;
         record.started_at = record.finished_at = utc_now_iso8601();
         finish(run, record, 0.0);
         continue;

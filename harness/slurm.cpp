@@ -394,20 +394,7 @@ class Follower {
     std::set<int> wanted;
     for (int i = 0; i < static_cast<int>(s.tasks.size()); ++i)
       if (!s.collected.contains(i)) wanted.insert(i);
-    std::optional<std::map<int, SlurmTaskState>> states;
-    std::string problem;
-    if (interrupted()) {
-      // Nothing is decided after Ctrl-C (squeue would not even start): outcomes only.
-    } else if (!s.job_id.empty()) {
-      states = query_states(s.job_id, wanted, &problem);
-    } else if (submission_age_s(s) > 600) {
-      states.emplace();  // sbatch never queued it (or Slurm forgot it): every task is unknown
-    }
-    if (!problem.empty() && problem != last_problem_) {
-      std::fprintf(stderr, "warning: job %s: %s (will ask again)\n", s.job_id.c_str(),
-                   problem.c_str());
-      last_problem_ = problem;
-    }
+    const std::optional<std::map<int, SlurmTaskState>> states = states_of(s, wanted);
     int open = 0;
     int running = 0;
     std::map<std::string, int> pending;  // reason -> tasks
@@ -434,6 +421,26 @@ class Follower {
     }
     if (options_.progress && open > 0) print_queue_line(s, pending, running);
     return open;
+  }
+
+  // What Slurm says of the submission's `wanted` tasks; nullopt when nothing may be decided from
+  // Slurm this round (it did not answer, or Ctrl-C: then outcome files only).
+  std::optional<std::map<int, SlurmTaskState>> states_of(const Submission& s,
+                                                         const std::set<int>& wanted) {
+    if (interrupted()) return std::nullopt;
+    if (s.job_id.empty()) {
+      // sbatch never queued it (or Slurm forgot it): after 10 minutes every task is unknown.
+      if (submission_age_s(s) > 600) return std::map<int, SlurmTaskState>{};
+      return std::nullopt;
+    }
+    std::string problem;
+    auto states = query_states(s.job_id, wanted, &problem);
+    if (!problem.empty() && problem != last_problem_) {
+      std::fprintf(stderr, "warning: job %s: %s (will ask again)\n", s.job_id.c_str(),
+                   problem.c_str());
+      last_problem_ = problem;
+    }
+    return states;
   }
 
   // Stores a task's record (through the progress line) unless its run left the spec.
@@ -470,7 +477,7 @@ class Follower {
   }
 
   // A submission whose parent died during sbatch has no job id: look for its job by name.
-  void find_job_id(Submission& s) {
+  static void find_job_id(Submission& s) {
     if (interrupted()) return;
     const CommandResult q =
         run_command({"squeue", "-h", "-t", "all", "--name=" + s.job_name(), "-o", "%F"});
