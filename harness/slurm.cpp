@@ -709,6 +709,22 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
   return s;
 }
 
+// Tasks per array: the cluster's MaxArraySize - 1 (indices run from 0), or 1000 (Slurm's default
+// MaxArraySize is 1001) when scontrol cannot tell.
+size_t max_array_tasks() {
+  try {
+    const CommandResult r = run_command({"scontrol", "show", "config"});
+    for (const std::string& line : split(r.out, '\n')) {
+      const auto eq = line.find('=');
+      if (eq == std::string::npos || trim(line.substr(0, eq)) != "MaxArraySize") continue;
+      const auto n = to_int(trim(line.substr(eq + 1)));
+      if (n && *n > 1) return static_cast<size_t>(*n - 1);
+    }
+  } catch (const std::exception&) {
+  }
+  return 1000;
+}
+
 void sleep_interruptibly(double seconds) {
   const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                         std::chrono::duration<double>(seconds));
@@ -812,8 +828,9 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
   }
   progress.add_to_total(to_submit.size());
   const auto tokens = pretokenize_runs(spec, to_submit, runs_dir, options.progress);
-  // Slurm's default MaxArraySize is 1001: larger matrices go in several arrays.
-  constexpr size_t kMaxArray = 1000;
+  // Array indices must stay below the cluster's MaxArraySize: larger matrices go in several
+  // arrays.
+  const size_t kMaxArray = max_array_tasks();
   for (size_t first = 0; first < to_submit.size() && !interrupted(); first += kMaxArray) {
     const std::vector<const RunConfig*> chunk(
         to_submit.begin() + static_cast<long>(first),

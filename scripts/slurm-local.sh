@@ -104,12 +104,13 @@ start() {
   # munged refuses to run as root unless forced; its socket lives in our state directory.
   /usr/sbin/munged --force --socket="$state/munge/munge.socket" \
     --pid-file="$state/munged.pid" --log-file="$state/munged.log" \
-    --seed-file="$state/munge/munge.seed" 2>>"$state/munged.log" ||
+    --seed-file="$state/munge/munge.seed" 2>>"$state/munged.log" 9>&- ||
     die "munged failed to start; see $state/munged.log"
   wait_for 10 munged test -S "$state/munge/munge.socket"
-  /usr/sbin/slurmctld -c -f "$state/slurm.conf" || die "slurmctld failed; see $state/slurmctld.log"
+  # 9>&-: the daemons must not inherit (and so hold forever) the lock below.
+  /usr/sbin/slurmctld -c -f "$state/slurm.conf" 9>&- || die "slurmctld failed; see $state/slurmctld.log"
   wait_for 30 slurmctld scontrol ping
-  /usr/sbin/slurmd -f "$state/slurm.conf" -N "$(hostname -s)" ||
+  /usr/sbin/slurmd -f "$state/slurm.conf" -N "$(hostname -s)" 9>&- ||
     die "slurmd failed; see $state/slurmd.log"
   wait_for 60 "the node" node_ready
   echo "slurm-local: running: partition local, node $(hostname -s), $(nproc) CPUs (state in $state)"
@@ -152,6 +153,11 @@ status() {
     return 3
   fi
 }
+
+# One start or stop at a time (two test runs starting the cluster at once).
+mkdir -p "$state"
+exec 9>"$state/lock"
+flock 9
 
 case "${1:-}" in
   start) start "${2:-}" ;;
