@@ -21,6 +21,7 @@
 #include "harness/store.h"
 #include "model/config.h"
 #include "tests/core/environments.h"
+#include "tests/core/temp_dir_test.h"
 
 namespace hx {
 namespace {
@@ -121,16 +122,9 @@ void fill_a100(Store& store) {
   store.ingest(ok_run(plan[5], a100_env(), 10891.0, 0.04633, 11051));
 }
 
-class CompareTest : public ::testing::Test {
+class CompareTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("hx_compare_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  CompareTest() : TempDirTest("compare") {}
 
   // The two databases, read back through SQLite.
   std::vector<CompareSource> small_sources() const {
@@ -141,8 +135,6 @@ class CompareTest : public ::testing::Test {
     return {{"p100.db", p100.load_runs("compare_small")},
             {"a100.db", a100.load_runs("compare_small")}};
   }
-
-  fs::path dir_;
 };
 
 void expect_golden(const std::string& actual, const std::string& name) {

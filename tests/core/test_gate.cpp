@@ -15,6 +15,7 @@
 #include "harness/gate.h"
 #include "harness/store.h"
 #include "tests/core/environments.h"
+#include "tests/core/temp_dir_test.h"
 
 namespace hx {
 namespace {
@@ -148,16 +149,9 @@ Side scaled(Side side, double time_factor) {
   return side;
 }
 
-class GateTest : public ::testing::Test {
+class GateTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ =
-        fs::temp_directory_path() / ("hx_gate_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  GateTest() : TempDirTest("gate") {}
 
   // Stores one side in its own database and reads it back.
   std::vector<StoredRun> store_side(const std::string& name, const std::vector<RunConfig>& plan,
@@ -201,8 +195,6 @@ class GateTest : public ::testing::Test {
     return run_gate(gate_spec(), plan, baseline(plan, base), store_side("current.db", plan, now),
                     options);
   }
-
-  fs::path dir_;
 };
 
 const GateCheck* find_check(const GateResult& result, const std::string& run,

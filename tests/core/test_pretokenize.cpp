@@ -1,8 +1,6 @@
 // Pre-tokenisation of Alpaca data in the parent (harness/pretokenize.h) with a tiny hand-made
 // tiktoken-format vocabulary, and the spec's `tokenizer:` / `allow_special:` keys.
 #include <gtest/gtest.h>
-
-#include "tests/base64_util.h"
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +13,8 @@
 #include "harness/pretokenize.h"
 #include "harness/spec.h"
 #include "model/tokenizer.h"
+#include "tests/base64_util.h"
+#include "tests/core/temp_dir_test.h"
 
 namespace hx {
 namespace {
@@ -39,7 +39,8 @@ std::vector<std::string> byte_vocab(const std::vector<std::string>& extra) {
 // A tokenizer.model in tiktoken format ("base64 rank" lines).
 std::string tiktoken_file(const std::vector<std::string>& vocab) {
   std::string out;
-  for (size_t i = 0; i < vocab.size(); ++i) out += base64(vocab[i]) + " " + std::to_string(i) + "\n";
+  for (size_t i = 0; i < vocab.size(); ++i)
+    out += base64(vocab[i]) + " " + std::to_string(i) + "\n";
   return out;
 }
 
@@ -57,16 +58,9 @@ Ids cat(std::initializer_list<Ids> parts) {
 
 Ids masked(size_t n) { return Ids(n, kIgnoreIndex); }
 
-class PretokenizeTest : public ::testing::Test {
+class PretokenizeTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           ("hx_pretokenize_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  PretokenizeTest() : TempDirTest("pretokenize") {}
 
   std::string write(const std::string& name, const std::string& bytes) const {
     const fs::path path = dir_ / name;
@@ -83,8 +77,6 @@ class PretokenizeTest : public ::testing::Test {
     ADD_FAILURE() << "no error for:\n" << text;
     return "";
   }
-
-  fs::path dir_;
 };
 
 const char* kAlpaca = R"([
@@ -169,7 +161,8 @@ TEST_F(PretokenizeTest, WritesTheTokenFileTheWorkerReads) {
     EXPECT_EQ(back[i].labels, want.labels) << i;
   }
   // The format is the documented one: a JSON list of {tokens, labels}.
-  EXPECT_EQ(examples_to_json({{{1, 2}, {-100, 2}}}), "[\n{\"tokens\":[1,2],\"labels\":[-100,2]}\n]\n");
+  EXPECT_EQ(examples_to_json({{{1, 2}, {-100, 2}}}),
+            "[\n{\"tokens\":[1,2],\"labels\":[-100,2]}\n]\n");
   write("bad.json", R"([{"tokens": [1, 2], "labels": [1]}])");
   EXPECT_THROW(read_token_examples((dir_ / "bad.json").string()), std::invalid_argument);
 }
@@ -177,8 +170,9 @@ TEST_F(PretokenizeTest, WritesTheTokenFileTheWorkerReads) {
 TEST_F(PretokenizeTest, SpecTokenizerResolvedHashedAndChecked) {
   write("data/alpaca.json", kAlpaca);
   write("tok/tokenizer.model", tiktoken_file(byte_vocab({})));  // 512 tokens: fits tiny (512)
-  const std::string base = "name: t\nmodel: {preset: tiny}\nworkload: finetune\n"
-                           "data: {format: alpaca, path: data/alpaca.json}\n";
+  const std::string base =
+      "name: t\nmodel: {preset: tiny}\nworkload: finetune\n"
+      "data: {format: alpaca, path: data/alpaca.json}\n";
   const Spec plain = load_spec(write("plain.yaml", base));
   EXPECT_EQ(plain.tokenizer, "");
   EXPECT_FALSE(plain.allow_special);
@@ -198,25 +192,27 @@ TEST_F(PretokenizeTest, SpecTokenizerErrors) {
   write("data/alpaca.json", kAlpaca);
   write("big.model", tiktoken_file(byte_vocab({"ok"})));  // 513 tokens
   write("junk.model", "not a tokenizer\n");
-  const std::string base = "name: t\nmodel: {preset: tiny}\nworkload: finetune\n"
-                           "data: {format: alpaca, path: data/alpaca.json}\n";
+  const std::string base =
+      "name: t\nmodel: {preset: tiny}\nworkload: finetune\n"
+      "data: {format: alpaca, path: data/alpaca.json}\n";
   const std::string spec = (dir_ / "spec.yaml").string();
 
-  EXPECT_EQ(error_of_spec(base + "tokenizer: missing.model\n").rfind(
-                spec + ":5: tokenizer: file not found: \"missing.model\"", 0),
+  EXPECT_EQ(error_of_spec(base + "tokenizer: missing.model\n")
+                .rfind(spec + ":5: tokenizer: file not found: \"missing.model\"", 0),
             0u);
   EXPECT_EQ(error_of_spec(base + "tokenizer: big.model\n"),
-            spec + ":5: tokenizer: its vocabulary (513 tokens) does not fit the model's "
-                   "(vocab_size 512)");
-  EXPECT_EQ(error_of_spec(base + "tokenizer: junk.model\n").rfind(spec + ":5: tokenizer: ", 0),
-            0u);
+            spec +
+                ":5: tokenizer: its vocabulary (513 tokens) does not fit the model's "
+                "(vocab_size 512)");
+  EXPECT_EQ(error_of_spec(base + "tokenizer: junk.model\n").rfind(spec + ":5: tokenizer: ", 0), 0u);
   EXPECT_EQ(error_of_spec(base + "tokenizer: big.model\nallow_special: maybe\n"),
             spec + ":6: allow_special: expected true or false, got \"maybe\"");
   // A model with a larger vocabulary takes it.
-  EXPECT_NO_THROW(load_spec(write("ok.yaml", "name: t\nmodel: {preset: small}\n"
-                                             "workload: finetune\n"
-                                             "data: {format: alpaca, path: data/alpaca.json}\n"
-                                             "tokenizer: big.model\n")));
+  EXPECT_NO_THROW(load_spec(write("ok.yaml",
+                                  "name: t\nmodel: {preset: small}\n"
+                                  "workload: finetune\n"
+                                  "data: {format: alpaca, path: data/alpaca.json}\n"
+                                  "tokenizer: big.model\n")));
 }
 
 }  // namespace

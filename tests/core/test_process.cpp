@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "harness/process.h"
+#include "tests/core/temp_dir_test.h"
 
 namespace hx {
 namespace {
@@ -24,16 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-class ProcessTest : public ::testing::Test {
+class ProcessTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("hx_process_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  ProcessTest() : TempDirTest("process") {}
 
   // A spec running `sh -c script` with stdout and stderr in this test's directory.
   ChildSpec sh(const std::string& script, double timeout_s = 10) const {
@@ -51,8 +45,6 @@ class ProcessTest : public ::testing::Test {
     text << in.rdbuf();
     return text.str();
   }
-
-  fs::path dir_;
 };
 
 double seconds_since(Clock::time_point start) {

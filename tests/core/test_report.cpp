@@ -18,6 +18,7 @@
 #include "harness/report.h"
 #include "harness/store.h"
 #include "tests/core/environments.h"
+#include "tests/core/temp_dir_test.h"
 
 namespace hx {
 namespace {
@@ -104,24 +105,15 @@ void fill_small_db(Store& store) {
   store.ingest(oom);
 }
 
-class ReportTest : public ::testing::Test {
+class ReportTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("hx_report_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  ReportTest() : TempDirTest("report") {}
 
   std::vector<StoredRun> small_runs() const {
     Store store((dir_ / "harness.db").string());
     fill_small_db(store);
     return store.load_runs("report_small");
   }
-
-  fs::path dir_;
 };
 
 void expect_golden(const std::string& actual, const std::string& name) {

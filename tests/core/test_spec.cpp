@@ -432,16 +432,17 @@ matrix:
   EXPECT_EQ(runs[0].skip_reason, "");
   EXPECT_EQ(runs[1].skip_reason, "P100 PCIe has no bf16 arithmetic");
 
-  const Spec h100 = parse_spec(
-      text.substr(0, text.find("device_profile")) + "device_profile: h100\nmemory_limit_mb: 1000\n" +
-          text.substr(text.find("workload")),
-      "prof.yaml");
+  const Spec h100 = parse_spec(text.substr(0, text.find("device_profile")) +
+                                   "device_profile: h100\nmemory_limit_mb: 1000\n" +
+                                   text.substr(text.find("workload")),
+                               "prof.yaml");
   EXPECT_EQ(h100.memory_limit_mb, 1000);  // the spec's own cap wins
   for (const auto& run : expand(h100)) EXPECT_EQ(run.skip_reason, "");
   EXPECT_NE(expand(h100)[0].run_id, runs[0].run_id);
 
   try {
-    parse_spec("name: x\nmodel: {preset: tiny}\ndevice_profile: k80\nworkload: generate\n", "p.yaml");
+    parse_spec("name: x\nmodel: {preset: tiny}\ndevice_profile: k80\nworkload: generate\n",
+               "p.yaml");
     FAIL();
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("p.yaml:3: device_profile: unknown profile \"k80\""),

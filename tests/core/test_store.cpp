@@ -11,22 +11,16 @@
 #include "harness/fields.h"
 #include "harness/hash.h"
 #include "harness/store.h"
+#include "tests/core/temp_dir_test.h"
 
 namespace hx {
 namespace {
 
 namespace fs = std::filesystem;
 
-class StoreTest : public ::testing::Test {
+class StoreTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ =
-        fs::temp_directory_path() / ("hx_store_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  StoreTest() : TempDirTest("store") {}
 
   // A second, raw connection: what another tool (sqlite3 shell, a script) would see.
   int64_t count(const std::string& sql) const {
@@ -88,8 +82,6 @@ class StoreTest : public ::testing::Test {
     r.texts = {{"before/0", "Hello"}, {"after/0", "Hi, \"there\""}};
     return r;
   }
-
-  fs::path dir_;
 };
 
 TEST(HashTest, Fnv1aKnownVectors) {

@@ -1,8 +1,6 @@
 // The tokenizers on small hand-made vocabularies (the real LLaMA vocabularies are Meta-licensed;
 // tests/tokenizers/crosscheck.sh checks them against the npm reference tokenizers).
 #include <gtest/gtest.h>
-
-#include "tests/base64_util.h"
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +14,7 @@
 
 #include "model/tokenizer.h"
 #include "model/tokenizer_bpe.h"
+#include "tests/base64_util.h"
 
 namespace hx {
 namespace {
