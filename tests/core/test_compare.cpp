@@ -20,7 +20,7 @@
 #include "harness/json_io.h"
 #include "harness/store.h"
 #include "model/config.h"
-#include "tests/core/environments.h"
+#include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"
 
 namespace hx {
@@ -48,13 +48,7 @@ Spec compare_spec() {
 }
 
 RunConfig planned(const std::string& gc, const std::string& mp, int repeat) {
-  RunConfig run;
-  run.run_id = "run-" + gc + "-" + mp + "-" + std::to_string(repeat);
-  run.repeat = repeat;
-  run.workload = "finetune";
-  run.config = {{"batch_size", 1}, {"ga", 1}, {"gc", gc}, {"lr", 1e-5}, {"mp", mp}};
-  run.canonical = canonical_json(run.config);
-  return run;
+  return testing::planned_run(gc, mp, repeat);
 }
 
 // gc=off, mp=off repeated three times; the others once.

@@ -14,7 +14,7 @@
 
 #include "harness/gate.h"
 #include "harness/store.h"
-#include "tests/core/environments.h"
+#include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"
 
 namespace hx {

@@ -17,7 +17,7 @@
 #include "harness/json_io.h"
 #include "harness/report.h"
 #include "harness/store.h"
-#include "tests/core/environments.h"
+#include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"
 
 namespace hx {
@@ -57,13 +57,7 @@ Spec small_spec() {
 }
 
 RunConfig planned(const std::string& gc, const std::string& mp, int repeat) {
-  RunConfig run;
-  run.run_id = "run-" + gc + "-" + mp + "-" + std::to_string(repeat);
-  run.repeat = repeat;
-  run.workload = "finetune";
-  run.config = {{"batch_size", 1}, {"ga", 1}, {"gc", gc}, {"lr", 1e-5}, {"mp", mp}};
-  run.canonical = run.config.dump();
-  return run;
+  return testing::planned_run(gc, mp, repeat);
 }
 
 Json p100() { return testing::p100_env(); }
