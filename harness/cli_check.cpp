@@ -61,10 +61,14 @@ const CommandRegistrar kRegistrar{
       sub->add_option("--baseline", options->baseline, "Baseline file (`harness baseline`)")
           ->required();
       sub->add_option("--mem-tolerance-pct", options->gate.mem_tolerance_pct,
-                      "Peak memory may exceed the baseline by this percentage ...")
+                      "Peak memory may exceed the baseline by the largest of this percentage ...")
           ->check(CLI::Range(0.0, 1.0e6))
           ->capture_default_str();
-      sub->add_option("--mem-tolerance-mb", options->gate.mem_tolerance_mb, "... plus this many MB")
+      sub->add_option("--mem-tolerance-mb", options->gate.mem_tolerance_mb, "... this many MB ...")
+          ->check(CLI::Range(0.0, 1.0e6))
+          ->capture_default_str();
+      sub->add_option("--mem-noise-factor", options->gate.mem_noise_factor,
+                      "... and this many times the spread of the baseline's repeats")
           ->check(CLI::Range(0.0, 1.0e6))
           ->capture_default_str();
       sub->add_option("--time-p", options->gate.time_p,

@@ -60,6 +60,7 @@ std::string axis_label(std::string_view key) {
       {"dtype", "DType"},
       {"optimizer", "Optimizer"},
       {"gc_every", "GC every"},
+      {"attention", "Attention"},
   };
   for (const auto& [name, label] : kLabels) {
     if (name == key) return std::string(label);

@@ -515,7 +515,10 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
       if (!base_mem.empty() && !cur_mem.empty()) {
         const double b = median_of(base_mem);
         const double c = median_of(cur_mem);
-        const double tolerance = b * options.mem_tolerance_pct / 100 + options.mem_tolerance_mb;
+        const auto [lo, hi] = std::minmax_element(base_mem.begin(), base_mem.end());
+        const double tolerance = std::max({b * options.mem_tolerance_pct / 100,
+                                           options.mem_tolerance_mb,
+                                           options.mem_noise_factor * (*hi - *lo)});
         const double delta = c - b;
         GateCheck check{label,
                         "peak_mem_mb",
@@ -643,9 +646,10 @@ std::string render_gate_markdown(const GateResult& result, const std::string& db
 
   const GateOptions& o = result.options;
   out << "\nRules: values are medians over the repeats' ok runs. Memory regresses when "
-         "peak_mem_mb exceeds the baseline by more than "
-      << format_full(o.mem_tolerance_pct) << "% + " << format_full(o.mem_tolerance_mb)
-      << " MB. A time (step_time_s, prefill_s, decode_s) regresses when a two-sided "
+         "peak_mem_mb exceeds the baseline by more than the largest of "
+      << format_full(o.mem_tolerance_pct) << "% of it, " << format_full(o.mem_tolerance_mb)
+      << " MB and " << format_full(o.mem_noise_factor)
+      << " times the spread of the baseline's repeats. A time (step_time_s, prefill_s, decode_s) regresses when a two-sided "
          "Mann-Whitney U test rejects at p < "
       << format_full(o.time_p) << " (with at least " << o.min_repeats
       << " repeats on each side) and the median is more than " << format_full(o.time_slowdown_pct)

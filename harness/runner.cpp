@@ -341,13 +341,18 @@ void require_cuda_worker(const std::string& worker, const Spec& spec) {
   fs::remove(out.string() + ".err");
   if (outcome.exit_code != 0 || !caps.is_object())
     throw std::runtime_error(worker + " caps failed: " + outcome.stderr_tail);
-  if (!caps.value("cuda", false))
+  if (!caps.value("cuda_compiled", false))
     throw std::invalid_argument(
         "the spec asks for device cuda, but " + worker + " (libtorch " +
         caps.value("libtorch", std::string("?")) +
-        ") has no CUDA device: on a GPU machine build against the libtorch of its PyTorch "
-        "(cmake -DCMAKE_PREFIX_PATH=<torch.utils.cmake_prefix_path>), "
-        "or set device: cpu");
+        ") was linked without CUDA (built where no CUDA toolkit was installed): rebuild on a "
+        "machine with the toolkit (docs/gpu.md), or set device: cpu");
+  if (!caps.value("cuda", false))
+    throw std::invalid_argument("the spec asks for device cuda, but no CUDA device is usable "
+                                "here (" +
+                                worker + ", libtorch " + caps.value("libtorch", std::string("?")) +
+                                " with CUDA " + caps.value("cuda_version", std::string("?")) +
+                                "): run it on a GPU node with the NVIDIA driver, or set device: cpu");
   // A profile emulates a device that is at most as large as the real one.
   const auto gpu_mb = caps.value("gpu_mem_mb", int64_t{0});
   if (const DeviceProfile* profile = find_device_profile(spec.device_profile);

@@ -57,6 +57,7 @@ const std::vector<KeyRule>& key_rules() {
       {.name = "seed"},
       {.name = "dtype", .kind = Kind::kWord, .words = {"fp32", "fp16", "bf16"}},
       {.name = "threads", .lo = kAtLeast1},
+      {.name = "attention", .kind = Kind::kWord, .words = {"sdpa", "math"}},
 
       {.name = "ga", .scope = Scope::kFinetune, .lo = kAtLeast1},
       {.name = "gc", .scope = Scope::kFinetune, .kind = Kind::kWord, .words = {"off", "on"}},

@@ -1,6 +1,7 @@
 #pragma once
-// Every call whose API differs between libtorch 1.13 (Debian, CPU, CI) and 2.x (the PyTorch
-// installation of GPU machines) lives here, so the rest of the code is version-free.
+// The calls that differ between a CPU-only and a CUDA build of libtorch 2.x live here, so the rest
+// of the code has no #if. The project has one libtorch (PyTorch's wheel, built with CUDA; see
+// CMakeLists.txt), and HX_WITH_CUDA is 0 only where it was linked without the CUDA toolkit.
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -8,15 +9,16 @@
 #include "torch_features.h"  // generated: HX_WITH_CUDA
 
 #if HX_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
-#include <ATen/cuda/CUDAContext.h>
 #endif
+#include <algorithm>
+#include <fstream>
 #include <string>
 
 namespace hx::compat {
 
-inline constexpr bool kTorch2 = TORCH_VERSION_MAJOR >= 2;
 inline constexpr bool kWithCuda = HX_WITH_CUDA != 0;
 
 // The autocast state of the current thread: saved by gradient checkpointing in forward and
@@ -29,37 +31,19 @@ struct AutocastState {
 };
 
 inline AutocastState autocast_state() {
-  AutocastState s;
-#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4 || TORCH_VERSION_MAJOR >= 3
-  s.cpu_enabled = at::autocast::is_autocast_enabled(at::kCPU);
-  s.cuda_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
-  s.cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
-  s.cuda_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-#else
-  s.cpu_enabled = at::autocast::is_cpu_enabled();
-  s.cuda_enabled = at::autocast::is_enabled();
-  s.cpu_dtype = at::autocast::get_autocast_cpu_dtype();
-  s.cuda_dtype = at::autocast::get_autocast_gpu_dtype();
-#endif
-  return s;
+  return {at::autocast::is_autocast_enabled(at::kCPU), at::autocast::is_autocast_enabled(at::kCUDA),
+          at::autocast::get_autocast_dtype(at::kCPU), at::autocast::get_autocast_dtype(at::kCUDA)};
 }
 
 inline void set_autocast_state(const AutocastState& s) {
-#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4 || TORCH_VERSION_MAJOR >= 3
   at::autocast::set_autocast_dtype(at::kCPU, s.cpu_dtype);
   at::autocast::set_autocast_dtype(at::kCUDA, s.cuda_dtype);
   at::autocast::set_autocast_enabled(at::kCPU, s.cpu_enabled);
   at::autocast::set_autocast_enabled(at::kCUDA, s.cuda_enabled);
-#else
-  at::autocast::set_autocast_cpu_dtype(s.cpu_dtype);
-  at::autocast::set_autocast_gpu_dtype(s.cuda_dtype);
-  at::autocast::set_cpu_enabled(s.cpu_enabled);
-  at::autocast::set_enabled(s.cuda_enabled);
-#endif
 }
 
-// RAII autocast scope (1.13 has none). The autocast cache (low-precision copies of weights) is
-// cleared when the outermost scope ends, as torch.autocast does.
+// RAII autocast scope, as Python's torch.autocast (libtorch has no C++ one). The autocast cache
+// (low-precision copies of weights) is cleared when the outermost scope ends, as torch.autocast does.
 class AutocastGuard {
  public:
   AutocastGuard(c10::DeviceType device, at::ScalarType dtype) : saved_(autocast_state()) {
@@ -90,29 +74,43 @@ struct CudaMemory {
   int64_t allocated = 0, reserved = 0, peak_allocated = 0, peak_reserved = 0, total = 0;
 };
 
+// Whether a CUDA device can be used in this process. A CUDA link on a machine without a driver or
+// device must not touch the CUDA runtime at all (it raises "driver version is insufficient"), so
+// every call below checks this first. Asked once: the answer does not change in a process.
+inline bool cuda_usable() {
+#if HX_WITH_CUDA
+  static const bool usable = torch::cuda::is_available();
+  return usable;
+#else
+  return false;
+#endif
+}
+
 inline void cuda_synchronize() {
 #if HX_WITH_CUDA
-  c10::cuda::device_synchronize();
+  if (cuda_usable()) c10::cuda::device_synchronize();
 #endif
 }
 
 // Returns the caching allocator's unused blocks to the device (a no-op without CUDA).
 inline void cuda_empty_cache() {
 #if HX_WITH_CUDA
-  c10::cuda::CUDACachingAllocator::emptyCache();
+  if (cuda_usable()) c10::cuda::CUDACachingAllocator::emptyCache();
 #endif
 }
 
 inline void cuda_reset_peak() {
 #if HX_WITH_CUDA
-  c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device());
+  if (cuda_usable())
+    c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device());
 #endif
 }
 
 inline CudaMemory cuda_memory() {
   CudaMemory m;
 #if HX_WITH_CUDA
-  using c10::cuda::CUDACachingAllocator::StatType;
+  if (!cuda_usable()) return m;
+  using c10::CachingAllocator::StatType;
   const auto device = c10::cuda::current_device();
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
   const auto agg = static_cast<size_t>(StatType::AGGREGATE);
@@ -131,6 +129,7 @@ inline CudaMemory cuda_memory() {
 // c10::OutOfMemoryError as a real out-of-memory does.
 inline void cuda_set_memory_cap(int64_t bytes) {
 #if HX_WITH_CUDA
+  if (!cuda_usable()) return;
   const auto m = cuda_memory();
   if (m.total > 0 && bytes > 0) {
     const double fraction = std::min(1.0, static_cast<double>(bytes) / m.total);
@@ -143,6 +142,7 @@ inline void cuda_set_memory_cap(int64_t bytes) {
 
 inline std::string cuda_device_name() {
 #if HX_WITH_CUDA
+  if (!cuda_usable()) return "";
   return at::cuda::getCurrentDeviceProperties()->name;
 #else
   return "";
@@ -155,6 +155,30 @@ inline std::string cuda_version() {
 #else
   return "";
 #endif
+}
+
+// The NVIDIA driver's version ("580.65.06"), from the kernel module (what nvidia-smi shows);
+// where that file is missing (containers without /proc/driver), the CUDA version the driver
+// supports ("CUDA 13.0 driver API"); empty without CUDA.
+inline std::string cuda_driver_version() {
+#if HX_WITH_CUDA
+  std::ifstream in("/proc/driver/nvidia/version");
+  std::string line;
+  if (std::getline(in, line)) {
+    // "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 ..."
+    const auto module = line.find("Module");
+    if (module != std::string::npos) {
+      const auto begin = line.find_first_not_of(' ', module + 6);
+      const auto end = line.find(' ', begin);
+      if (begin != std::string::npos) return line.substr(begin, end - begin);
+    }
+  }
+  int api = 0;
+  if (cudaDriverGetVersion(&api) == cudaSuccess && api > 0)
+    return "CUDA " + std::to_string(api / 1000) + "." + std::to_string(api % 1000 / 10) +
+           " driver API";
+#endif
+  return "";
 }
 
 }  // namespace hx::compat

@@ -148,30 +148,57 @@ AttentionImpl::AttentionImpl(const LlamaConfig& config, const torch::TensorOptio
   wo = register_module("wo", Linear(n_heads_ * head_dim_, config.dim, options));
 }
 
+AttentionKind parse_attention_kind(const std::string& name) {
+  if (name == "sdpa") return AttentionKind::kSdpa;
+  if (name == "math") return AttentionKind::kMath;
+  throw std::invalid_argument("attention: unknown kind '" + name + "' (sdpa | math)");
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, int64_t start_pos,
                                      const RopeTables& rope, const torch::Tensor& mask,
                                      KVCache* cache, int64_t layer) {
   const int64_t b = x.size(0);
   const int64_t t = x.size(1);
-  const int64_t rep = n_heads_ / n_kv_heads_;
   auto q = apply_rope(wq(x).view({b, t, n_heads_, head_dim_}), rope, start_pos);
   auto k = apply_rope(wk(x).view({b, t, n_kv_heads_, head_dim_}), rope, start_pos);
   auto v = wv(x).view({b, t, n_kv_heads_, head_dim_});
+  q = q.transpose(1, 2);  // (B, H, T, D)
   k = k.transpose(1, 2);  // (B, KV, T, D)
   v = v.transpose(1, 2);
   if (cache != nullptr) std::tie(k, v) = cache->update(layer, start_pos, k, v);
-  const int64_t s = k.size(2);
 
+  torch::Tensor out;
+  if (kind == AttentionKind::kSdpa) {
+    // is_causal aligns its mask top-left, which is right only when queries and keys start
+    // together (training, a prefill from position 0); a chunk after cached positions takes the
+    // explicit mask, and a single new token attends to every key (no mask).
+    const bool causal = t > 1 && start_pos == 0;
+    const auto attn_mask = causal || !mask.defined() ? std::optional<torch::Tensor>() : mask;
+    out = at::scaled_dot_product_attention(q, k, v, attn_mask,
+                                           /*dropout_p=*/0.0, causal, /*scale=*/std::nullopt,
+                                           /*enable_gqa=*/n_heads_ != n_kv_heads_);
+  } else {
+    out = explicit_attention(q, k, v, mask);
+  }
+  return wo(out.transpose(1, 2).reshape({b, t, -1}));
+}
+
+torch::Tensor AttentionImpl::explicit_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                                const torch::Tensor& v,
+                                                const torch::Tensor& mask) const {
+  const int64_t b = q.size(0);
+  const int64_t t = q.size(2);
+  const int64_t s = k.size(2);
+  const int64_t rep = n_heads_ / n_kv_heads_;
   // Grouped-query attention without repeating K and V: the `rep` query heads that share a KV
   // head are stacked along the query axis, so one batched product serves them all.
-  q = q.transpose(1, 2).reshape({b, n_kv_heads_, rep * t, head_dim_});  // (B, KV, rep*T, D)
-  auto scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim_));
+  auto qg = q.reshape({b, n_kv_heads_, rep * t, head_dim_});  // (B, KV, rep*T, D)
+  auto scores = torch::matmul(qg, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim_));
   scores = scores.view({b, n_kv_heads_, rep, t, s});  // (B, KV, rep, T, S)
   if (mask.defined()) scores = scores + mask;
   auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
   auto out = torch::matmul(probs.view({b, n_kv_heads_, rep * t, s}), v);  // (B, KV, rep*T, D)
-  out = out.view({b, n_heads_, t, head_dim_}).transpose(1, 2).reshape({b, t, -1});
-  return wo(out);
+  return out.view({b, n_heads_, t, head_dim_});
 }
 
 // ---- Feed-forward, block ----
@@ -215,6 +242,7 @@ TransformerImpl::TransformerImpl(LlamaConfig config, const ModelOptions& options
     layers.push_back(TransformerBlock(config_, i, opts));
     list->push_back(layers.back());
   }
+  set_attention(options_.attention);
   norm = register_module("norm", RMSNorm(config_.dim, config_.norm_eps, opts));
   if (!config_.tie_embeddings)
     output = register_module("output", Linear(config_.dim, config_.vocab_size, opts));
@@ -233,6 +261,11 @@ void TransformerImpl::set_checkpointing(int64_t every) {
     checkpointed_[static_cast<size_t>(i)] = every > 0 && i % every == 0;
 }
 
+void TransformerImpl::set_attention(AttentionKind kind) {
+  options_.attention = kind;
+  for (auto& layer : layers) layer->attention->kind = kind;
+}
+
 torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, int64_t start_pos,
                                       KVCache* cache) {
   const int64_t t = tokens.size(1);
@@ -241,9 +274,10 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, int64_t start
     throw std::out_of_range("sequence of " + std::to_string(s) + " positions exceeds max_seq_len " +
                             std::to_string(config_.max_seq_len) + " of " + config_.name);
   // Causal mask over the keys [0, s): query i (position start_pos + i) sees keys <= its position.
-  // A single new token sees everything, so decoding needs no mask.
+  // A single new token sees everything, so decoding needs no mask; the fused kernel makes its
+  // own when queries and keys start together.
   torch::Tensor mask;
-  if (t > 1) {
+  if (t > 1 && (options_.attention == AttentionKind::kMath || start_pos > 0)) {
     mask = torch::full({t, s}, -std::numeric_limits<float>::infinity(),
                        torch::TensorOptions().device(options_.device))
                .triu(start_pos + 1);

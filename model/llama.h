@@ -16,9 +16,15 @@
 
 namespace hx {
 
+// How attention is computed: libtorch's fused scaled_dot_product_attention (flash or efficient
+// kernels where the device has them), or the explicit softmax(q k^T / sqrt(d)) v of the reference.
+enum class AttentionKind { kSdpa, kMath };
+AttentionKind parse_attention_kind(const std::string& name);  // "sdpa" | "math"
+
 struct ModelOptions {
   torch::Device device = torch::kCPU;
   torch::Dtype dtype = torch::kFloat32;
+  AttentionKind attention = AttentionKind::kSdpa;
   torch::TensorOptions tensor_options() const {
     return torch::TensorOptions().device(device).dtype(dtype);
   }
@@ -110,8 +116,12 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, int64_t start_pos, const RopeTables& rope,
                         const torch::Tensor& mask, KVCache* cache, int64_t layer);
   Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};
+  AttentionKind kind = AttentionKind::kSdpa;
 
  private:
+  // softmax(q k^T / sqrt(d) + mask) v, (B, H, T, D) from q (B, H, T, D) and k, v (B, KV, S, D).
+  torch::Tensor explicit_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, const torch::Tensor& mask) const;
   int64_t n_heads_, n_kv_heads_, head_dim_;
 };
 TORCH_MODULE(Attention);
@@ -152,6 +162,8 @@ class TransformerImpl : public torch::nn::Module {
   // Gradient checkpointing: blocks whose index is a multiple of `every` are recomputed in
   // backward instead of keeping their activations (every == 0: off).
   void set_checkpointing(int64_t every);
+  // Switches every layer's attention between the fused kernel and the explicit path.
+  void set_attention(AttentionKind kind);
 
   const LlamaConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }

@@ -4,7 +4,7 @@
 //    "<base64 of the token's bytes> <rank>"), Meta's pre-tokenisation pattern (PCRE2), merges by
 //    rank, and the 256 special tokens of Meta's tokenizer.py after the base tokens.
 //  - LLaMA 2: a SentencePiece `tokenizer.model` (binary ModelProto) through libsentencepiece.
-// Both encode exactly as Meta's reference tokenizers do (tests/tokenizers/crosscheck.sh).
+// Both encode exactly as Meta's reference tokenizers do (tests/tokenizers/crosscheck.py).
 #include <cstdint>
 #include <memory>
 #include <optional>

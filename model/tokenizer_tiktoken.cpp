@@ -31,20 +31,29 @@ namespace {
 //    set, written out (stable since Unicode 6.3).
 //  - PCRE2 10.42 knows Unicode 14: \p{N} gets the decimal digits added in Unicode 15 and 16
 //    (Garay, Myanmar Pao, Sunuwar, Kawi, Gurung Khema, Kirat Rai, outlined digits, Kaktovik,
-//    Nag Mundari, Ol Onal). In a sweep of every code point against npm tiktoken
-//    (CROSSCHECK_ALL_CODE_POINTS=1 tests/tokenizers/crosscheck.sh) these were the only ones whose
-//    ids differed; letters new in Unicode 15/16 did not change any ids.
+//    Nag Mundari, Ol Onal), and \p{L} the letters added there (CJK extensions H and I, Egyptian
+//    hieroglyphs extended-A, Kawi, Garay, Tulu-Tigalari, ...). A sweep of every code point against
+//    PyPI tiktoken 0.14 (CROSSCHECK_ALL_CODE_POINTS=1 tests/tokenizers/crosscheck.py, whose
+//    byte-pair vocabulary shows every cut in the ids) found exactly these classes different.
 constexpr const char* kWs =
     R"(\t\n\x0B\f\r\x20\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
 constexpr const char* kNum =
     R"(\p{N}\x{10D40}-\x{10D49}\x{116D0}-\x{116E3}\x{11BF0}-\x{11BF9}\x{11F50}-\x{11F59})"
     R"(\x{16130}-\x{16139}\x{16D70}-\x{16D79}\x{1CCF0}-\x{1CCF9}\x{1D2C0}-\x{1D2D3})"
     R"(\x{1E4F0}-\x{1E4F9}\x{1E5F1}-\x{1E5FA})";
+constexpr const char* kLetter =
+    R"(\p{L}\x{1C89}-\x{1C8A}\x{A7CB}-\x{A7CD}\x{A7DA}-\x{A7DC}\x{105C0}-\x{105F3})"
+    R"(\x{10D4A}-\x{10D65}\x{10D6F}-\x{10D85}\x{10EC2}-\x{10EC4}\x{1123F}-\x{11240})"
+    R"(\x{11380}-\x{11389}\x{1138B}\x{1138E}\x{11390}-\x{113B5}\x{113B7}\x{113D1}\x{113D3})"
+    R"(\x{11BC0}-\x{11BE0}\x{11F02}\x{11F04}-\x{11F10}\x{11F12}-\x{11F33}\x{1342F})"
+    R"(\x{13441}-\x{13446}\x{13460}-\x{143FA}\x{16100}-\x{1611D}\x{16D40}-\x{16D6C}\x{18CFF})"
+    R"(\x{1B132}\x{1B155}\x{1DF25}-\x{1DF2A}\x{1E030}-\x{1E06D}\x{1E4D0}-\x{1E4EB})"
+    R"(\x{1E5D0}-\x{1E5ED}\x{1E5F0}\x{2B739}\x{2EBF0}-\x{2EE5D}\x{31350}-\x{323AF})";
 
 std::string llama3_pcre2_pattern() {
-  const std::string ws = kWs, num = kNum;
-  return R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L})" + num + R"(]?\p{L}+|[)" + num +
-         R"(]{1,3}| ?[^)" + ws + R"(\p{L})" + num + R"(]+[\r\n]*|[)" + ws + R"(]*[\r\n]+|[)" + ws +
+  const std::string ws = kWs, num = kNum, letter = kLetter;
+  return R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n)" + letter + num + "]?[" + letter + "]+|[" + num +
+         R"(]{1,3}| ?[^)" + ws + letter + num + R"(]+[\r\n]*|[)" + ws + R"(]*[\r\n]+|[)" + ws +
          R"(]+(?![^)" + ws + R"(])|[)" + ws + "]+";
 }
 

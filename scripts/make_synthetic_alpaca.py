@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate a small synthetic instruction-tuning set in the Stanford Alpaca format.
 
-    /usr/bin/python3 scripts/make_synthetic_alpaca.py
+    python3 scripts/make_synthetic_alpaca.py
 
 writes experiments/data/synthetic_alpaca.json: a JSON list of 256 records
 {"instruction", "input", "output"}. Pure python (`random.Random` with a fixed

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "build_info.h"
 #include "harness/cli.h"
 #include "harness/json_io.h"
 #include "harness/worker/memory.h"
@@ -250,6 +251,17 @@ int main(int argc, char** argv) {
 
   CLI::App app{"harness-worker: runs one measured run (started by `harness run`)"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", [] {
+    std::string v = std::string("harness-worker ") + hx::build::git_commit() + ", libtorch " +
+                    TORCH_VERSION + ", " + hx::build::kBuildType;
+    if (hx::compat::kWithCuda) {
+      v += ", CUDA " + hx::compat::cuda_version() + " compiled in (" +
+           std::to_string(torch::cuda::device_count()) + " device(s) visible)";
+    } else {
+      v += ", CPU only (linked without CUDA)";
+    }
+    return v;
+  });
   int code = hx::kExitOk;
 
   std::string run_path;
@@ -265,6 +277,8 @@ int main(int argc, char** argv) {
   auto* caps = app.add_subcommand("caps", "what this worker can run, as JSON (for the parent)");
   caps->callback([&] {
     nlohmann::json j = {{"libtorch", TORCH_VERSION},
+                        {"cuda_compiled", hx::compat::kWithCuda},
+                        {"cuda_version", hx::compat::cuda_version()},
                         {"cuda", hx::compat::kWithCuda && torch::cuda::is_available()},
                         {"cuda_devices", hx::compat::kWithCuda ? torch::cuda::device_count() : 0}};
     if (j["cuda"].get<bool>()) {

@@ -38,7 +38,7 @@ void counting_delete(void* data) {
 
 class Allocator final : public c10::Allocator {
  public:
-  c10::DataPtr allocate(size_t n) const override {
+  c10::DataPtr allocate(size_t n) override {
     const auto size = static_cast<int64_t>(n);
     const int64_t now = g_current.fetch_add(size, std::memory_order_relaxed) + size;
     const int64_t cap = g_cap.load(std::memory_order_relaxed);
@@ -60,6 +60,9 @@ class Allocator final : public c10::Allocator {
     return {data, data, &counting_delete, c10::Device(c10::DeviceType::CPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &counting_delete; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
 };
 
 Allocator g_allocator;

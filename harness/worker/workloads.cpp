@@ -111,7 +111,8 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
   const std::string weights = m.value("weights", std::string("random"));
   const std::string preset = m.value("preset", std::string("tiny"));
   auto start = std::chrono::steady_clock::now();
-  ModelOptions options{device, dtype_from(cfg.get<std::string>("dtype", "fp32"))};
+  ModelOptions options{device, dtype_from(cfg.get<std::string>("dtype", "fp32")),
+                       parse_attention_kind(cfg.get<std::string>("attention", "sdpa"))};
   Built built;
   if (weights == "random") {
     built.model = Transformer(config_from_name(preset), options);
@@ -404,12 +405,13 @@ Json environment_json(bool cuda) {
               {"libtorch", TORCH_VERSION},
               {"compiler", build::kCompiler},
               {"build_type", build::kBuildType},
-              {"git_commit", build::kGitCommit},
+              {"git_commit", build::git_commit()},
               {"threads", at::get_num_threads()}};
   if (cuda) {
     env["gpu_mem_mb"] = compat::cuda_memory().total / kMB;
     env["gpu_name"] = compat::cuda_device_name();
     env["cuda"] = compat::cuda_version();
+    env["driver"] = compat::cuda_driver_version();
   }
   return env;
 }

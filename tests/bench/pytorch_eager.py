@@ -4,14 +4,14 @@ tests/golden/llama_reference.py) on the same configuration, weights and thread c
 
 Generation (the default mode):
 
-    /usr/bin/python3 tests/bench/pytorch_eager.py [--preset small] [--threads 2] [--repeats 5]
+    .venv/bin/python tests/bench/pytorch_eager.py [--preset small] [--threads 2] [--repeats 5]
 
 Prints medians and the ratio ours/PyTorch for prefill, cached decode per token at batch 1, and
 uncached decode per token.
 
 Training (--train):
 
-    /usr/bin/python3 tests/bench/pytorch_eager.py --train [--preset small] [--threads 2]
+    .venv/bin/python tests/bench/pytorch_eager.py --train [--preset small] [--threads 2]
         [--batch 1] [--seq-len 256] [--steps 8] [--warmup 3] [--gc-reentrant on|off]
         [--interleave]
 

@@ -508,8 +508,10 @@ TEST_F(E2E, RegressionGateOnRealRuns) {
 
   // A baseline from another libtorch version is refused (exit 2) unless --cross.
   std::string text = slurp(baseline);
-  for (size_t at = text.find(",1.13"); at != std::string::npos; at = text.find(",1.13", at))
-    text.replace(at, 5, ",9.99");
+  const std::string version = "," + Db(db_).scalar("SELECT libtorch FROM environments") + ",";
+  ASSERT_NE(text.find(version), std::string::npos) << version;
+  for (size_t at = text.find(version); at != std::string::npos; at = text.find(version, at))
+    text.replace(at, version.size(), ",9.99.0,");
   const fs::path foreign = dir_ / "foreign.csv";
   { std::ofstream(foreign) << text; }
   const Outcome refused =
@@ -518,6 +520,42 @@ TEST_F(E2E, RegressionGateOnRealRuns) {
 }
 
 namespace {
+
+// The CI gate on the quickstart (.ci/run): a rerun's peaks equal the first run's, so it passes;
+// the same rerun with every peak_mem_mb raised by 5% in its database fails on every run. The
+// database is edited, not the worker: this tests what the gate makes of a 5% regression.
+TEST_F(E2E, QuickstartGateFailsOnFivePercentMoreMemory) {
+  const std::string spec = "experiments/quickstart.yaml";
+  ASSERT_EQ(run(spec, {"--no-report", "--jobs", "2"}, {}, 300).rc, 0);
+  const fs::path baseline = dir_ / "quickstart.csv";
+  const Outcome saved =
+      harness({"baseline", spec, "--db", db_.string(), "--out", baseline.string()});
+  ASSERT_EQ(saved.rc, 0) << dump(saved);
+  std::error_code ec;
+  fs::remove_all(db_.parent_path(), ec);
+  ASSERT_EQ(run(spec, {"--no-report", "--jobs", "2"}, {}, 300).rc, 0);
+
+  const std::vector<std::string> check = {"check",      spec,         "--db",
+                                          db_.string(), "--baseline", baseline.string()};
+  const Outcome rerun = harness(check);
+  EXPECT_EQ(rerun.rc, 0) << dump(rerun);
+
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE metrics SET value = value * 1.05 WHERE name = 'peak_mem_mb'",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  EXPECT_EQ(sqlite3_changes(db), 12);  // 8 fine-tuning and 4 generation runs
+  sqlite3_close(db);
+  const Outcome more = harness(check);
+  EXPECT_EQ(more.rc, 1) << dump(more);
+  EXPECT_TRUE(contains(more.out, "# harness check: FAIL")) << more.out;
+  size_t flagged = 0;
+  for (size_t at = more.out.find("| **REGRESSION** |"); at != std::string::npos;
+       at = more.out.find("| **REGRESSION** |", at + 1))
+    ++flagged;
+  EXPECT_EQ(flagged, 12U) << more.out;
+}
 
 TEST_F(E2E, GenerationsBeforeAndAfterFineTuningAreStoredAndShown) {
   const Outcome o = run("tests/specs/generations.yaml");

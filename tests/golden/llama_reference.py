@@ -9,7 +9,7 @@ SwiGLU feed-forward), NOT from the C++ code in this repository.
 
 Regenerate the golden files with:
 
-    /usr/bin/python3 tests/golden/llama_reference.py
+    .venv/bin/python tests/golden/llama_reference.py
 
 Everything runs in float32 on CPU and is deterministic (fixed seeds).
 """

@@ -100,6 +100,45 @@ TEST(KVCache, SameLogitsAsFullRecomputation) {
   }
 }
 
+// The fused kernel (at::scaled_dot_product_attention) and the explicit softmax path compute the
+// same function: the same logits on a whole sequence (causal), on a chunk after cached positions
+// (explicit mask) and on one-token decode steps (no mask), and the same gradients.
+TEST(Attention, FusedKernelMatchesExplicitPath) {
+  auto model = make_tiny(5);
+  ASSERT_LT(model->config().n_kv_heads, model->config().n_heads);  // exercises grouped queries
+  auto tokens = torch::randint(0, model->config().vocab_size, {2, 16}, torch::kInt64);
+  const auto logits_and_grads = [&](AttentionKind kind) {
+    model->set_attention(kind);
+    model->zero_grad();
+    auto logits = model->forward(tokens);
+    logits.pow(2).mean().backward();
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : model->parameters()) grads.push_back(p.grad().clone());
+    return std::pair{logits.detach(), grads};
+  };
+  const auto [math_logits, math_grads] = logits_and_grads(AttentionKind::kMath);
+  const auto [sdpa_logits, sdpa_grads] = logits_and_grads(AttentionKind::kSdpa);
+  EXPECT_LT((sdpa_logits - math_logits).abs().max().item<float>(), 1e-5);
+  ASSERT_EQ(sdpa_grads.size(), math_grads.size());
+  for (size_t i = 0; i < math_grads.size(); ++i)
+    EXPECT_LT((sdpa_grads[i] - math_grads[i]).abs().max().item<float>(), 1e-5) << i;
+
+  // With the cache: a 5-token prefill, a 6-token chunk at position 5, then single tokens.
+  torch::NoGradGuard no_grad;
+  const auto cached = [&](AttentionKind kind) {
+    model->set_attention(kind);
+    KVCache cache(model->config(), 2, 16, model->options().tensor_options());
+    std::vector<torch::Tensor> out{model->forward(tokens.narrow(1, 0, 5), 0, &cache),
+                                   model->forward(tokens.narrow(1, 5, 6), 5, &cache)};
+    for (int64_t pos = 11; pos < 16; ++pos)
+      out.push_back(model->forward(tokens.narrow(1, pos, 1), pos, &cache));
+    return torch::cat(out, 1);
+  };
+  const auto with_sdpa = cached(AttentionKind::kSdpa);
+  EXPECT_LT((with_sdpa - cached(AttentionKind::kMath)).abs().max().item<float>(), 1e-5);
+  EXPECT_LT((with_sdpa - math_logits).abs().max().item<float>(), 1e-5);
+}
+
 class GenerateEquivalence : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(GenerateEquivalence, CacheOnAndOffGiveSameTokensOver32Steps) {

@@ -21,7 +21,7 @@ C++ code):
   ParallelEmbedding would be dim 1), norms replicated in every rank. Each rank's file is a
   torch.save of a plain dict.
 
-Regenerate (deterministic, < 1 s):  /usr/bin/python3 tests/golden/checkpoints/make_checkpoints.py
+Regenerate (deterministic, < 1 s):  .venv/bin/python tests/golden/checkpoints/make_checkpoints.py
 """
 
 import json
