@@ -68,3 +68,13 @@ else()
   message(STATUS "libtorch ${torch_version} from ${torch_dir}, CPU libraries only "
                  "(HARNESS_WITH_CUDA=${HARNESS_WITH_CUDA}, CUDA toolkit found: ${CUDAToolkit_FOUND})")
 endif()
+
+# What our targets link. PyTorch's wheel is built with a newer GCC whose libstdc++ additions
+# (std::filesystem, <chrono> time zones, stringbuf views) are linked statically into libtorch.so
+# and exported; a binary that lists libtorch.so before libstdc++.so binds its own std::filesystem
+# calls to those copies, and remove_all crashed there (a null call). libstdc++.so first in the
+# binary's NEEDED list makes the dynamic linker find the system's own definitions first.
+add_library(harness_libtorch INTERFACE)
+target_link_options(harness_libtorch INTERFACE "LINKER:--push-state,--no-as-needed" "-lstdc++"
+                    "LINKER:--pop-state")
+target_link_libraries(harness_libtorch INTERFACE ${TORCH_LIBRARIES})

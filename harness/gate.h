@@ -67,7 +67,7 @@ std::vector<StoredRun> parse_baseline_csv(const std::string& text, const std::st
 
 struct GateOptions {
   double mem_tolerance_pct = 1;
-  double mem_tolerance_mb = 0.25;
+  double mem_tolerance_mb = 0.1;
   double mem_noise_factor = 3;
   double time_p = 0.01;
   double time_slowdown_pct = 10;

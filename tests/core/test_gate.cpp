@@ -242,9 +242,9 @@ TEST_F(GateTest, MemoryRegressionFails) {
       << md;
 }
 
-TEST_F(GateTest, MemoryToleranceIsOnePercentOrAQuarterMegabyte) {
+TEST_F(GateTest, MemoryToleranceIsOnePercentOrATenthOfAMegabyte) {
   Side within;
-  within.mem_off = 1009.9;  // max(1000 * 1%, 0.25 MB) = 10 MB allowed
+  within.mem_off = 1009.9;  // max(1000 * 1%, 0.1 MB) = 10 MB allowed
   EXPECT_EQ(check(Side{}, within).outcome, GateOutcome::kPass);
   Side beyond;
   beyond.mem_off = 1010.1;
@@ -255,15 +255,18 @@ TEST_F(GateTest, MemoryToleranceIsOnePercentOrAQuarterMegabyte) {
 }
 
 // The quickstart's smallest runs peak at about 5 MB: a 1 MB regression there must fail (the old
-// 2% + 1 MB let it through), and so must +5%; 0.2 MB stays within the 0.25 MB floor.
+// 2% + 1 MB let it through), and so must +5% (0.25 MB); 0.05 MB stays within the 0.1 MB floor.
 TEST_F(GateTest, OneMegabyteOnAFiveMegabyteRunFails) {
   Side base;
   base.mem_off = 5.0;
   Side plus_one = base;
   plus_one.mem_off = 6.0;
   EXPECT_EQ(check(base, plus_one).outcome, GateOutcome::kRegression);
+  Side plus_five_pct = base;
+  plus_five_pct.mem_off = 5.25;
+  EXPECT_EQ(check(base, plus_five_pct).outcome, GateOutcome::kRegression);
   Side plus_tiny = base;
-  plus_tiny.mem_off = 5.2;
+  plus_tiny.mem_off = 5.05;
   EXPECT_EQ(check(base, plus_tiny).outcome, GateOutcome::kPass);
 }
 

@@ -1,5 +1,5 @@
 // The tokenizers on small hand-made vocabularies (the real LLaMA vocabularies are Meta-licensed;
-// tests/tokenizers/crosscheck.sh checks them against the npm reference tokenizers).
+// tests/tokenizers/crosscheck.py checks them against the reference tokenizers from PyPI).
 #include <gtest/gtest.h>
 #include <unistd.h>
 

@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
 """Cross-checks `harness tokenize` against the reference tokenizer libraries from PyPI, exactly.
 
-usage: crosscheck.py HARNESS_BIN BUILD_DIR        (ctest -L tokenizer runs it with HARNESS_PYTHON)
+usage: .venv/bin/python tests/tokenizers/crosscheck.py HARNESS_BIN BUILD_DIR
+       (ctest -L tokenizer runs it so, with HARNESS_PYTHON)
 
 Meta's vocabularies are licensed data and npm is out of reach, so the test trains its own, from an
 offline, deterministic corpus (Python's standard library sources and docs, the project's
@@ -49,8 +49,8 @@ except ImportError as e:
 HERE = Path(__file__).resolve().parent
 SOURCE_DIR = HERE.parent.parent
 
-# Bump when the corpus or the training recipe changes, so cached models are retrained.
-RECIPE = "2"
+# Bump when the training code changes, so cached models are retrained (the corpus is hashed).
+RECIPE = "1"
 SP_VOCAB = 8000
 BPE_RANKS = 32000  # byte-level BPE: 256 bytes + merges
 
@@ -198,7 +198,8 @@ SPECIALS = [
 RANGES = [
     (0x41, 0x5a), (0x61, 0x7a), (0xc0, 0x24f), (0x370, 0x3ff), (0x400, 0x52f), (0x531, 0x58a),
     (0x591, 0x5f4), (0x600, 0x6ff), (0x700, 0x74f), (0x780, 0x7b1), (0x900, 0x97f), (0x980, 0x9fe),
-    (0xa00, 0xa76), (0xb80, 0xbfa), (0xe01, 0xe5b), (0xe81, 0xedf), (0xf00, 0xfda), (0x1000, 0x109f),
+    (0xa00, 0xa76), (0xb80, 0xbfa), (0xe01, 0xe5b), (0xe81, 0xedf), (0xf00, 0xfda),
+    (0x1000, 0x109f),
     (0x10a0, 0x10ff), (0x1100, 0x11ff), (0x1200, 0x137c), (0x13a0, 0x13f5), (0x1780, 0x17f9),
     (0x1800, 0x18aa), (0x1e00, 0x1fff), (0x2000, 0x206f), (0x20a0, 0x20c0), (0x2100, 0x218b),
     (0x2190, 0x23ff), (0x2460, 0x24ff), (0x2500, 0x27bf), (0x2c00, 0x2c5f), (0x3000, 0x303f),
@@ -213,12 +214,15 @@ SENTENCES = [
     "The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore.",
     "Large language models are trained on text from many sources.",
     "Der schnelle braune Fuchs springt über den faulen Hund.", "Grüße aus München und Köln!",
-    "Le vif renard brun saute par-dessus le chien paresseux.", "Où est la bibliothèque, s'il vous plaît ?",
+    "Le vif renard brun saute par-dessus le chien paresseux.",
+    "Où est la bibliothèque, s'il vous plaît ?",
     "El rápido zorro marrón salta sobre el perro perezoso.", "¿Dónde está la estación de tren?",
-    "A rápida raposa marrom pula sobre o cão preguiçoso.", "Il veloce volpe marrone salta sul cane.",
+    "A rápida raposa marrom pula sobre o cão preguiçoso.",
+    "La veloce volpe marrone salta sul cane pigro.",
     "Szybki brązowy lis przeskakuje nad leniwym psem.", "Příliš žluťoučký kůň úpěl ďábelské ódy.",
     "Hızlı kahverengi tilki tembel köpeğin üzerinden atlar.", "Tiếng Việt có dấu rất đẹp.",
-    "Быстрая коричневая лиса прыгает через ленивую собаку.", "Съешь же ещё этих мягких французских булок.",
+    "Быстрая коричневая лиса прыгает через ленивую собаку.",
+    "Съешь же ещё этих мягких французских булок.",
     "Привет, как дела? Всё хорошо, спасибо.", "Україна, Київ, їжак, ґанок.",
     "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο.", "Καλημέρα σας, τι κάνετε;",
     "الثعلب البني السريع يقفز فوق الكلب الكسول.", "مرحبا بكم في عالم الذكاء الاصطناعي.",
@@ -245,13 +249,15 @@ def fixed_strings():
         "Below is an instruction that describes a task.",
         "Hello, world!", "Hello world", " Hello world", "Hello world ", "hello   world",
         "hello\n\nworld", "a\u0085b", "a \u0085 b", "\u0085", "\u0085\u0085 x", "x\u0085",
-        "\ufeffHello", "a\ufeff b", "\ufeff", "\ufeff\ufeff", "x\u00a0y", "x\u00a0\u00a0y", "\u00a0",
-        "100\u00a0km", "a\u180eb", "a \u180e b", "\u200b", "zero\u200bwidth", "a\u2028b", "a\u2029b",
+        "\ufeffHello", "a\ufeff b", "\ufeff", "\ufeff\ufeff", "x\u00a0y", "x\u00a0\u00a0y",
+        "\u00a0", "100\u00a0km", "a\u180eb", "a \u180e b", "\u200b", "zero\u200bwidth", "a\u2028b",
+        "a\u2029b",
         "\u3000全角\u3000", "a\u1680b", "\u001c\u001d\u001e\u001f", "a\u001fb", "\u000b\f",
         "line1\r\nline2\r\n", "\r\r\n\n", "tab\tsep\tvalues", " \n \n ", "\n\n\n\n\n",
         "      leading", "trailing      ", "\t\t\tindent", "mixed \t\n\r\u00a0\u0085 end",
         "don't", "I'm", "we'll", "they've", "she'd", "you're", "it's", "IT'S", "DON'T", "'s'",
-        "'S's", "'ſ", "'ſx", "'ſ 'S", "ſ", "K", "\u212a", "'\u212a", "'ss", "o'clock", "rock'n'roll",
+        "'S's", "'ſ", "'ſx", "'ſ 'S", "ſ", "K", "\u212a", "'\u212a", "'ss", "o'clock",
+        "rock'n'roll",
         "''''", "1", "12", "123", "1234", "12345", "123456", "1234567", "3.14159265358979",
         "1,234,567.89", "٠١٢٣٤٥٦٧٨٩", "१२३४५६", "１２３４５", "²³¹", "½¾", "Ⅰ Ⅱ Ⅲ Ⅻ", "𝟘𝟙𝟚𝟛𝟜",
         "0x7fffffff", "1e10", "a1b2c3", "abc123def", "2024-05-09T07:35:25Z", "+1 (555) 123-4567",
@@ -421,7 +427,7 @@ def corpus_documents():
 def train_sentencepiece(docs, model_prefix):
     """LLaMA 2's trainer and normaliser settings (its tokenizer.model's trainer_spec), smaller."""
     # One sentence per line; SentencePiece keeps newlines out of pieces (they become <0x0A>).
-    # Every 3rd line of the sources keeps training fast and still gives 8,000 merges.
+    # Every 3rd line of the sources keeps training fast and still fills 8,000 pieces.
     lines = [ln for d in docs for i, ln in enumerate(d.split("\n")) if ln.strip() and i % 3 == 0]
     spm.set_random_generator_seed(1)
     spm.SentencePieceTrainer.train(
@@ -578,7 +584,8 @@ class Checker:
             print(f"{label}: MISMATCH at string {i}: {show(strings[i])}")
             e, g = expected[i], got[i]
             if isinstance(e, list) and isinstance(g, list):
-                k = next((k for k in range(min(len(e), len(g))) if e[k] != g[k]), min(len(e), len(g)))
+                n = min(len(e), len(g))
+                k = next((k for k in range(n) if e[k] != g[k]), n)
                 print(f"  first difference at id {k}:\n  expected {e[max(0, k - 3):k + 8]}\n"
                       f"  got      {g[max(0, k - 3):k + 8]}")
             else:
@@ -723,9 +730,14 @@ def main():
     check_llama2(c, "trained LLaMA 2 style", sp_model, strings)
 
     # Meta's own files, where the user points at them (never part of the repository).
+    for var in ("HARNESS_LLAMA3_TOKENIZER", "HARNESS_LLAMA2_TOKENIZER"):
+        if os.environ.get(var) and not Path(os.environ[var]).is_file():
+            print(f"crosscheck: FAILED: {var}={os.environ[var]} is not a file")
+            return 1
     real3 = os.environ.get("HARNESS_LLAMA3_TOKENIZER")
     if real3:
-        check_llama3(c, "LLaMA 3", real3, Llama3Reference(read_tiktoken_file(real3)), strings)
+        check_llama3(c, "Meta's LLaMA 3", real3, Llama3Reference(read_tiktoken_file(real3)),
+                     strings)
         c.expect("LLaMA 3 example", "39314 374 459 7754 430 16964 264 3465 13", "--tokenizer",
                  real3, "--text", EXAMPLE)
         c.expect("LLaMA 3 chat header", "[128000,128006,882,128007,271,13347,128009]",
@@ -736,7 +748,7 @@ def main():
         print("LLaMA 3 (Meta's tokenizer.model): SKIPPED, HARNESS_LLAMA3_TOKENIZER is not set")
     real2 = os.environ.get("HARNESS_LLAMA2_TOKENIZER")
     if real2:
-        check_llama2(c, "LLaMA 2", real2, strings)
+        check_llama2(c, "Meta's LLaMA 2", real2, strings)
         c.expect("LLaMA 2 example (BOS)", "1 13866 338 385 15278 393 16612 263 3414 29889",
                  "--tokenizer", real2, "--text", EXAMPLE, "--bos")
     else:
