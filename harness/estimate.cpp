@@ -308,6 +308,7 @@ struct ModelOptions {
   int64_t gc_every = 0;
   bool training = true;
   bool mean_saves_input = false;  // libtorch < 2: mean(dim)'s node keeps its whole input
+  bool sdpa = true;               // attention: sdpa (the fused kernel) | math
   bool cpu = true;                // CPU tensors are counted (the checkpoint's RNG state)
 };
 
@@ -342,7 +343,8 @@ class ModelSim {
     s_ = start + t;
     cache_ = cache;
     mask_ = -1;
-    if (t > 1) {
+    // The fused kernel makes its own causal mask when queries and keys start together.
+    if (t > 1 && (!o_.sdpa || start > 0)) {
       const int full = tl_.tensor(t * s_, 4, false, "causal mask");
       mask_ = tl_.tensor(t * s_, 4, false, "causal mask");  // .triu
       tl_.drop(full);
@@ -606,6 +608,7 @@ class ModelSim {
       k = -1;
       v = -1;
     }
+    if (o_.sdpa) return fused_attention(q, k, v, l);
     // (B,T,H,D) -> (B,KV,rep*T,D): a copy unless the transpose is a no-op for the shape.
     int qc;
     if (rep > 1 && t_ > 1) {
@@ -671,6 +674,42 @@ class ModelSim {
     tl_.drop(qc);
     if (k >= 0) tl_.drop(k);
     if (v >= 0) tl_.drop(v);
+    return out;
+  }
+
+  // at::scaled_dot_product_attention on (B,H,T,D) transposed views (no copies): the flash kernel
+  // writes its output in (B,T,H,D) order, so the transpose back and the reshape are views, and
+  // keeps q, k, v, the output and a (B,H,T) fp32 log-sum-exp for backward, which gives q, k and
+  // v their gradients. Under autocast the kernel runs in the compute dtype on cast copies.
+  int fused_attention(int q, int k, int v, const Layer& l) {
+    const auto& c = o_.cfg;
+    const int64_t n = b_ * t_, hd = c.head_dim(), h = c.n_heads;
+    const int kv_elem = o_.autocast ? o_.compute : o_.elem;
+    auto operand = [&](int src, const char* what) {
+      if (src < 0) return tl_.tensor(0, kv_elem, false, "cache view");  // view of the cache
+      int view = tl_.view_op(src, what);
+      if (o_.autocast && tl_.elem(view) != o_.compute) {
+        const int cast = to_dtype(view, o_.compute, std::string(what) + " cast");
+        tl_.drop(view);
+        view = cast;
+      }
+      return view;
+    };
+    const int qt = operand(q, "q transpose");
+    const int kt = operand(k, "k transpose");
+    const int vt = operand(v, "v transpose");
+    const int lse = tl_.tensor(b_ * h * t_, 4, false, "attention logsumexp");
+    const int o1 = tl_.op({"scaled_dot_product_attention", {qt, kt, vt}, {}, {qt, kt, vt, lse},
+                           true, 0, false},
+                          n * h * hd, tl_.elem(qt));
+    tl_.drop(lse);
+    const int cat = tl_.view_op(o1, "attention output view");
+    tl_.drop(o1);
+    const int out = linear(cat, l.wo, n, h * hd, c.dim, "wo");
+    tl_.drop(cat);
+    for (int t : {qt, kt, vt, q, k, v}) {
+      if (t >= 0) tl_.drop(t);
+    }
     return out;
   }
 
@@ -924,6 +963,7 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
     throw std::invalid_argument("unknown mp \"" + mp + "\" (expected off, fp16, bf16)");
   s.model.autocast = mp != "off";
   s.model.compute = s.model.autocast ? 2 : s.model.elem;
+  s.model.sdpa = cfg.get<std::string>("attention", "sdpa") == "sdpa";
   const bool lora = cfg.on("lora", false);
   s.model.full = !lora;
   std::vector<std::string> targets;
@@ -1020,6 +1060,7 @@ MemoryEstimate estimate_generate(const RunConfig& run, const LlamaConfig& c) {
   o.compute = o.elem;
   o.full = false;
   o.training = false;
+  o.sdpa = cfg.get<std::string>("attention", "sdpa") == "sdpa";
 
   Timeline tl;
   tl.grad_mode = false;

@@ -126,7 +126,9 @@ TEST(Estimate, MeanSavingItsInputBeforeLibtorch2) {
 }
 
 // Peaks measured by `harness run` on this repository's CPU worker (libtorch 1.13, counting
-// allocator), tiny preset, fp32, random data, max_steps 3: the estimate reproduces them.
+// allocator, math attention), tiny preset, fp32, random data, max_steps 3: the estimate still
+// reproduces them for a 1.13 environment (stored runs of old baselines). The live check on this
+// build's libtorch is tests/e2e's EstimateEqualsMeasuredPeaks.
 TEST(Estimate, ReproducesMeasuredPeaksOfTiny) {
   struct Case {
     const char* fixed;
@@ -144,7 +146,7 @@ TEST(Estimate, ReproducesMeasuredPeaksOfTiny) {
   };
   for (const auto& c : cases) {
     std::string fixed = c.fixed;
-    fixed.insert(1, "max_steps: 3, warmup_steps: 1, lr: 1.0e-4, lora_dropout: 0.05, ");
+    fixed.insert(1, "attention: math, max_steps: 3, warmup_steps: 1, lr: 1.0e-4, lora_dropout: 0.05, ");
     const auto e = estimate_one(finetune_spec("tiny", fixed));
     EXPECT_NEAR(static_cast<double>(e.peak) / kMB, c.measured_mb, 0.01 * c.measured_mb) << c.fixed;
   }

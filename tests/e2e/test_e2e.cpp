@@ -557,6 +557,61 @@ TEST_F(E2E, QuickstartGateFailsOnFivePercentMoreMemory) {
   EXPECT_EQ(flagged, 12U) << more.out;
 }
 
+// Splits one CSV line (RFC 4180 quoting, no line breaks inside fields).
+std::vector<std::string> csv_fields(const std::string& line) {
+  std::vector<std::string> fields(1);
+  bool quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted && c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+      fields.back() += '"';
+      ++i;
+    } else if (c == '"') {
+      quoted = !quoted;
+    } else if (c == ',' && !quoted) {
+      fields.emplace_back();
+    } else {
+      fields.back() += c;
+    }
+  }
+  return fields;
+}
+
+// `harness estimate` replays the model's allocations; here it meets the worker's counting
+// allocator on this very build: every run's estimated peak within 1% of the measured one, for
+// both attention kinds, checkpointing, LoRA, both optimizers, bf16 autocast and generation with
+// and without the KV cache. (A change of the model's allocations fails this test until the
+// estimate follows.)
+TEST_F(E2E, EstimateEqualsMeasuredPeaks) {
+  const std::string spec = "tests/specs/estimate.yaml";
+  ASSERT_EQ(run(spec, {"--no-report", "--jobs", "2"}).rc, 0);
+  const Outcome est = harness({"estimate", spec, "--format", "csv"});
+  ASSERT_EQ(est.rc, 0) << dump(est);
+  std::istringstream lines(est.out);
+  std::string line;
+  std::getline(lines, line);
+  const auto header = csv_fields(line);
+  const auto column = [&](const std::string& name) {
+    return static_cast<size_t>(std::find(header.begin(), header.end(), name) - header.begin());
+  };
+  const size_t id_at = column("run_id");
+  const size_t peak_at = column("peak_mb");
+  ASSERT_LT(peak_at, header.size()) << line;
+  const Db db(db_);
+  int compared = 0;
+  while (std::getline(lines, line)) {
+    const auto fields = csv_fields(line);
+    ASSERT_EQ(fields.size(), header.size()) << line;
+    const double estimated = std::stod(fields[peak_at]);
+    const double measured = std::stod(db.scalar("SELECT value FROM metrics WHERE name = "
+                                                "'peak_mem_mb' AND run_id = '" +
+                                                fields[id_at] + "'"));
+    EXPECT_NEAR(estimated, measured, 0.01 * measured) << line;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 22);
+}
+
 TEST_F(E2E, GenerationsBeforeAndAfterFineTuningAreStoredAndShown) {
   const Outcome o = run("tests/specs/generations.yaml");
   ASSERT_EQ(o.rc, 0) << dump(o);
