@@ -71,6 +71,10 @@ const CommandRegistrar kRegistrar{
                       "... and this many times the spread of the baseline's repeats")
           ->check(CLI::Range(0.0, 1.0e6))
           ->capture_default_str();
+      sub->add_option("--mem-tolerance-other-cpu-pct", options->gate.mem_tolerance_other_cpu_pct,
+                      "The percentage instead, for CPU runs on another CPU model")
+          ->check(CLI::Range(0.0, 1.0e6))
+          ->capture_default_str();
       sub->add_option("--time-p", options->gate.time_p,
                       "Significance level of the two-sided Mann-Whitney U test")
           ->check(CLI::Range(0.0, 1.0))

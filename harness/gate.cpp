@@ -447,10 +447,14 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
                            base_envs.text() + ", current runs on " + cur_envs.text() +
                            "; differences may come from the environment, not the code.");
   }
+  double mem_pct = options.mem_tolerance_pct;
   if (base_envs.cpus.size() == 1 && cur_envs.cpus.size() == 1 &&
       *base_envs.cpus.begin() != *cur_envs.cpus.begin()) {
+    mem_pct = std::max(mem_pct, options.mem_tolerance_other_cpu_pct);
     result.notes.push_back("CPU runs on another CPU model (baseline: " + *base_envs.cpus.begin() +
-                           ", now: " + *cur_envs.cpus.begin() + "): timings may differ.");
+                           ", now: " + *cur_envs.cpus.begin() +
+                           "): timings may differ, and memory is allowed " +
+                           format_full(mem_pct) + "% (kernels may use other scratch sizes).");
   }
 
   const std::vector<PlanPart> parts = group_plan(spec, plan);
@@ -516,7 +520,7 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
         const double b = median_of(base_mem);
         const double c = median_of(cur_mem);
         const auto [lo, hi] = std::minmax_element(base_mem.begin(), base_mem.end());
-        const double tolerance = std::max({b * options.mem_tolerance_pct / 100,
+        const double tolerance = std::max({b * mem_pct / 100,
                                            options.mem_tolerance_mb,
                                            options.mem_noise_factor * (*hi - *lo)});
         const double delta = c - b;

@@ -404,6 +404,14 @@ TEST_F(GateTest, CpuRunsOnAnotherCpuAreComparedWithANote) {
   EXPECT_EQ(result.baseline_env, "CPU Intel Core i7, libtorch 2.1.0");
   ASSERT_EQ(result.notes.size(), 1U);
   EXPECT_NE(result.notes[0].find("another CPU model"), std::string::npos);
+  // Memory gets 5% instead of 1% there: +3% passes, +6% fails.
+  now.mem_off = 1030.0;
+  EXPECT_EQ(check(base, now).outcome, GateOutcome::kPass);
+  now.mem_off = 1060.0;
+  EXPECT_EQ(check(base, now).outcome, GateOutcome::kRegression);
+  now.env["cpu"] = base.env["cpu"];
+  now.mem_off = 1030.0;
+  EXPECT_EQ(check(base, now).outcome, GateOutcome::kRegression);
 }
 
 TEST_F(GateTest, MissingRunsAreListedNotFailed) {
