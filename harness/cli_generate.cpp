@@ -46,7 +46,7 @@ struct GenerateOptions {
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
   uint64_t seed = 0;
-  std::string kv_cache = "on", dtype = "fp32";
+  std::string kv_cache = "on", dtype = "fp32", attention = "sdpa";
   bool json = false, allow_special = false, keep_stop = false;
 };
 
@@ -126,6 +126,8 @@ int run_generate(const GenerateOptions& o, bool sampling) {
                                    o.kv_cache,
                                    "--dtype",
                                    o.dtype,
+                                   "--attention",
+                                   o.attention,
                                    "--seed",
                                    std::to_string(o.seed),
                                    "--repeats",
@@ -280,6 +282,9 @@ const CommandRegistrar kGenerate{
       sub->add_option("--kv-cache", o->kv_cache)->check(CLI::IsMember({"on", "off"}))
           ->capture_default_str();
       sub->add_option("--dtype", o->dtype)->check(CLI::IsMember({"fp32", "bf16"}))
+          ->capture_default_str();
+      sub->add_option("--attention", o->attention, "sdpa (the fused kernel) | math")
+          ->check(CLI::IsMember({"sdpa", "math"}))
           ->capture_default_str();
       sub->add_flag("--allow-special", o->allow_special,
                     "special-token names in --prompt become their ids");

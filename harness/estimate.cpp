@@ -699,9 +699,9 @@ class ModelSim {
     const int kt = operand(k, "k transpose");
     const int vt = operand(v, "v transpose");
     const int lse = tl_.tensor(b_ * h * t_, 4, false, "attention logsumexp");
-    const int o1 = tl_.op({"scaled_dot_product_attention", {qt, kt, vt}, {}, {qt, kt, vt, lse},
-                           true, 0, false},
-                          n * h * hd, tl_.elem(qt));
+    const int o1 = tl_.op(
+        {"scaled_dot_product_attention", {qt, kt, vt}, {}, {qt, kt, vt, lse}, true, 0, false},
+        n * h * hd, tl_.elem(qt));
     tl_.drop(lse);
     const int cat = tl_.view_op(o1, "attention output view");
     tl_.drop(o1);

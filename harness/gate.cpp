@@ -453,8 +453,8 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
     mem_pct = std::max(mem_pct, options.mem_tolerance_other_cpu_pct);
     result.notes.push_back("CPU runs on another CPU model (baseline: " + *base_envs.cpus.begin() +
                            ", now: " + *cur_envs.cpus.begin() +
-                           "): timings may differ, and memory is allowed " +
-                           format_full(mem_pct) + "% (kernels may use other scratch sizes).");
+                           "): timings may differ, and memory is allowed " + format_full(mem_pct) +
+                           "% (kernels may use other scratch sizes).");
   }
 
   const std::vector<PlanPart> parts = group_plan(spec, plan);
@@ -520,9 +520,8 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
         const double b = median_of(base_mem);
         const double c = median_of(cur_mem);
         const auto [lo, hi] = std::minmax_element(base_mem.begin(), base_mem.end());
-        const double tolerance = std::max({b * mem_pct / 100,
-                                           options.mem_tolerance_mb,
-                                           options.mem_noise_factor * (*hi - *lo)});
+        const double tolerance = std::max(
+            {b * mem_pct / 100, options.mem_tolerance_mb, options.mem_noise_factor * (*hi - *lo)});
         const double delta = c - b;
         GateCheck check{label,
                         "peak_mem_mb",
@@ -653,7 +652,8 @@ std::string render_gate_markdown(const GateResult& result, const std::string& db
          "peak_mem_mb exceeds the baseline by more than the largest of "
       << format_full(o.mem_tolerance_pct) << "% of it, " << format_full(o.mem_tolerance_mb)
       << " MB and " << format_full(o.mem_noise_factor)
-      << " times the spread of the baseline's repeats. A time (step_time_s, prefill_s, decode_s) regresses when a two-sided "
+      << " times the spread of the baseline's repeats. A time (step_time_s, prefill_s, decode_s) "
+         "regresses when a two-sided "
          "Mann-Whitney U test rejects at p < "
       << format_full(o.time_p) << " (with at least " << o.min_repeats
       << " repeats on each side) and the median is more than " << format_full(o.time_slowdown_pct)

@@ -348,11 +348,12 @@ void require_cuda_worker(const std::string& worker, const Spec& spec) {
         ") was linked without CUDA (built where no CUDA toolkit was installed): rebuild on a "
         "machine with the toolkit (docs/gpu.md), or set device: cpu");
   if (!caps.value("cuda", false))
-    throw std::invalid_argument("the spec asks for device cuda, but no CUDA device is usable "
-                                "here (" +
-                                worker + ", libtorch " + caps.value("libtorch", std::string("?")) +
-                                " with CUDA " + caps.value("cuda_version", std::string("?")) +
-                                "): run it on a GPU node with the NVIDIA driver, or set device: cpu");
+    throw std::invalid_argument(
+        "the spec asks for device cuda, but no CUDA device is usable "
+        "here (" +
+        worker + ", libtorch " + caps.value("libtorch", std::string("?")) + " with CUDA " +
+        caps.value("cuda_version", std::string("?")) +
+        "): run it on a GPU node with the NVIDIA driver, or set device: cpu");
   // A profile emulates a device that is at most as large as the real one.
   const auto gpu_mb = caps.value("gpu_mem_mb", int64_t{0});
   if (const DeviceProfile* profile = find_device_profile(spec.device_profile);

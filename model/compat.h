@@ -43,7 +43,8 @@ inline void set_autocast_state(const AutocastState& s) {
 }
 
 // RAII autocast scope, as Python's torch.autocast (libtorch has no C++ one). The autocast cache
-// (low-precision copies of weights) is cleared when the outermost scope ends, as torch.autocast does.
+// (low-precision copies of weights) is cleared when the outermost scope ends, as torch.autocast
+// does.
 class AutocastGuard {
  public:
   AutocastGuard(c10::DeviceType device, at::ScalarType dtype) : saved_(autocast_state()) {
@@ -101,8 +102,7 @@ inline void cuda_empty_cache() {
 
 inline void cuda_reset_peak() {
 #if HX_WITH_CUDA
-  if (cuda_usable())
-    c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device());
+  if (cuda_usable()) c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device());
 #endif
 }
 

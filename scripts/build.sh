@@ -5,7 +5,8 @@
 #
 #   BUILD_DIR          where to build (default: build)
 #   BUILD_TYPE         CMake build type (default: Release)
-#   HARNESS_PYTHON     the Python whose torch to link (default: .venv/bin/python, else python3)
+#   HARNESS_PYTHON     the Python whose torch to link (default: the venv's, else python3)
+#   HARNESS_VENV       the venv of scripts/install-deps.sh (default: .venv)
 #   HARNESS_WITH_CUDA  AUTO (default: CUDA when the toolkit is installed) | ON | OFF
 #   HARNESS_DEPS_ROOT  a folder of Debian packages unpacked with `dpkg -x` (made from the .deb files
 #                      of `scripts/install-deps.sh --download-debs DIR`), used instead of /usr
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 build="${BUILD_DIR:-build}"
 python="${HARNESS_PYTHON:-}"
 if [ -z "$python" ]; then
-  if [ -x .venv/bin/python ]; then python="$PWD/.venv/bin/python"; else python="$(command -v python3)"; fi
+  venv=$(realpath -m "${HARNESS_VENV:-.venv}")
+  if [ -x "$venv/bin/python" ]; then python="$venv/bin/python"; else python="$(command -v python3)"; fi
 fi
 
 args=(-DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" -DHARNESS_PYTHON="$python"

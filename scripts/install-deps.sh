@@ -5,7 +5,7 @@
 # Run as root (or with sudo available).
 #
 #   HARNESS_VENV   where the venv goes (default: .venv in the checkout)
-#   HARNESS_PYTHON the interpreter that makes it (default: python3; 3.10-3.13)
+#   HARNESS_BASE_PYTHON  the interpreter that makes it (default: python3; 3.10-3.13)
 #
 # scripts/install-deps.sh --download-debs DIR: only downloads the .deb files that a build needs
 # besides PyTorch, for a machine without internet or root that has PyTorch already (a GPU node):
@@ -62,7 +62,7 @@ if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; the
   echo "install-deps: $venv matches requirements.txt"
   exit 0
 fi
-python="${HARNESS_PYTHON:-python3}"
+python="${HARNESS_BASE_PYTHON:-python3}"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 echo "install-deps: installing requirements.txt into $venv (PyTorch with its CUDA runtime: a few GB)"
 start=$(date +%s)

@@ -1,15 +1,14 @@
 // `harness-worker`: the child process of one run, and the commands that need the model
 // (`harness model`, `harness generate` are forwarded here by the parent, which links no torch).
-#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
 #include <malloc.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include <csignal>
-#include <c10/util/Exception.h>
-
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -83,6 +82,7 @@ struct GenerateArgs {
   int64_t prompt_len = 16, new_tokens = 32, batch = 1, threads = 2;
   std::string kv_cache = "on";
   std::string dtype = "fp32";
+  std::string attention = "sdpa";
   std::string weights;  // a torch.save dict of tensors; random weights when empty
   int64_t repeats = 1;  // timed generations after one untimed warm-up; medians reported
   bool json = false;
@@ -91,7 +91,7 @@ struct GenerateArgs {
   bool greedy = false;     // the default; sampling when --temperature/--top-p/--top-k are given
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
-  bool sample = false;     // set from the options given
+  bool sample = false;  // set from the options given
 };
 
 std::vector<int64_t> parse_prompt_ids(const std::string& text) {
@@ -116,14 +116,16 @@ std::vector<int64_t> parse_prompt_ids(const std::string& text) {
 
 double median_of(std::vector<double> v) {
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2]
-                                      : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  return v.empty()      ? 0
+         : v.size() % 2 ? v[v.size() / 2]
+                        : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
 int demo_generate(const GenerateArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
   hx::ModelOptions options;
   options.dtype = a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  options.attention = hx::parse_attention_kind(a.attention);
   hx::Transformer model{nullptr};
   std::string source;
   if (a.weights.empty()) {
@@ -147,8 +149,8 @@ int demo_generate(const GenerateArgs& a) {
     for (int64_t id : ids) {
       if (id < 0 || id >= vocab)
         throw std::invalid_argument("--prompt-ids: id " + std::to_string(id) +
-                                    " is outside the model's vocabulary (" +
-                                    std::to_string(vocab) + ")");
+                                    " is outside the model's vocabulary (" + std::to_string(vocab) +
+                                    ")");
     }
     prompt = torch::tensor(ids, torch::kInt64).unsqueeze(0).repeat({a.batch, 1}).contiguous();
   }
@@ -168,18 +170,18 @@ int demo_generate(const GenerateArgs& a) {
     if (a.new_tokens > 1) decode_token.push_back(out.decode_s / (a.new_tokens - 1));
   }
   if (a.json) {
-    nlohmann::json j = {{"model", a.preset},
-                        {"batch", a.batch},
-                        {"prompt_len", prompt.size(1)},
-                        {"sampling", a.sample ? "sample" : "greedy"},
-                        {"new_tokens", a.new_tokens},
-                        {"kv_cache", a.kv_cache},
-                        {"threads", at::get_num_threads()},
-                        {"prefill_s", median_of(prefill)},
-                        {"decode_token_s", median_of(decode_token)},
-                        {"new_ids", std::vector<int64_t>(out.tokens.data_ptr<int64_t>(),
-                                                         out.tokens.data_ptr<int64_t>() +
-                                                             out.tokens.numel())}};
+    nlohmann::json j = {
+        {"model", a.preset},
+        {"batch", a.batch},
+        {"prompt_len", prompt.size(1)},
+        {"sampling", a.sample ? "sample" : "greedy"},
+        {"new_tokens", a.new_tokens},
+        {"kv_cache", a.kv_cache},
+        {"threads", at::get_num_threads()},
+        {"prefill_s", median_of(prefill)},
+        {"decode_token_s", median_of(decode_token)},
+        {"new_ids", std::vector<int64_t>(out.tokens.data_ptr<int64_t>(),
+                                         out.tokens.data_ptr<int64_t>() + out.tokens.numel())}};
     std::printf("%s\n", j.dump().c_str());
     return hx::kExitOk;
   }
@@ -290,17 +292,23 @@ int main(int argc, char** argv) {
 
   GenerateArgs g;
   auto* gen = app.add_subcommand(
-      "generate", "generation from token ids (--prompt-ids) or a random prompt; greedy unless "
-                  "--temperature/--top-p/--top-k");
+      "generate",
+      "generation from token ids (--prompt-ids) or a random prompt; greedy unless "
+      "--temperature/--top-p/--top-k");
   gen->add_option("--model", g.preset, "preset, or a checkpoint directory (HF or Meta)")
       ->capture_default_str();
   gen->add_option("--prompt-len", g.prompt_len)->capture_default_str();
   gen->add_option("--max-new-tokens", g.new_tokens)->capture_default_str();
   gen->add_option("--batch", g.batch)->capture_default_str();
   gen->add_option("--threads", g.threads)->capture_default_str();
-  gen->add_option("--kv-cache", g.kv_cache)->check(CLI::IsMember({"on", "off"}))
+  gen->add_option("--kv-cache", g.kv_cache)
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
-  gen->add_option("--dtype", g.dtype)->check(CLI::IsMember({"fp32", "bf16"}))
+  gen->add_option("--attention", g.attention, "sdpa (fused kernel) | math")
+      ->check(CLI::IsMember({"sdpa", "math"}))
+      ->capture_default_str();
+  gen->add_option("--dtype", g.dtype)
+      ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   gen->add_option("--seed", g.seed)->capture_default_str();
   gen->add_option("--weights", g.weights, "weights: a torch.save dict of tensors (Meta names)");
@@ -312,8 +320,8 @@ int main(int argc, char** argv) {
   auto* temperature = gen->add_option("--temperature", g.temperature, "sampling temperature")
                           ->check(CLI::PositiveNumber);
   auto* top_p = gen->add_option("--top-p", g.top_p, "nucleus mass")->check(CLI::Range(0.0, 1.0));
-  auto* top_k = gen->add_option("--top-k", g.top_k, "top-k filter (0: none)")
-                    ->check(CLI::NonNegativeNumber);
+  auto* top_k =
+      gen->add_option("--top-k", g.top_k, "top-k filter (0: none)")->check(CLI::NonNegativeNumber);
   greedy->excludes(temperature)->excludes(top_p)->excludes(top_k);
   gen->add_flag("--json", g.json, "one JSON object: timings and new_ids");
   gen->callback([&, temperature, top_p, top_k] {
@@ -322,8 +330,9 @@ int main(int argc, char** argv) {
   });
 
   ExportArgs x;
-  auto* exp = app.add_subcommand("export", "write a model in HF layout (config.json, "
-                                           "model.safetensors)");
+  auto* exp = app.add_subcommand("export",
+                                 "write a model in HF layout (config.json, "
+                                 "model.safetensors)");
   exp->add_option("--model", x.model, "preset, or a checkpoint directory (HF or Meta)")
       ->capture_default_str();
   exp->add_option("--weights", x.weights,

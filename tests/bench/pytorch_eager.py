@@ -93,11 +93,11 @@ def pytorch_times(model, prompt, new_tokens, repeats, use_cache):
     return statistics.median(prefills), statistics.median(tokens)
 
 
-def ours(worker, preset, weights, prompt_len, new_tokens, repeats, threads, cache):
+def ours(worker, preset, weights, prompt_len, new_tokens, repeats, threads, cache, attention):
     out = subprocess.run(
         [worker, "generate", "--model", preset, "--weights", weights, "--prompt-len",
          str(prompt_len), "--max-new-tokens", str(new_tokens), "--repeats", str(repeats),
-         "--threads", str(threads), "--kv-cache", cache, "--json"],
+         "--threads", str(threads), "--kv-cache", cache, "--attention", attention, "--json"],
         check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -206,11 +206,11 @@ def pytorch_train_times(cfg, gc, lora, batches, warmup, reentrant, gen):
     return times[warmup:], sum(p.numel() for p in params), losses[0]
 
 
-def ours_train(harness, preset, batch, seq_len, steps, warmup, threads, cells, tmp):
+def ours_train(harness, preset, batch, seq_len, steps, warmup, threads, cells, tmp, attention):
     """Runs the gc x lora matrix of `cells` (all four, or one) through `harness run` in `tmp`;
     {(gc, lora): {metric name: value}} read from its database."""
     fixed = dict(batch_size=batch, threads=threads, max_steps=steps, warmup_steps=warmup,
-                 **TRAIN_FIXED)
+                 attention=attention, **TRAIN_FIXED)
     fixed_yaml = ", ".join(
         f"{k}: [{', '.join(v)}]" if isinstance(v, list) else f"{k}: {v}"
         for k, v in fixed.items())
@@ -269,7 +269,7 @@ def train_main(args, cfg, n_params):
         with tempfile.TemporaryDirectory() as tmp:
             print(f"  ours {cells}: {load_avg()}", flush=True)
             return ours_train(args.harness, args.preset, args.batch, args.seq_len, args.steps,
-                              args.warmup, args.threads, cells, tmp)
+                              args.warmup, args.threads, cells, tmp, args.attention)
 
     def pytorch(gc, lora):
         print(f"  PyTorch {(gc, lora)}: {load_avg()}", flush=True)
@@ -316,6 +316,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="--train: untimed first steps")
     ap.add_argument("--gc-reentrant", default="on", choices=("on", "off"),
                     help="--train: torch.utils.checkpoint(use_reentrant=...) for PyTorch")
+    ap.add_argument("--attention", default="sdpa", choices=("sdpa", "math"),
+                    help="our attention: the fused kernel (default) or the explicit path")
     ap.add_argument("--interleave", action="store_true",
                     help="--train: per configuration, ours (a one-cell spec) then PyTorch, so "
                          "that the two sides of a ratio are measured minutes apart, not tens")
@@ -356,7 +358,7 @@ def main():
         rows = []
         for cache in ("on", "off"):
             ours_j = ours(args.worker, args.preset, weights, args.prompt_len, args.new_tokens,
-                          args.repeats, args.threads, cache)
+                          args.repeats, args.threads, cache, args.attention)
             pt_prefill, pt_token = pytorch_times(model, prompt, args.new_tokens, args.repeats,
                                                  cache == "on")
             rows.append((cache, ours_j["prefill_s"], pt_prefill, ours_j["decode_token_s"],

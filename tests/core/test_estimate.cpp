@@ -146,7 +146,8 @@ TEST(Estimate, ReproducesMeasuredPeaksOfTiny) {
   };
   for (const auto& c : cases) {
     std::string fixed = c.fixed;
-    fixed.insert(1, "attention: math, max_steps: 3, warmup_steps: 1, lr: 1.0e-4, lora_dropout: 0.05, ");
+    fixed.insert(
+        1, "attention: math, max_steps: 3, warmup_steps: 1, lr: 1.0e-4, lora_dropout: 0.05, ");
     const auto e = estimate_one(finetune_spec("tiny", fixed));
     EXPECT_NEAR(static_cast<double>(e.peak) / kMB, c.measured_mb, 0.01 * c.measured_mb) << c.fixed;
   }

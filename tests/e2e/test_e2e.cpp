@@ -603,9 +603,10 @@ TEST_F(E2E, EstimateEqualsMeasuredPeaks) {
     const auto fields = csv_fields(line);
     ASSERT_EQ(fields.size(), header.size()) << line;
     const double estimated = std::stod(fields[peak_at]);
-    const double measured = std::stod(db.scalar("SELECT value FROM metrics WHERE name = "
-                                                "'peak_mem_mb' AND run_id = '" +
-                                                fields[id_at] + "'"));
+    const double measured =
+        std::stod(db.scalar("SELECT value FROM metrics WHERE name = "
+                            "'peak_mem_mb' AND run_id = '" +
+                            fields[id_at] + "'"));
     EXPECT_NEAR(estimated, measured, 0.01 * measured) << line;
     ++compared;
   }

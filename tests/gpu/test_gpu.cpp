@@ -9,8 +9,8 @@
 
 #include "harness/worker/data.h"
 #include "harness/worker/trainer.h"
-#include "model/generate.h"
 #include "model/compat.h"
+#include "model/generate.h"
 #include "model/llama.h"
 #include "tests/model/loss_curve.h"
 
