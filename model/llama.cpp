@@ -16,9 +16,11 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features,
 }
 
 namespace {
-// x W^T. A decode step has one or two rows: OpenBLAS's sgemm (0.3.21, Debian 12) packs all of W
-// for them, while sgemv streams W once, 3-6x faster at these sizes on one thread (measured with
-// tests/bench/pytorch_eager.py). So on the CPU in fp32, one or two rows go through mv.
+// x W^T. A decode step has one or two rows, and a matrix-vector product streams W once where the
+// general product does more work per row. Written for Debian's OpenBLAS (sgemm 3-6x slower there);
+// re-measured on PyTorch 2.11's wheel (MKL), one thread, per decoded token over all projections
+// of the preset (tests/bench/README.md): linear/mv 2.29 (small, one row), 1.33 (small, two
+// rows), 1.27 and 1.21 (llama3.2-1b). So on the CPU in fp32, one or two rows still go through mv.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight) {
   const int64_t in = weight.size(1);
   const int64_t rows = in > 0 ? x.numel() / in : 0;
