@@ -23,9 +23,10 @@ struct Field {
 };
 
 // Metrics that workers write and reports know how to show (DESIGN.md "Metrics").
-inline constexpr std::array<Field, 19> kMetricFields = {{
+inline constexpr std::array<Field, 20> kMetricFields = {{
     {"peak_mem_mb", "MB", "REAL", "Peak Mem (MB)", NumberFormat::kFixed, 1},
     {"peak_reserved_mb", "MB", "REAL", "Peak Reserved (MB)", NumberFormat::kFixed, 1},
+    {"peak_rss_mb", "MB", "REAL", "Peak RSS (MB)", NumberFormat::kFixed, 1},
     {"step_time_s", "s", "REAL", "Runtime (s/step)", NumberFormat::kSignificant, 3},
     {"step_time_p50_s", "s", "REAL", "Runtime p50 (s/step)", NumberFormat::kSignificant, 3},
     {"total_time_s", "s", "REAL", "Total Time (s)", NumberFormat::kSignificant, 3},

@@ -1,5 +1,6 @@
 #include "harness/worker/workloads.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -440,6 +441,11 @@ Json run_workload(const Json& run) {
   } else {
     throw std::invalid_argument("unknown workload \"" + workload + "\"");
   }
+  // The worker process's peak resident set (libtorch, weights, every host buffer): what a user's
+  // machine pays, and the one memory figure measured alike for any other program (peers).
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  add_metric(result, "peak_rss_mb", static_cast<double>(usage.ru_maxrss) * 1024 / kMB, "MB");
   result["env"] = environment_json(device.is_cuda());
   return result;
 }

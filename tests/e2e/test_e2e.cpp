@@ -557,6 +557,25 @@ TEST_F(E2E, QuickstartGateFailsOnFivePercentMoreMemory) {
   EXPECT_EQ(flagged, 12U) << more.out;
 }
 
+// One binary for CPU and GPU: on a machine without a usable CUDA device a `device: cuda` spec is
+// refused before anything runs (exit 2, a message that says why, no database). Skipped where a
+// device is present (there the spec would run).
+TEST_F(E2E, CudaSpecWithoutADeviceStopsBeforeAnyRun) {
+  const fs::path caps = dir_ / "caps.json";
+  ASSERT_EQ(std::system((kWorker + " caps > " + caps.string()).c_str()), 0);
+  if (Json::parse(slurp(caps)).value("cuda", false)) GTEST_SKIP() << "a CUDA device is present";
+  std::string text = slurp(fs::path(kSourceDir) / "tests/specs/smoke.yaml");
+  const size_t at = text.find("device: cpu");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, 11, "device: cuda");
+  const fs::path spec = dir_ / "cuda.yaml";
+  { std::ofstream(spec) << text; }
+  const Outcome o = run(spec.string());
+  EXPECT_EQ(o.rc, 2) << dump(o);
+  EXPECT_TRUE(contains(o.err, "no CUDA device is usable here")) << o.err;
+  EXPECT_FALSE(fs::exists(db_));
+}
+
 // Splits one CSV line (RFC 4180 quoting, no line breaks inside fields).
 std::vector<std::string> csv_fields(const std::string& line) {
   std::vector<std::string> fields(1);
