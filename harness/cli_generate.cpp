@@ -38,6 +38,7 @@ const bool kLoaderRegistered = (set_tokenizer_loader(&load_tokenizer), true);
 struct GenerateOptions {
   std::string model = "tiny";
   std::string weights;
+  std::string lora_adapter;  // a PEFT adapter directory, applied in the worker
   std::string tokenizer;
   std::string prompt;
   std::string prompt_ids;
@@ -134,6 +135,7 @@ int run_generate(const GenerateOptions& o, bool sampling) {
                                    std::to_string(o.repeats),
                                    "--json"};
   if (!o.weights.empty()) argv.insert(argv.end(), {"--weights", o.weights});
+  if (!o.lora_adapter.empty()) argv.insert(argv.end(), {"--lora-adapter", o.lora_adapter});
   if (prompt.empty()) {
     argv.insert(argv.end(), {"--prompt-len", std::to_string(o.prompt_len)});
   } else {
@@ -250,6 +252,9 @@ const CommandRegistrar kGenerate{
           ->capture_default_str();
       sub->add_option("--weights", o->weights,
                       "with a preset: a torch.save dict of tensors (Meta names)");
+      sub->add_option("--lora-adapter", o->lora_adapter,
+                      "a PEFT LoRA adapter directory (adapter_config.json, "
+                      "adapter_model.safetensors) applied to the model");
       sub->add_option("--tokenizer", o->tokenizer,
                       "tokenizer.model (LLaMA 3 tiktoken or LLaMA 2 SentencePiece): encodes "
                       "--prompt, decodes the output")

@@ -82,39 +82,9 @@ Json read_json_file(const fs::path& path) {
   }
 }
 
-// Typed JSON fields; errors name the file and the key.
-template <typename T>
-T field(const Json& j, const char* key, const std::string& source) {
-  if (!j.contains(key) || j.at(key).is_null())
-    throw std::invalid_argument(source + ": missing key \"" + key + "\"");
-  const Json& v = j.at(key);
-  if constexpr (std::is_same_v<T, bool>) {
-    if (!v.is_boolean())
-      throw std::invalid_argument(source + ": " + key + ": expected true or false, got " +
-                                  v.dump());
-  } else if constexpr (std::is_same_v<T, std::string>) {
-    if (!v.is_string())
-      throw std::invalid_argument(source + ": " + key + ": expected a string, got " + v.dump());
-  } else if constexpr (std::is_integral_v<T>) {
-    if (!v.is_number_integer())
-      throw std::invalid_argument(source + ": " + key + ": expected an integer, got " + v.dump());
-  } else {
-    if (!v.is_number())
-      throw std::invalid_argument(source + ": " + key + ": expected a number, got " + v.dump());
-  }
-  return v.get<T>();
-}
-
-template <typename T>
-T field_or(const Json& j, const char* key, T fallback, const std::string& source) {
-  if (!j.contains(key) || j.at(key).is_null()) return fallback;
-  return field<T>(j, key, source);
-}
-
-Json object_of(const Json& j, const std::string& source) {
-  if (!j.is_object()) throw std::invalid_argument(source + ": expected a JSON object");
-  return j;
-}
+using checked_json::field;
+using checked_json::field_or;
+using checked_json::object_of;
 
 std::string checkpoint_name(const fs::path& dir) {
   auto p = dir;
@@ -502,53 +472,6 @@ CheckpointFormat detect_checkpoint_format(const std::string& dir_text) {
                               : ""));
 }
 
-LlamaConfig config_from_hf_json(const Json& j, const std::string& source) {
-  object_of(j, source);
-  const auto model_type = field_or<std::string>(j, "model_type", "llama", source);
-  if (model_type != "llama")
-    throw std::invalid_argument(source + ": model_type \"" + model_type + "\" (expected llama)");
-  const auto act = field_or<std::string>(j, "hidden_act", "silu", source);
-  if (act != "silu")
-    throw std::invalid_argument(source + ": hidden_act \"" + act + "\" (the model computes silu)");
-  for (const char* bias : {"attention_bias", "mlp_bias"})
-    if (field_or<bool>(j, bias, false, source))
-      throw std::invalid_argument(source + ": " + bias + " is true (the model has no biases)");
-  LlamaConfig c;
-  c.dim = field<int64_t>(j, "hidden_size", source);
-  c.n_layers = field<int64_t>(j, "num_hidden_layers", source);
-  c.n_heads = field<int64_t>(j, "num_attention_heads", source);
-  c.n_kv_heads = field_or<int64_t>(j, "num_key_value_heads", c.n_heads, source);
-  c.vocab_size = field<int64_t>(j, "vocab_size", source);
-  c.ffn_hidden = field<int64_t>(j, "intermediate_size", source);
-  c.norm_eps = field_or<double>(j, "rms_norm_eps", 1e-6, source);  // HF's LlamaConfig default
-  c.rope_theta = field_or<double>(j, "rope_theta", 10000.0, source);
-  c.tie_embeddings = field_or<bool>(j, "tie_word_embeddings", false, source);
-  c.max_seq_len = field_or<int64_t>(j, "max_position_embeddings", 2048, source);
-  if (c.n_heads > 0) {
-    const int64_t head_dim = field_or<int64_t>(j, "head_dim", c.dim / c.n_heads, source);
-    if (head_dim != c.dim / c.n_heads || c.dim % c.n_heads != 0)
-      throw std::invalid_argument(source + ": head_dim " + std::to_string(head_dim) +
-                                  " is not hidden_size / num_attention_heads (unsupported)");
-  }
-  if (j.contains("rope_scaling") && !j.at("rope_scaling").is_null()) {
-    const Json& s = j.at("rope_scaling");
-    const std::string where = source + ": rope_scaling";
-    object_of(s, where);
-    const auto type = s.contains("rope_type") ? field<std::string>(s, "rope_type", where)
-                                              : field<std::string>(s, "type", where);
-    if (type == "llama3") {
-      c.rope_scaling =
-          RopeScaling{field<double>(s, "factor", where), field<double>(s, "low_freq_factor", where),
-                      field<double>(s, "high_freq_factor", where),
-                      field<int64_t>(s, "original_max_position_embeddings", where)};
-    } else if (type != "default") {
-      throw std::invalid_argument(where + ": rope_type \"" + type +
-                                  "\" is not supported (expected llama3 or default)");
-    }
-  }
-  return c;
-}
-
 Json hf_config_json(const LlamaConfig& c, torch::Dtype dtype) {
   Json rope = nullptr;
   if (c.rope_scaling) {
@@ -578,38 +501,6 @@ Json hf_config_json(const LlamaConfig& c, torch::Dtype dtype) {
           {"mlp_bias", false},
           {"torch_dtype", hf_dtype_name(dtype)},
           {"use_cache", true}};
-}
-
-int64_t meta_ffn_hidden(int64_t dim, int64_t multiple_of, std::optional<double> multiplier) {
-  // Meta's FeedForward: hidden = int(2 * (4 * dim) / 3); int(multiplier * hidden); round up.
-  int64_t hidden = 2 * (4 * dim) / 3;
-  if (multiplier) hidden = static_cast<int64_t>(*multiplier * static_cast<double>(hidden));
-  return multiple_of * ((hidden + multiple_of - 1) / multiple_of);
-}
-
-LlamaConfig config_from_meta_params(const Json& j, const std::string& source) {
-  object_of(j, source);
-  LlamaConfig c;
-  c.dim = field<int64_t>(j, "dim", source);
-  c.n_layers = field<int64_t>(j, "n_layers", source);
-  c.n_heads = field<int64_t>(j, "n_heads", source);
-  c.n_kv_heads = field_or<int64_t>(j, "n_kv_heads", c.n_heads, source);
-  c.vocab_size = std::max<int64_t>(0, field_or<int64_t>(j, "vocab_size", 0, source));
-  const int64_t multiple_of = field_or<int64_t>(j, "multiple_of", 256, source);
-  if (multiple_of <= 0) throw std::invalid_argument(source + ": multiple_of must be positive");
-  std::optional<double> multiplier;
-  if (j.contains("ffn_dim_multiplier") && !j.at("ffn_dim_multiplier").is_null())
-    multiplier = field<double>(j, "ffn_dim_multiplier", source);
-  c.ffn_hidden = meta_ffn_hidden(c.dim, multiple_of, multiplier);
-  c.norm_eps = field_or<double>(j, "norm_eps", 1e-5, source);
-  c.rope_theta = field_or<double>(j, "rope_theta", 10000.0, source);
-  if (field_or<bool>(j, "use_scaled_rope", false, source)) {
-    c.rope_scaling =
-        RopeScaling{field_or<double>(j, "rope_scaling_factor", 8.0, source), 1.0, 4.0, 8192};
-  }
-  // Meta's code takes max_seq_len when it builds the model; params.json rarely says.
-  c.max_seq_len = field_or<int64_t>(j, "max_seq_len", 8192, source);
-  return c;
 }
 
 const std::vector<NamePair>& hf_names() {
@@ -682,6 +573,151 @@ Transformer load_model(const std::string& path_or_preset, const ModelOptions& op
   Transformer model(config, options);
   init_random(model, seed);
   return model;
+}
+
+namespace {
+constexpr const char* kPeftConfig = "adapter_config.json";
+constexpr const char* kPeftWeights = "adapter_model.safetensors";
+constexpr std::string_view kPeftPrefix = "base_model.model.";
+
+// HF's module name of our target `target` (wq) in block `layer`: model.layers.3.self_attn.q_proj,
+// from the one rename table.
+std::string hf_module(int64_t layer, const std::string& target) {
+  for (const auto& pair : hf_names()) {
+    if (!ends_with(pair.ours, "." + target + ".weight")) continue;
+    std::string module(pair.hf.substr(0, pair.hf.size() - std::strlen(".weight")));
+    module.replace(module.find("{L}"), 3, std::to_string(layer));
+    return module;
+  }
+  throw std::logic_error("no HF name for LoRA target " + target);
+}
+}  // namespace
+
+PeftAdapterConfig read_peft_adapter_config(const std::string& dir, int64_t n_layers) {
+  const std::string path = (fs::path(dir) / kPeftConfig).string();
+  const Json j = object_of(read_json_file(path), path);
+  const auto type = field<std::string>(j, "peft_type", path);
+  if (type != "LORA")
+    throw std::invalid_argument(path + ": peft_type \"" + type + "\" (expected LORA)");
+  // What PEFT can configure but the model does not compute: refused rather than ignored.
+  for (const char* flag : {"use_dora", "use_rslora", "fan_in_fan_out", "lora_bias"})
+    if (field_or<bool>(j, flag, false, path))
+      throw std::invalid_argument(path + ": " + flag + " is true (not supported)");
+  if (const auto bias = field_or<std::string>(j, "bias", "none", path); bias != "none")
+    throw std::invalid_argument(path + ": bias \"" + bias + "\" (only \"none\" is supported)");
+  for (const char* key :
+       {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform", "layers_pattern",
+        "exclude_modules", "target_parameters", "trainable_token_indices", "layer_replication"}) {
+    if (j.contains(key) && !j.at(key).is_null() && !j.at(key).empty())
+      throw std::invalid_argument(path + ": " + key + " is " + j.at(key).dump() +
+                                  " (not supported: one r, alpha and set of targets for every "
+                                  "block, no other trained modules)");
+  }
+  PeftAdapterConfig c;
+  c.options.r = field<int64_t>(j, "r", path);
+  if (c.options.r <= 0) throw std::invalid_argument(path + ": r must be positive");
+  c.options.alpha = field<double>(j, "lora_alpha", path);
+  c.options.dropout = field_or<double>(j, "lora_dropout", 0.0, path);
+  // PEFT's rule: a module is a target when its name equals an entry of the list or ends with
+  // "." + entry; a string is a regex the whole name must match, or "all-linear" (every linear
+  // but the output layer). PeftModel.save_pretrained writes "all-linear" out as full names.
+  const Json targets = j.contains("target_modules") ? j.at("target_modules") : Json();
+  const std::string where = path + ": target_modules " + targets.dump();
+  std::vector<std::string> entries;
+  std::vector<bool> entry_used;
+  std::optional<std::regex> pattern;
+  if (targets.is_string() && targets != "all-linear") {
+    try {
+      pattern.emplace(targets.get<std::string>());
+    } catch (const std::regex_error& e) {
+      throw std::invalid_argument(where + ": not a regular expression: " + e.what());
+    }
+  } else if (targets.is_array() && !targets.empty()) {
+    for (const auto& t : targets) {
+      if (!t.is_string()) throw std::invalid_argument(where + ": expected module names");
+      entries.push_back(t.get<std::string>());
+    }
+    entry_used.assign(entries.size(), false);
+  } else if (!targets.is_string()) {
+    throw std::invalid_argument(where + ": expected a list of module names, a regex or " +
+                                "\"all-linear\"");
+  }
+  auto targeted = [&](const std::string& module) {
+    if (pattern) return std::regex_match(module, *pattern);
+    if (entries.empty()) return true;  // all-linear
+    bool hit = false;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (module == entries[i] || ends_with(module, "." + entries[i])) {
+        entry_used[i] = true;
+        hit = true;
+      }
+    }
+    return hit;
+  };
+  for (int64_t layer = 0; layer < n_layers; ++layer) {
+    std::vector<std::string> in_layer;
+    for (const auto& target : lora_target_names())
+      if (targeted(hf_module(layer, target))) in_layer.push_back(target);
+    if (layer == 0) c.targets = in_layer;
+    if (in_layer != c.targets)  // apply_lora puts the same adapters in every block
+      throw std::invalid_argument(where + ": selects other linears in block " +
+                                  std::to_string(layer) + " than in block 0 (not supported)");
+  }
+  for (size_t i = 0; i < entries.size(); ++i)
+    if (!entry_used[i])
+      throw std::invalid_argument(where + ": \"" + entries[i] +
+                                  "\" is no linear layer of a LLaMA block (q_proj, k_proj, "
+                                  "v_proj, o_proj, gate_proj, up_proj, down_proj)");
+  if (c.targets.empty())
+    throw std::invalid_argument(where + ": selects no linear layer of a LLaMA block");
+  return c;
+}
+
+void load_peft_adapter(Transformer& model, const std::string& dir) {
+  const auto config = read_peft_adapter_config(dir, model->config().n_layers);
+  const std::string path = (fs::path(dir) / kPeftWeights).string();
+  if (!fs::is_regular_file(path))
+    throw std::invalid_argument(path + ": not found (only safetensors adapters are read)");
+  auto file = read_safetensors(path);
+  apply_lora(model, config.targets, config.options, /*seed=*/0);  // values overwritten below
+  torch::NoGradGuard no_grad;
+  const LlamaConfig& c = model->config();
+  std::set<std::string> used;
+  for (auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    if (!is_lora_param(name)) continue;
+    // layers.0.attention.wq.lora_b.weight -> base_model.model.model.layers.0.self_attn.q_proj
+    // .lora_B.weight, through the base weight's HF name.
+    const bool is_a = name.find(".lora_a.") != std::string::npos;
+    const std::string base = name.substr(0, name.rfind(is_a ? ".lora_a." : ".lora_b.")) + ".weight";
+    const auto hf = hf_name_from_ours(base);
+    if (!hf) throw std::logic_error("load_peft_adapter: no HF name for " + base);
+    const std::string key = std::string(kPeftPrefix) +
+                            hf->substr(0, hf->size() - std::strlen(".weight")) +
+                            (is_a ? ".lora_A.weight" : ".lora_B.weight");
+    auto it = file.tensors.find(key);
+    if (it == file.tensors.end())
+      throw std::invalid_argument(path + ": missing tensor " + key + " (" + name + ")");
+    const torch::Tensor& t = it->second;
+    torch::Tensor param = item.value();
+    if (!floating(t))
+      throw std::invalid_argument(path + ": " + key + ": expected floating-point values, got " +
+                                  c10::toString(t.scalar_type()));
+    if (t.sizes() != param.sizes())
+      throw std::invalid_argument(path + ": " + key + ": shape " + shape_text(t.sizes()) +
+                                  " where the model expects " + shape_text(param.sizes()) + " (r " +
+                                  std::to_string(config.options.r) + ")");
+    // B's rows are q_proj's / k_proj's output rows: in HF's rotary layout like the base weight.
+    int64_t heads = 0;
+    if (!is_a && ends_with(base, ".attention.wq.weight")) heads = c.n_heads;
+    if (!is_a && ends_with(base, ".attention.wk.weight")) heads = c.n_kv_heads;
+    copy_piece(param, t, heads);
+    used.insert(key);
+  }
+  for (const auto& [key, t] : file.tensors)
+    if (!used.count(key))
+      throw std::invalid_argument(path + ": unexpected tensor " + key +
+                                  " (not a LoRA weight of the targets in " + kPeftConfig + ")");
 }
 
 void save_hf_checkpoint(Transformer& model, const std::string& dir_text,

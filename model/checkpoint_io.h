@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "model/checkpoint_config.h"
 #include "model/llama.h"
 
 namespace hx {
@@ -32,20 +33,9 @@ const char* format_name(CheckpointFormat format);  // "huggingface", "meta"
 // consolidated.*.pth -> Meta. Throws std::invalid_argument saying what was found otherwise.
 CheckpointFormat detect_checkpoint_format(const std::string& dir);
 
-// HF config.json <-> LlamaConfig. `source` names the file in errors. Rejects what the model
-// cannot compute (biases, another activation, a head_dim other than hidden/heads, rope scaling
-// other than "llama3").
-LlamaConfig config_from_hf_json(const nlohmann::json& j, const std::string& source);
+// LlamaConfig -> HF config.json (the reverse of config_from_hf_json, model/checkpoint_config.h,
+// where params.json is read too).
 nlohmann::json hf_config_json(const LlamaConfig& config, torch::Dtype dtype);
-
-// Meta params.json -> LlamaConfig. vocab_size <= 0 (Llama 2's files say -1) is left 0 for the
-// caller to take from the embedding's shape. use_scaled_rope gives Llama 3.1's scaling with
-// factor `rope_scaling_factor` (8 when absent, as in Meta's code; Llama 3.2 1B/3B use 32 but
-// their params.json does not say so: add "rope_scaling_factor": 32 to it).
-LlamaConfig config_from_meta_params(const nlohmann::json& j, const std::string& source);
-// Meta's FeedForward size: int(2 * 4 * dim / 3), times ffn_dim_multiplier, rounded up to a
-// multiple of multiple_of.
-int64_t meta_ffn_hidden(int64_t dim, int64_t multiple_of, std::optional<double> ffn_dim_multiplier);
 
 // The one rename table, HF -> ours; "{L}" stands for a layer index.
 struct NamePair {
@@ -76,6 +66,23 @@ void load_checkpoint_weights(Transformer& model, const std::string& dir);
 // random weights drawn from `seed` (init_random).
 Transformer load_model(const std::string& path_or_preset, const ModelOptions& options,
                        uint64_t seed = 0);
+
+// A PEFT LoRA adapter directory as PeftModel.save_pretrained writes it: adapter_config.json
+// (peft_type LORA; r, lora_alpha, lora_dropout; target_modules by HF module name with PEFT's
+// matching: q_proj -> wq, ..., down_proj -> w2, full names, a regex, or "all-linear") +
+// adapter_model.safetensors (base_model.model.<HF name of the linear>.lora_{A,B}.weight). Read
+// strictly: what the model cannot compute (DoRA, rsLoRA, rank/alpha patterns, biases,
+// modules_to_save, other targets in some blocks) is refused, naming the file and the key.
+struct PeftAdapterConfig {
+  LoraOptions options;
+  std::vector<std::string> targets;  // ours, in lora_target_names() order: wq, wv, ...
+};
+// `n_layers`: the blocks the targets are resolved in (every one must get the same targets).
+PeftAdapterConfig read_peft_adapter_config(const std::string& dir, int64_t n_layers);
+// Adds the adapter to `model` (apply_lora: base weights frozen) and copies its weights in; the
+// rows of q_proj's / k_proj's lora_B are permuted from HF's rotary layout as the base weights
+// are. Every adapter tensor must be in the file once with its shape, and nothing else.
+void load_peft_adapter(Transformer& model, const std::string& dir);
 
 struct HfExportOptions {
   std::optional<torch::Dtype> dtype;  // of the written tensors; the model's when unset

@@ -1,5 +1,6 @@
 // `harness-worker`: the child process of one run, and the commands that need the model
-// (`harness model`, `harness generate` are forwarded here by the parent, which links no torch).
+// (`harness model`, `generate`, `logits`, `export` are forwarded here by the parent, which links
+// no torch).
 #include <c10/util/Exception.h>
 #include <malloc.h>
 #include <sys/prctl.h>
@@ -21,6 +22,8 @@
 #include "model/checkpoint_io.h"
 #include "model/compat.h"
 #include "model/generate.h"
+#include "model/lora.h"
+#include "model/safetensors.h"
 #include "model/weights.h"
 
 namespace {
@@ -61,19 +64,53 @@ int run_one(const std::string& run_path) {
   return code;
 }
 
-int show_model(const std::string& preset) {
+struct ModelArgs {
+  std::string preset;
+  int64_t lora_r = 0;  // > 0: also count the trainable parameters of LoRA with this rank
+  std::vector<std::string> lora_targets{"wq", "wv"};
+  bool json = false;
+};
+
+int show_model(const ModelArgs& a) {
   hx::LlamaConfig config;
   try {
-    config = hx::config_from_name(preset);
+    config = hx::config_from_name(a.preset);
   } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return hx::kExitUsage;
   }
   const int64_t params = hx::count_params_on_meta(config);  // meta device: no memory allocated
+  int64_t lora_params = 0;
+  if (a.lora_r > 0) {
+    // The same apply_lora and count as a fine-tuning run's trainable_params, on the meta device.
+    hx::ModelOptions meta;
+    meta.device = torch::Device(torch::kMeta);
+    hx::Transformer model(config, meta);
+    hx::LoraOptions lora;
+    lora.r = a.lora_r;
+    hx::apply_lora(model, a.lora_targets, lora, 0);
+    lora_params = hx::trainable_param_count(model);
+  }
+  if (a.json) {
+    nlohmann::json j = {{"preset", config.name},
+                        {"parameters", params},
+                        {"hf_config", hx::hf_config_json(config, torch::kFloat32)}};
+    if (a.lora_r > 0)
+      j["lora"] = {{"r", a.lora_r}, {"targets", a.lora_targets}, {"trainable_params", lora_params}};
+    std::printf("%s\n", j.dump().c_str());
+    return hx::kExitOk;
+  }
   std::printf("%s", hx::describe(config).c_str());
   std::printf("parameters    %lld (%.3f B)\n", static_cast<long long>(params), params / 1e9);
   std::printf("weights fp32  %.1f MB\n", params * 4.0 / (1024.0 * 1024.0));
   std::printf("weights bf16  %.1f MB\n", params * 2.0 / (1024.0 * 1024.0));
+  if (a.lora_r > 0) {
+    std::string targets;
+    for (const auto& t : a.lora_targets) targets += (targets.empty() ? "" : ",") + t;
+    std::printf("lora          %lld trainable (r %lld on %s, %.3f%% of the base)\n",
+                static_cast<long long>(lora_params), static_cast<long long>(a.lora_r),
+                targets.c_str(), 100.0 * static_cast<double>(lora_params) / params);
+  }
   return hx::kExitOk;
 }
 
@@ -83,8 +120,9 @@ struct GenerateArgs {
   std::string kv_cache = "on";
   std::string dtype = "fp32";
   std::string attention = "sdpa";
-  std::string weights;  // a torch.save dict of tensors; random weights when empty
-  int64_t repeats = 1;  // timed generations after one untimed warm-up; medians reported
+  std::string weights;       // a torch.save dict of tensors; random weights when empty
+  std::string lora_adapter;  // a PEFT adapter directory applied to the model
+  int64_t repeats = 1;       // timed generations after one untimed warm-up; medians reported
   bool json = false;
   uint64_t seed = 0;
   std::string prompt_ids;  // "1,2,3": this prompt (repeated per batch row) instead of a random one
@@ -114,6 +152,18 @@ std::vector<int64_t> parse_prompt_ids(const std::string& text) {
   return ids;
 }
 
+// (1, T) int64 from "1,2,3", every id checked against the vocabulary.
+torch::Tensor prompt_tensor(const std::string& text, int64_t vocab) {
+  const std::vector<int64_t> ids = parse_prompt_ids(text);
+  for (int64_t id : ids) {
+    if (id < 0 || id >= vocab)
+      throw std::invalid_argument("--prompt-ids: id " + std::to_string(id) +
+                                  " is outside the model's vocabulary (" + std::to_string(vocab) +
+                                  ")");
+  }
+  return torch::tensor(ids, torch::kInt64).unsqueeze(0);
+}
+
 double median_of(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty()      ? 0
@@ -138,6 +188,10 @@ int demo_generate(const GenerateArgs& a) {
     hx::load_weights(model, hx::read_torch_dict(a.weights), a.weights);
     source = "weights from " + a.weights;
   }
+  if (!a.lora_adapter.empty()) {
+    hx::load_peft_adapter(model, a.lora_adapter);
+    source += ", LoRA adapter " + a.lora_adapter;
+  }
   model->eval();
   const int64_t vocab = model->config().vocab_size;
   torch::Tensor prompt;
@@ -145,14 +199,7 @@ int demo_generate(const GenerateArgs& a) {
     auto gen = at::detail::createCPUGenerator(a.seed);
     prompt = torch::randint(3, vocab, {a.batch, a.prompt_len}, gen, torch::kInt64);
   } else {
-    const std::vector<int64_t> ids = parse_prompt_ids(a.prompt_ids);
-    for (int64_t id : ids) {
-      if (id < 0 || id >= vocab)
-        throw std::invalid_argument("--prompt-ids: id " + std::to_string(id) +
-                                    " is outside the model's vocabulary (" + std::to_string(vocab) +
-                                    ")");
-    }
-    prompt = torch::tensor(ids, torch::kInt64).unsqueeze(0).repeat({a.batch, 1}).contiguous();
+    prompt = prompt_tensor(a.prompt_ids, vocab).repeat({a.batch, 1}).contiguous();
   }
   hx::SamplingOptions sampling;
   sampling.greedy = !a.sample;
@@ -197,6 +244,43 @@ int demo_generate(const GenerateArgs& a) {
   const double decode_tps = out.decode_s > 0 ? (a.new_tokens - 1) * a.batch / out.decode_s : 0;
   std::printf("prefill %.4f s, decode %.4f s (%.1f tokens/s), %d threads\n", out.prefill_s,
               out.decode_s, decode_tps, at::get_num_threads());
+  return hx::kExitOk;
+}
+
+struct LogitsArgs {
+  std::string model = "tiny";  // a preset (random weights from --seed) or a checkpoint directory
+  uint64_t seed = 0;
+  std::string lora_adapter;  // a PEFT adapter directory applied to the model
+  std::string prompt_ids;
+  std::string attention = "sdpa";
+  int64_t threads = 2;
+  std::string out;  // safetensors file: "logits" (T, vocab) fp32
+};
+
+// One forward pass in eval mode (LoRA dropout off), no KV cache: the logits of every prompt
+// position, for comparisons with other implementations (tests/hf/test_hf_interop.py).
+int write_logits(const LogitsArgs& a) {
+  at::set_num_threads(static_cast<int>(a.threads));
+  hx::ModelOptions options;
+  options.attention = hx::parse_attention_kind(a.attention);
+  auto model = hx::load_model(a.model, options, a.seed);
+  if (!a.lora_adapter.empty()) hx::load_peft_adapter(model, a.lora_adapter);
+  model->eval();
+  const auto prompt = prompt_tensor(a.prompt_ids, model->config().vocab_size);
+  torch::Tensor logits;
+  {
+    torch::NoGradGuard no_grad;
+    logits = model->forward(prompt).squeeze(0).to(torch::kFloat32);  // (T, vocab)
+  }
+  hx::write_safetensors(a.out, {{"logits", logits}}, {{"format", "pt"}});
+  const nlohmann::json j = {{"model", a.model},
+                            {"lora_adapter", a.lora_adapter},
+                            {"tokens", logits.size(0)},
+                            {"vocab", logits.size(1)},
+                            {"parameters", model->param_count()},
+                            {"trainable_params", hx::trainable_param_count(model)},
+                            {"out", a.out}};
+  std::printf("%s\n", j.dump().c_str());
   return hx::kExitOk;
 }
 
@@ -271,10 +355,17 @@ int main(int argc, char** argv) {
   run->add_option("run_json", run_path, "run.json written by the parent")->required();
   run->callback([&] { code = run_one(run_path); });
 
-  std::string preset;
+  ModelArgs m;
   auto* model = app.add_subcommand("model", "print a preset's config, parameter count, bytes");
-  model->add_option("preset", preset, "tiny, small, llama3.2-1b, llama2-7b")->required();
-  model->callback([&] { code = show_model(preset); });
+  model->add_option("preset", m.preset, "tiny, small, llama3.2-1b, llama2-7b")->required();
+  model->add_option("--lora-r", m.lora_r, "also count LoRA's trainable parameters at this rank")
+      ->check(CLI::PositiveNumber);
+  model->add_option("--lora-targets", m.lora_targets, "LoRA targets, e.g. wq,wv")
+      ->delimiter(',')
+      ->check(CLI::IsMember(hx::lora_target_names()))
+      ->capture_default_str();
+  model->add_flag("--json", m.json, "one JSON object, with the config as HF's config.json");
+  model->callback([&] { code = show_model(m); });
 
   auto* caps = app.add_subcommand("caps", "what this worker can run, as JSON (for the parent)");
   caps->callback([&] {
@@ -312,6 +403,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   gen->add_option("--seed", g.seed)->capture_default_str();
   gen->add_option("--weights", g.weights, "weights: a torch.save dict of tensors (Meta names)");
+  gen->add_option("--lora-adapter", g.lora_adapter,
+                  "a PEFT LoRA adapter directory (adapter_config.json, "
+                  "adapter_model.safetensors) applied to the model");
   gen->add_option("--repeats", g.repeats, "timed generations (medians)")->capture_default_str();
   auto* prompt_ids = gen->add_option("--prompt-ids", g.prompt_ids,
                                      "the prompt as token ids, 1,2,3 (default: random)");
@@ -328,6 +422,23 @@ int main(int argc, char** argv) {
     g.sample = temperature->count() + top_p->count() + top_k->count() > 0;
     code = demo_generate(g);
   });
+
+  LogitsArgs l;
+  auto* lg = app.add_subcommand(
+      "logits", "the logits of a prompt (one forward pass, eval mode) into a safetensors file");
+  lg->add_option("--model", l.model,
+                 "preset (random weights from --seed), or a checkpoint directory")
+      ->capture_default_str();
+  lg->add_option("--seed", l.seed, "seed of random weights")->capture_default_str();
+  lg->add_option("--lora-adapter", l.lora_adapter,
+                 "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)");
+  lg->add_option("--prompt-ids", l.prompt_ids, "the prompt as token ids, 1,2,3")->required();
+  lg->add_option("--attention", l.attention, "sdpa (fused kernel) | math")
+      ->check(CLI::IsMember({"sdpa", "math"}))
+      ->capture_default_str();
+  lg->add_option("--threads", l.threads)->capture_default_str();
+  lg->add_option("--out", l.out, "output file: tensor \"logits\" (T, vocab), fp32")->required();
+  lg->callback([&] { code = write_logits(l); });
 
   ExportArgs x;
   auto* exp = app.add_subcommand("export",

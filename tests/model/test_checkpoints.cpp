@@ -356,6 +356,24 @@ TEST(Checkpoints, HfConfigJson) {
   expect_error([&] { config_from_hf_json(no_hidden, "c.json"); },
                {"c.json: missing key \"hidden_size\""});
   EXPECT_FALSE(config_from_hf_json(with("rope_scaling", nullptr), "c").rope_scaling);
+
+  // transformers >= 5 writes theta and scaling as one "rope_parameters" object, nothing else.
+  auto v5 = j;
+  v5.erase("rope_theta");
+  v5.erase("rope_scaling");
+  v5["rope_parameters"] = j.at("rope_scaling");
+  v5["rope_parameters"]["rope_theta"] = 500000.0;
+  const auto c5 = config_from_hf_json(v5, "config.json");
+  EXPECT_EQ(c5.rope_theta, 500000.0);
+  ASSERT_TRUE(c5.rope_scaling);
+  EXPECT_EQ(c5.rope_scaling->factor, 32.0);
+  EXPECT_EQ(c5.rope_scaling->original_max_pos, 8192);
+  v5["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 12345.0}};
+  EXPECT_EQ(config_from_hf_json(v5, "c").rope_theta, 12345.0);
+  EXPECT_FALSE(config_from_hf_json(v5, "c").rope_scaling);
+  v5["rope_theta"] = 10000.0;
+  expect_error([&] { config_from_hf_json(v5, "c.json"); },
+               {"c.json: rope_parameters: rope_theta 12345.0 differs from the top-level"});
 }
 
 // ---- the safetensors reader and writer ----
@@ -654,6 +672,116 @@ TEST(Checkpoints, ExportMergesLoraAndConvertsDtype) {
   auto from_bf16 = load_model(bf16, ModelOptions{});
   EXPECT_TRUE(torch::equal(from_bf16->norm->weight,
                            model->norm->weight.to(torch::kBFloat16).to(torch::kFloat32)));
+}
+
+// ---- PEFT LoRA adapters (tests/hf/test_hf_interop.py compares with PEFT itself) ----
+
+// A PEFT adapter directory for `model`'s shapes: B of q_proj/k_proj in HF's row layout.
+void write_peft_adapter(const std::string& dir, const Json& config, const TensorMap& tensors) {
+  fs::create_directories(dir);
+  write_bytes(dir + "/adapter_config.json", config.dump());
+  write_safetensors(dir + "/adapter_model.safetensors", ordered(tensors), {{"format", "pt"}});
+}
+
+TEST(Checkpoints, PeftAdapterLoadsWithHfRowLayoutAndStrictly) {
+  TempDir tmp;
+  const Json config = {{"peft_type", "LORA"},
+                       {"r", 4},
+                       {"lora_alpha", 8},
+                       {"lora_dropout", 0.1},
+                       {"target_modules", {"v_proj", "q_proj"}},
+                       {"bias", "none"},
+                       {"use_dora", false},
+                       {"rank_pattern", Json::object()},
+                       {"modules_to_save", nullptr}};
+  auto reference = golden_model("tiny_llama3");  // dim 64, 4 heads, 2 kv heads, 2 layers
+  const auto& c = reference->config();
+  // The adapter in our layout, from a seed; PEFT's file holds B of q_proj permuted like q_proj.
+  TensorMap ours, file;
+  auto gen = at::detail::createCPUGenerator(3);
+  for (int64_t layer = 0; layer < c.n_layers; ++layer) {
+    for (const auto& [peft, target, out] :
+         {std::tuple{"q_proj", "wq", c.n_heads * c.head_dim()},
+          std::tuple{"v_proj", "wv", c.n_kv_heads * c.head_dim()}}) {
+      const std::string hf =
+          "base_model.model.model.layers." + std::to_string(layer) + ".self_attn." + peft;
+      const std::string our = "layers." + std::to_string(layer) + ".attention." + target;
+      auto a = torch::randn({4, c.dim}, gen), b = torch::randn({out, 4}, gen);
+      ours[our + ".lora_a.weight"] = a;
+      ours[our + ".lora_b.weight"] = b;
+      file[hf + ".lora_A.weight"] = a;
+      file[hf + ".lora_B.weight"] = std::string(target) == "wq" ? permute_to_hf(b, c.n_heads) : b;
+    }
+  }
+  const std::string dir = tmp.sub("adapter");
+  write_peft_adapter(dir, config, file);
+  const auto read = read_peft_adapter_config(dir, c.n_layers);
+  EXPECT_EQ(read.options.r, 4);
+  EXPECT_EQ(read.options.alpha, 8.0);
+  EXPECT_EQ(read.options.dropout, 0.1);
+  EXPECT_EQ(read.targets, (std::vector<std::string>{"wq", "wv"}));
+
+  auto model = golden_model("tiny_llama3");
+  load_peft_adapter(model, dir);
+  const auto params = model->named_parameters();
+  EXPECT_EQ(trainable_param_count(model), 2 * (4 * 64 + 64 * 4) + 2 * (4 * 64 + 32 * 4));
+  for (const auto& [name, t] : ours) {
+    ASSERT_TRUE(params.contains(name)) << name;
+    EXPECT_TRUE(torch::equal(params[name], t)) << name;
+    EXPECT_TRUE(params[name].requires_grad()) << name;
+  }
+  EXPECT_FALSE(params["layers.0.attention.wq.weight"].requires_grad());
+
+  // Errors name the file and the key.
+  const std::string weights = dir + "/adapter_model.safetensors";
+  const std::string q0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+  auto fresh = [] { return golden_model("tiny_llama3"); };
+  auto edited = [&](auto&& edit) {
+    TensorMap t = file;
+    edit(t);
+    write_peft_adapter(dir, config, t);
+    auto m = fresh();
+    load_peft_adapter(m, dir);
+  };
+  expect_error([&] { edited([&](TensorMap& t) { t.erase(q0); }); },
+               {weights, "missing tensor " + q0, "layers.0.attention.wq.lora_b.weight"});
+  expect_error([&] { edited([&](TensorMap& t) {
+                       t[q0] = torch::zeros({64, 8});
+                     }); },
+               {weights, q0, "shape [64, 8] where the model expects [64, 4]"});
+  const std::string k0 = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight";
+  expect_error([&] { edited([&](TensorMap& t) {
+                       t[k0] = torch::zeros({4, 64});
+                     }); },
+               {weights, "unexpected tensor " + k0});
+  const std::string cfg = dir + "/adapter_config.json";
+  auto with = [&](const char* key, Json value) {
+    auto k = config;
+    k[key] = std::move(value);
+    write_peft_adapter(dir, k, file);
+    return dir;
+  };
+  auto read_with = [&](const char* key, Json value) {
+    return read_peft_adapter_config(with(key, std::move(value)), c.n_layers);
+  };
+  expect_error([&] { read_with("use_dora", true); }, {cfg, "use_dora is true"});
+  expect_error(
+      [&] {
+        read_with("target_modules", {"q_proj", "lm_head"});
+      },
+      {cfg, "\"lm_head\" is no linear layer of a LLaMA block"});
+  expect_error([&] { read_with("target_modules", {"model.layers.1.self_attn.q_proj"}); },
+               {cfg, "selects other linears in block 1 than in block 0"});
+  expect_error([&] { read_with("rank_pattern", {{"q_proj", 8}}); }, {cfg, "rank_pattern"});
+  expect_error([&] { read_with("peft_type", "IA3"); }, {cfg, "peft_type \"IA3\""});
+  // PEFT's matching: full names (what save_pretrained writes for "all-linear"), suffixes, regex.
+  EXPECT_EQ(read_with("target_modules", "all-linear").targets, lora_target_names());
+  EXPECT_EQ(read_with("target_modules",
+                      {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "k_proj"})
+                .targets,
+            (std::vector<std::string>{"wk", "w2"}));
+  EXPECT_EQ(read_with("target_modules", ".*\\.(q_proj|up_proj)").targets,
+            (std::vector<std::string>{"wq", "w3"}));
 }
 
 }  // namespace
