@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command for a GPU node with PyTorch preinstalled and no internet
 # (docs/gpu.md): builds against that PyTorch's libtorch, runs the `gpu` test label, a short
-# phase 3 (6 steps per cell) and phase 2 on the GPU, and phase 3 again with the P100 profile
-# (its 16 GB as the cap), then writes the databases, reports and logs to OUTDIR. About 6 minutes
-# on an H200 with 16 cores. On a machine without a GPU it runs the CPU parts (build, the gpu
-# label's skips, the CPU quickstart) and says what it skipped.
+# phase 3 (6 steps per cell) and phase 2 on the GPU, phase 3 again with the P100 profile (its
+# 16 GB as the cap) and tests/bench/peers.py against transformers + PEFT on the GPU, then writes
+# the databases, reports and logs to OUTDIR. About 8 minutes on an H200 with 16 cores. On a
+# machine without a GPU it runs the CPU parts (build, the gpu label's skips, the CPU quickstart)
+# and says what it skipped.
 #
 # usage: scripts/gpu-check.sh OUTDIR
 #   HARNESS_PYTHON     the Python with torch (default: .venv/bin/python if present, else python3)
@@ -65,5 +66,19 @@ for spec in phase3-short phase2 phase3-short-p100; do
 done
 "$BUILD_DIR/harness" compare "$spec_dir/phase3-short.yaml" --db "$out/gpu.db" \
   > "$out/reports/phase3-short-compare.md" 2>&1 || true
+
+# Side by side with transformers + PEFT on the same GPU and torch (issue 14): bf16 autocast,
+# AdamW, every technique, generation at batch 1 and 8 with and without the KV cache. Needs
+# transformers and peft in that Python; skipped with a note where they are missing.
+python=${HARNESS_PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${HARNESS_PYTHON:-}" ] && python=.venv/bin/python
+if "$python" -c 'import transformers, peft' 2> /dev/null; then
+  step peers "$python" tests/bench/peers.py --device cuda --preset small --mp bf16 \
+    --optimizers adamw --steps 6 --warmup 2 --gen-repeats 3 \
+    --harness "$BUILD_DIR/harness" --worker "$BUILD_DIR/harness-worker" \
+    --out "$out/reports/peers-gpu.md"
+else
+  log "peers: skipped ($python has no transformers/peft)"
+fi
 log "done in $(( $(date +%s) - start )) s, failed=$failed; results in $out"
 exit $failed
