@@ -1,7 +1,10 @@
 #include "model/config.h"
 
+#include <cmath>
+#include <cstdio>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 namespace hx {
 namespace {
@@ -111,12 +114,47 @@ void validate_config(const LlamaConfig& c) {
   auto fail = [&](const std::string& msg) {
     throw std::invalid_argument("model config " + c.name + ": " + msg);
   };
-  if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.vocab_size <= 0 ||
-      c.ffn_hidden <= 0)
-    fail("all sizes must be positive");
+  const std::pair<const char*, int64_t> sizes[] = {{"dim", c.dim},
+                                                   {"n_layers", c.n_layers},
+                                                   {"n_heads", c.n_heads},
+                                                   {"n_kv_heads", c.n_kv_heads},
+                                                   {"vocab_size", c.vocab_size},
+                                                   {"ffn_hidden", c.ffn_hidden},
+                                                   {"max_seq_len", c.max_seq_len}};
+  for (const auto& [name, value] : sizes) {
+    if (value <= 0)
+      fail("all sizes must be positive (" + std::string(name) + " is " + std::to_string(value) +
+           ")");
+    if (value > kMaxModelSize)
+      fail(std::string(name) + " " + std::to_string(value) + " is above the limit of 2^31");
+  }
   if (c.dim % c.n_heads != 0) fail("dim must be a multiple of n_heads");
   if (c.n_heads % c.n_kv_heads != 0) fail("n_heads must be a multiple of n_kv_heads");
   if (c.head_dim() % 2 != 0) fail("head_dim must be even for rotary embeddings");
+  // param_count() in double: sizes below 2^31 keep every product far from double's range.
+  const double dim = static_cast<double>(c.dim), hd = static_cast<double>(c.head_dim());
+  const double params = static_cast<double>(c.vocab_size) * dim * (c.tie_embeddings ? 1 : 2) +
+                        static_cast<double>(c.n_layers) *
+                            (2 * dim * hd * static_cast<double>(c.n_heads + c.n_kv_heads) +
+                             3 * dim * static_cast<double>(c.ffn_hidden) + 2 * dim) +
+                        dim;
+  if (params > kMaxModelParams) {
+    char count[32];
+    std::snprintf(count, sizeof count, "%.3g", params);
+    fail(std::string(count) + " parameters: above the limit of 10^13");
+  }
+  if (!std::isfinite(c.norm_eps) || c.norm_eps < 0) fail("norm_eps must be finite and >= 0");
+  if (!std::isfinite(c.rope_theta) || c.rope_theta <= 0) fail("rope_theta must be finite and > 0");
+  if (c.rope_scaling) {
+    const RopeScaling& s = *c.rope_scaling;
+    // Meta's apply_scaling divides by factor, low_freq_factor and their difference.
+    if (!std::isfinite(s.factor) || s.factor <= 0 || !std::isfinite(s.low_freq_factor) ||
+        s.low_freq_factor <= 0 || !std::isfinite(s.high_freq_factor) ||
+        s.high_freq_factor <= s.low_freq_factor || s.original_max_pos <= 0)
+      fail(
+          "rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+          "original_max_position_embeddings > 0");
+  }
 }
 
 std::string describe(const LlamaConfig& c) {

@@ -40,7 +40,16 @@ struct LlamaConfig {
 LlamaConfig config_from_name(std::string_view name);
 std::vector<std::string> preset_names();
 
-// Checks the shapes fit together (heads divide dim, kv heads divide heads, even head_dim).
+// The largest size (dim, layers, heads, vocabulary, FFN width, max_seq_len) a config may have:
+// far above any real model's, low enough that no shape arithmetic overflows int64.
+inline constexpr int64_t kMaxModelSize = int64_t{1} << 31;
+// The most parameters a config may count (param_count() stays far from overflow): 10^13.
+inline constexpr double kMaxModelParams = 1e13;
+
+// Checks the shapes fit together (heads divide dim, kv heads divide heads, even head_dim), every
+// size in [1, kMaxModelSize], at most kMaxModelParams parameters, norm_eps finite and >= 0,
+// rope_theta finite and > 0, and a rope scaling the model can compute. Throws
+// std::invalid_argument naming the config and the value.
 void validate_config(const LlamaConfig& config);
 
 std::string describe(const LlamaConfig& config);  // multi-line, for `harness model`

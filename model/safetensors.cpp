@@ -21,9 +21,6 @@ namespace {
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; this reader maps it as is");
 
-// Like the reference implementation: a header above 100 MB is refused (a corrupt length).
-constexpr uint64_t kMaxHeaderBytes = 100'000'000;
-
 struct DtypeName {
   const char* name;
   torch::Dtype dtype;
@@ -74,18 +71,6 @@ class MappedFile {
   size_t size_ = 0;
 };
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-uint64_t non_negative(const nlohmann::json& v, const std::string& what) {
-  if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0))
-    throw std::invalid_argument(what + " must be a non-negative integer, got " + v.dump());
-  return v.get<uint64_t>();
-}
-
 }  // namespace
 
 torch::Dtype safetensors_dtype(const std::string& name) {
@@ -104,92 +89,27 @@ std::string safetensors_dtype_name(torch::Dtype dtype) {
 
 SafetensorsFile read_safetensors(const std::string& path) {
   auto file = std::make_shared<MappedFile>(path);
-  auto fail = [&](const std::string& msg) -> std::invalid_argument {
-    return std::invalid_argument(path + ": " + msg);
-  };
-  const uint64_t size = file->size();
-  if (size < 8)
-    throw fail("file of " + std::to_string(size) +
-               " bytes is too short for a safetensors header (an 8-byte length first)");
-  uint64_t header_len = 0;
-  std::memcpy(&header_len, file->data(), 8);  // little-endian, as the host (static_assert)
-  if (header_len > size - 8)
-    throw fail("header length " + std::to_string(header_len) + " runs past the end of the file (" +
-               std::to_string(size) + " bytes): truncated, or not a safetensors file");
-  if (header_len > kMaxHeaderBytes)
-    throw fail("header length " + std::to_string(header_len) + " above the 100 MB limit");
-  const uint8_t* data = file->data() + 8 + header_len;
-  const uint64_t data_size = size - 8 - header_len;
-
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(file->data() + 8, file->data() + 8 + header_len);
-  } catch (const nlohmann::json::exception& e) {
-    throw fail(std::string("bad header JSON: ") + e.what());
-  }
-  if (!header.is_object())
-    throw fail("bad header JSON: expected an object, got " + std::string(header.type_name()));
-
+  const SafetensorsHeader header = parse_safetensors_header(file->data(), file->size(), path);
   SafetensorsFile out;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      if (!entry.is_object()) throw fail("__metadata__ must be an object of strings");
-      for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) throw fail("__metadata__." + k + " must be a string");
-        out.metadata[k] = v.get<std::string>();
-      }
-      continue;
-    }
-    const std::string where = "tensor \"" + name + "\"";
-    if (!entry.is_object()) throw fail(where + ": expected an object {dtype, shape, data_offsets}");
-    if (!entry.contains("dtype") || !entry.at("dtype").is_string())
-      throw fail(where + ": missing dtype (a string)");
-    if (!entry.contains("shape") || !entry.at("shape").is_array())
-      throw fail(where + ": missing shape (an array)");
-    if (!entry.contains("data_offsets") || !entry.at("data_offsets").is_array() ||
-        entry.at("data_offsets").size() != 2)
-      throw fail(where + ": missing data_offsets (an array [begin, end])");
-    torch::Dtype dtype;
-    try {
-      dtype = safetensors_dtype(entry.at("dtype").get<std::string>());
-    } catch (const std::invalid_argument& e) {
-      throw fail(where + ": " + e.what());
-    }
-    std::vector<int64_t> shape;
-    uint64_t numel = 1;
-    for (const auto& d : entry.at("shape")) {
-      const uint64_t n = non_negative(d, path + ": " + where + ": shape entries");
-      if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-          (n != 0 && numel > std::numeric_limits<uint64_t>::max() / n))
-        throw fail(where + ": shape " + entry.at("shape").dump() + " is too large");
-      numel *= n;
-      shape.push_back(static_cast<int64_t>(n));
-    }
-    const uint64_t begin =
-        non_negative(entry.at("data_offsets")[0], path + ": " + where + ": data_offsets");
-    const uint64_t end =
-        non_negative(entry.at("data_offsets")[1], path + ": " + where + ": data_offsets");
-    if (begin > end || end > data_size)
-      throw fail(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                 "] out of range of the data section (" + std::to_string(data_size) +
-                 " bytes): truncated or corrupt file");
+  out.metadata = header.metadata;
+  for (const SafetensorsEntry& e : header.entries) {
+    const torch::Dtype dtype = safetensors_dtype(e.dtype);
     const uint64_t item = c10::elementSize(dtype);
-    if (numel > std::numeric_limits<uint64_t>::max() / item || end - begin != numel * item)
-      throw fail(where + ": data_offsets span " + std::to_string(end - begin) + " bytes where " +
-                 entry.at("dtype").get<std::string>() + " " + shape_text(shape) + " needs " +
-                 std::to_string(numel * item));
-    const uint8_t* ptr = data + begin;
+    if (item != safetensors_element_size(e.dtype))
+      throw std::logic_error("safetensors: two element sizes for " + e.dtype);
+    const uint8_t* ptr = file->data() + header.data_start + e.begin;
     torch::Tensor t;
     if (reinterpret_cast<uintptr_t>(ptr) % item == 0) {
       // A view on the mapping; the deleter holds the mapping until the last view is gone.
       t = torch::from_blob(
-          const_cast<uint8_t*>(ptr), shape, [file](void*) {}, torch::TensorOptions().dtype(dtype));
+          const_cast<uint8_t*>(ptr), e.shape, [file](void*) {},
+          torch::TensorOptions().dtype(dtype));
     } else {
       // Misaligned for the element type (a header length not a multiple of 8): copy it.
-      t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
-      if (numel > 0) std::memcpy(t.data_ptr(), ptr, numel * item);
+      t = torch::empty(e.shape, torch::TensorOptions().dtype(dtype));
+      if (e.end > e.begin) std::memcpy(t.data_ptr(), ptr, e.end - e.begin);
     }
-    out.tensors.emplace(name, std::move(t));
+    out.tensors.emplace(e.name, std::move(t));
   }
   return out;
 }

@@ -2,13 +2,15 @@
 // The safetensors format, read and written by us (no dependency): an 8-byte little-endian header
 // length N, N bytes of JSON {name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
 // "__metadata__": {str: str} (optional)}, then the data; offsets count from the byte after the
-// header. Reading maps the file (mmap) and returns tensors that are views on the mapping (no
-// copy); the mapping lives as long as any of them.
+// header. Reading maps the file (mmap), checks the header (model/safetensors_header.h, no
+// libtorch) and returns tensors that are views on the mapping (no copy); the mapping lives as long
+// as any of them.
 #include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "model/safetensors_header.h"
 #include "model/weights.h"
 
 namespace hx {
@@ -18,10 +20,8 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;  // "__metadata__", empty when absent
 };
 
-// Throws std::invalid_argument naming the file for anything malformed: a file shorter than the
-// 8-byte length, a header length past the end of the file, header JSON that does not parse or
-// has the wrong structure, an unknown dtype, data_offsets out of the data section or not
-// matching dtype and shape.
+// Throws std::invalid_argument naming the file when it cannot be mapped or its header is malformed
+// (parse_safetensors_header).
 SafetensorsFile read_safetensors(const std::string& path);
 
 // "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"; throws for others.
