@@ -29,9 +29,13 @@ int run_command(const RunArgs& args) {
                  args.spec_path.c_str());
     return 128 + (interrupt_signal() != 0 ? interrupt_signal() : 2);
   }
-  std::fprintf(stderr, "%s: %d ran (%d ok, %d oom, %d failed), %d already stored\n",
+  std::fprintf(stderr, "%s: %d ran (%d ok, %d oom, %d failed), %d already stored",
                spec.name.c_str(), summary.ran, summary.ok, summary.oom, summary.failed,
                summary.already_done);
+  if (summary.elsewhere > 0)
+    std::fprintf(stderr, ", %d run by other runners on %s (the tables show what is stored now)",
+                 summary.elsewhere, args.options.db_path.c_str());
+  std::fprintf(stderr, "\n");
   if (summary.in_flight > 0) {
     std::fprintf(stderr,
                  "%d runs queued or running in Slurm; `%s` ingests them as they finish "

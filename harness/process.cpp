@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -242,6 +243,8 @@ struct ChildSetup : bp::extend::handler {
   int stdin_fd;
   int stdout_fd;
   int stderr_fd;
+  pid_t parent_pid;
+  bool die_with_parent;
 
   // Our own environment block: bp::environment's lookup in Boost 1.74 reads past the end of
   // shorter variables (heap overflow under ASan).
@@ -255,6 +258,12 @@ struct ChildSetup : bp::extend::handler {
     // Own process group, so that a timeout or Ctrl-C can kill the child with its descendants,
     // and so that the terminal's Ctrl-C reaches only the parent.
     ::setpgid(0, 0);
+    // A runner killed with SIGKILL takes its worker along: the run's claim is taken over by the
+    // next runner, and an orphan would compete with the rerun for the machine.
+    if (die_with_parent) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent_pid) ::_exit(127);  // the parent died before prctl
+    }
     ::dup2(stdin_fd, STDIN_FILENO);
     ::dup2(stdout_fd, STDOUT_FILENO);
     ::dup2(stderr_fd, STDERR_FILENO);
@@ -304,7 +313,14 @@ ChildOutcome run_child(const ChildSpec& spec) {
   for (std::string& entry : env) envp.push_back(entry.data());
   envp.push_back(nullptr);
   const std::vector<std::string> args(spec.argv.begin() + 1, spec.argv.end());
-  const ChildSetup setup{{}, envp.data(), in.get(), shared ? err.get() : out.get(), err.get()};
+  // keep_on_interrupt children (sbatch) must finish what they started even if the parent dies.
+  const ChildSetup setup{{},
+                         envp.data(),
+                         in.get(),
+                         shared ? err.get() : out.get(),
+                         err.get(),
+                         ::getpid(),
+                         !spec.keep_on_interrupt};
 
   const auto start = Clock::now();
   std::optional<Clock::time_point> deadline;

@@ -279,11 +279,18 @@ Progress::Progress(const Spec& spec, Store& store, RunSummary& summary, size_t t
       print_(print),
       start_(Clock::now()) {}
 
-void Progress::finish(const RunConfig& run, const RunRecord& record, double seconds) {
+void Progress::finish(const RunConfig& run, const RunRecord& record, double seconds,
+                      const Claimant* owner) {
   std::lock_guard<std::mutex> lock(mutex_);
-  store_.ingest(record);
+  const bool stored = store_.ingest(record, owner);
   ++finished_;
   ++summary_.ran;
+  if (!stored) {
+    std::fprintf(stderr,
+                 "note: run %s (%s) was taken over by another runner while this one ran it: its "
+                 "%s result is not stored\n",
+                 run.run_id.c_str(), axes_text(spec_, run).c_str(), record.status.c_str());
+  }
   if (record.status == "ok") {
     ++summary_.ok;
   } else if (record.status == "oom") {
@@ -305,6 +312,57 @@ void Progress::finish(const RunConfig& run, const RunRecord& record, double seco
 void Progress::add_to_total(size_t n) {
   std::lock_guard<std::mutex> lock(mutex_);
   total_ += n;
+}
+
+void Progress::not_ours(const RunConfig& run, const ClaimResult& claim) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (total_ > 0) --total_;
+  if (claim.outcome == ClaimOutcome::kStored) {
+    ++summary_.already_done;  // stored by another runner between planning and now
+    return;
+  }
+  ++summary_.elsewhere;
+  if (print_) {
+    std::fprintf(
+        stderr, "run %s (%s): %s by runner %s\n", run.run_id.c_str(), axes_text(spec_, run).c_str(),
+        claim.outcome == ClaimOutcome::kHeldByOther ? "running" : "done", claim.holder.c_str());
+    std::fflush(stderr);
+  }
+}
+
+Heartbeat::Heartbeat(const std::string& db_path, const Claimant& me) {
+  thread_ = std::thread([this, db_path, me] {
+    std::unique_ptr<Store> store;
+    std::unique_lock<std::mutex> lock(mutex_);
+    // Well inside the stale time, so that a slow database does not make a live runner look dead.
+    const auto period = std::chrono::duration<double>(std::min(5.0, claim_stale_after_s() / 4));
+    while (!stop_.wait_for(lock, period, [this] { return stopping_; })) {
+      try {
+        if (!store) store = std::make_unique<Store>(db_path, Store::Mode::kExisting);
+        store->heartbeat(me);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "warning: claim heartbeat: %s (will try again)\n", e.what());
+      }
+    }
+  });
+}
+
+Heartbeat::~Heartbeat() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  stop_.notify_all();
+  thread_.join();
+}
+
+fs::path attempt_dir(const fs::path& runs_dir, const std::string& run_id, int attempt) {
+  const fs::path run_dir = runs_dir / run_id;
+  fs::create_directories(run_dir);
+  for (int n = std::max(1, attempt);; ++n) {
+    const fs::path dir = run_dir / std::to_string(n);
+    if (fs::create_directory(dir)) return dir;  // false: it exists (not ours)
+  }
 }
 
 }  // namespace runner_detail
@@ -404,6 +462,10 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       select_pending(plan, stored, options.force, options.retry_failed, summary);
   const fs::path runs_dir = runs_dir_of(spec, options);
   fs::create_directories(runs_dir);
+  // Other `harness run` processes on this database take part: each run is claimed before it
+  // starts, so each runs once (docs/concurrency.md).
+  const Claimant me = Claimant::this_process();
+  const Heartbeat heartbeat(options.db_path, me);
   if (options.progress) {
     std::fprintf(stderr, "%s: %d runs planned, %d already stored, %zu to run (db %s, %d job%s)\n",
                  spec.name.c_str(), summary.planned, summary.already_done, pending.size(),
@@ -419,24 +481,30 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
   std::atomic<size_t> next{0};
   Progress progress(spec, store, summary, pending.size(), options.progress);
   auto finish = [&](const RunConfig& run, const RunRecord& record, double seconds) {
-    progress.finish(run, record, seconds);
+    progress.finish(run, record, seconds, &me);
   };
   auto worker_loop = [&] {
     for (;;) {
       const size_t index = next.fetch_add(1);
       if (index >= pending.size() || interrupted()) return;
       const RunConfig& run = *pending[index];
+      const ClaimResult claim =
+          store.claim_run(spec.name, run.run_id, me, options.force, options.retry_failed);
+      if (claim.outcome != ClaimOutcome::kClaimed) {
+        progress.not_ours(run, claim);
+        continue;
+      }
+      if (!claim.takeover.empty())
+        std::fprintf(stderr, "taking over run %s: %s\n", run.run_id.c_str(),
+                     claim.takeover.c_str());
       if (!run.skip_reason.empty()) {
         // Nothing runs that the profiled hardware cannot do; the reason is stored instead.
         finish(run, skipped_record(spec, run), 0.0);
         continue;
       }
-      const fs::path dir = runs_dir / run.run_id;
-      fs::create_directories(dir);
-      // A per-attempt result name: a stale child of a killed parent cannot overwrite it.
-      const std::string result =
-          (dir / ("result." + std::to_string(::getpid()) + ".json")).string();
-      fs::remove(result);
+      // Each attempt has its own directory: no other runner or stale child touches its files.
+      const fs::path dir = attempt_dir(runs_dir, run.run_id, claim.attempt);
+      const std::string result = (dir / "result.json").string();
       // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
       if (const std::string error = write_run_file(
               (dir / "run.json").string(),
@@ -471,7 +539,10 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
         finish(run, record, 0.0);
         continue;
       }
-      if (outcome.interrupted) return;  // not recorded: the run reruns on resume
+      if (outcome.interrupted) {
+        store.release_claim(run.run_id, me);  // not recorded: the run reruns on resume
+        return;
+      }
       finish(run, verdict(spec, run, outcome, result, started), outcome.seconds);
     }
   };

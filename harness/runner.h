@@ -38,6 +38,7 @@ struct RunOptions {
 struct RunSummary {
   int planned = 0;
   int already_done = 0;  // skipped because a result is stored (resume)
+  int elsewhere = 0;     // run, or running, by another runner on the same database
   int ran = 0;
   int ok = 0;
   int oom = 0;

@@ -3,11 +3,13 @@
 // verdict on a finished child, pre-tokenising, resume selection and the progress lines. Not part
 // of the public runner interface.
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness/process.h"
@@ -51,8 +53,13 @@ std::filesystem::path runs_dir_of(const Spec& spec, const RunOptions& options);
 class Progress {
  public:
   Progress(const Spec& spec, Store& store, RunSummary& summary, size_t total, bool print);
-  void finish(const RunConfig& run, const RunRecord& record, double seconds);
+  // `owner`: the claim under which the run ran; its record is not stored when another runner
+  // has taken that claim over.
+  void finish(const RunConfig& run, const RunRecord& record, double seconds,
+              const Claimant* owner = nullptr);
   void add_to_total(size_t n);  // the Slurm backend learns its total in steps
+  // A planned run that another runner on the same database runs (or has run): not ours to count.
+  void not_ours(const RunConfig& run, const ClaimResult& claim);
 
  private:
   const Spec& spec_;
@@ -64,6 +71,27 @@ class Progress {
   std::mutex mutex_;
   size_t finished_ = 0;
 };
+
+// Keeps a runner's claims alive while it works (Store::heartbeat every few seconds, from its
+// own connection so that a long transaction elsewhere does not delay it).
+class Heartbeat {
+ public:
+  Heartbeat(const std::string& db_path, const Claimant& me);
+  ~Heartbeat();
+  Heartbeat(const Heartbeat&) = delete;
+  Heartbeat& operator=(const Heartbeat&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable stop_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// A fresh directory for one attempt of a run: <runs_dir>/<run id>/<attempt> (a higher number if
+// that one exists: e.g. the database was replaced and the claims counted from 1 again).
+std::filesystem::path attempt_dir(const std::filesystem::path& runs_dir, const std::string& run_id,
+                                  int attempt);
 
 // `harness run --backend slurm` (slurm.cpp).
 RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options);

@@ -6,7 +6,8 @@
 //   <runs_dir>/slurm/<token>/collected.json   task indices already ingested (parent)
 //   <runs_dir>/slurm/<token>/task.sh          the array's batch script
 //   <runs_dir>/slurm/<token>/slurm-%A_%a.out  Slurm's own output of each task
-//   <runs_dir>/<run_id>/run.<token>.json, result.<token>.json, outcome.<token>.json, *.log
+//   <runs_dir>/<run_id>/<attempt>/run.<token>.json, result.<token>.json, outcome.<token>.json,
+//     *.log (the attempt is the run's claim, docs/concurrency.md)
 #include "harness/slurm.h"
 
 #include <unistd.h>
@@ -365,6 +366,14 @@ ChildOutcome outcome_from_json(const Json& j) {
   return o;
 }
 
+// A submission holds its runs' claims until they are collected (Store::claim_run).
+Claimant submission_claimant(const std::string& token) {
+  Claimant c;
+  c.id = "slurm:" + token;
+  c.pid = 0;
+  return c;
+}
+
 class Follower {
  public:
   Follower(const Spec& spec, const std::vector<RunConfig>& plan, Progress& progress,
@@ -446,7 +455,8 @@ class Follower {
   // Stores a task's record (through the progress line) unless its run left the spec.
   void ingest(const Submission& s, const Task& task, const RunRecord& record, double seconds) {
     if (auto it = by_id_.find(task.run_id); it != by_id_.end()) {
-      progress_.finish(*it->second, record, seconds);
+      const Claimant owner = submission_claimant(s.token);
+      progress_.finish(*it->second, record, seconds, &owner);
     } else {
       std::fprintf(stderr, "note: run %s of Slurm job %s is no longer in the spec: not ingested\n",
                    task.run_id.c_str(), s.job_id.c_str());
@@ -635,11 +645,12 @@ std::string shell_quote(const std::string& s) {
 
 // Writes the run files and the submission of `runs` and submits one array; returns it.
 Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
+                  const std::map<std::string, int>& attempts, const std::string& token,
                   const std::map<std::string, std::string>& tokens, const fs::path& runs_dir,
                   const std::string& worker, const RunOptions& options) {
   const SlurmOptions& so = options.slurm;
   Submission s;
-  s.token = new_token();
+  s.token = token;
   s.dir = runs_dir / "slurm" / s.token;
   s.experiment = spec.name;
   s.worker = worker;
@@ -649,8 +660,7 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
   const int threads = so.cpus_per_task > 0 ? so.cpus_per_task : 1;
   try {
     for (const RunConfig* run : runs) {
-      const fs::path dir = runs_dir / run->run_id;
-      fs::create_directories(dir);
+      const fs::path dir = attempt_dir(runs_dir, run->run_id, attempts.at(run->run_id));
       Task task{run->run_id, (dir / ("run." + s.token + ".json")).string(),
                 (dir / ("result." + s.token + ".json")).string(),
                 (dir / ("outcome." + s.token + ".json")).string()};
@@ -809,13 +819,28 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
       plan, store.run_statuses(spec.name), options.force, options.retry_failed, summary);
   std::erase_if(pending,
                 [&](const RunConfig* r) { return follower.in_flight().contains(r->run_id); });
+  // Claimed first, as the local backend does: a run that another runner (local, or another
+  // submission) holds is not submitted.
+  const Claimant me = Claimant::this_process();
+  const Heartbeat heartbeat(options.db_path, me);
   std::vector<const RunConfig*> to_submit;
+  std::map<std::string, int> attempts;
   for (const RunConfig* run : pending) {
+    const ClaimResult claim =
+        store.claim_run(spec.name, run->run_id, me, options.force, options.retry_failed);
+    if (claim.outcome != ClaimOutcome::kClaimed) {
+      progress.add_to_total(1);
+      progress.not_ours(*run, claim);
+      continue;
+    }
+    if (!claim.takeover.empty())
+      std::fprintf(stderr, "taking over run %s: %s\n", run->run_id.c_str(), claim.takeover.c_str());
     if (run->skip_reason.empty()) {
       to_submit.push_back(run);
+      attempts[run->run_id] = claim.attempt;
     } else {
       progress.add_to_total(1);
-      progress.finish(*run, skipped_record(spec, *run), 0.0);
+      progress.finish(*run, skipped_record(spec, *run), 0.0, &me);
     }
   }
   if (options.progress) {
@@ -835,10 +860,23 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
     const std::vector<const RunConfig*> chunk(
         to_submit.begin() + static_cast<long>(first),
         to_submit.begin() + static_cast<long>(std::min(to_submit.size(), first + kMaxArray)));
+    // The submission holds the claims from now until `harness collect` ingests its tasks.
+    const std::string token = new_token();
+    const Claimant submission = submission_claimant(token);
+    std::vector<std::string> ids;
+    for (const RunConfig* run : chunk) ids.push_back(run->run_id);
+    store.transfer_claims(ids, me, submission);
     try {
-      submissions.push_back(submit(spec, chunk, tokens, runs_dir, worker, options));
+      submissions.push_back(
+          submit(spec, chunk, attempts, token, tokens, runs_dir, worker, options));
     } catch (const std::exception& e) {
-      if (summary.job_ids.empty()) throw;
+      // Nothing of this chunk was queued (a queued one is followed, not thrown): the runs are
+      // free for the next runner, as are the chunks after it.
+      for (const auto& id : ids) store.release_claim(id, submission);
+      if (summary.job_ids.empty()) {
+        for (const RunConfig* run : to_submit) store.release_claim(run->run_id, me);
+        throw;
+      }
       // Arrays already queued are followed all the same; the rest waits for the next run.
       std::fprintf(stderr, "error: %s\n", e.what());
       summary.submit_failed = true;
@@ -853,6 +891,8 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
                    submissions.back().dir.c_str());
     }
   }
+  // Runs not submitted (Ctrl-C, a failed sbatch) are free for the next runner.
+  for (const RunConfig* run : to_submit) store.release_claim(run->run_id, me);
   if (!so.wait) {
     size_t queued = 0;
     for (const auto& sub : submissions) queued += sub.tasks.size() - sub.collected.size();

@@ -1,14 +1,20 @@
 #include "harness/store.h"
 
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <array>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <limits>
 #include <stdexcept>
 #include <string_view>
+#include <thread>
 
 #include "harness/fields.h"
 #include "harness/hash.h"
@@ -154,6 +160,34 @@ std::string status_check_list() {
   return list;
 }
 
+// Who runs which run now (docs/concurrency.md). Added to version-1 databases on open, so the
+// schema version stays: older harness builds ignore the table.
+std::string claims_sql() {
+  return R"(
+CREATE TABLE IF NOT EXISTS claims(
+  run_id TEXT PRIMARY KEY,
+  experiment TEXT NOT NULL,
+  runner TEXT NOT NULL,
+  host TEXT,
+  pid INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('held', 'done', 'released')),
+  attempt INTEGER NOT NULL,
+  claimed_at REAL NOT NULL,
+  heartbeat_at REAL NOT NULL,
+  finished_at REAL);
+)";
+}
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string host_name() {
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return host;
+}
+
 std::string schema_sql() {
   std::string env_columns;
   for (const Field& field : kEnvFields) {
@@ -203,7 +237,7 @@ CREATE TABLE IF NOT EXISTS texts(
   name TEXT NOT NULL,
   text TEXT);
 CREATE INDEX IF NOT EXISTS texts_by_run ON texts(run_id);
-)";
+)" + claims_sql();
 }
 
 // Binds one environment value to a column of the field's SQL type.
@@ -391,8 +425,20 @@ Store::Store(const std::string& path, Mode mode) : path_(path) {
         throw std::runtime_error(path + ": not a harness database (no schema version)");
       }
       // WAL lets reports read while `harness run` writes; the mode is stored in the file.
-      exec("PRAGMA journal_mode = WAL");
+      // Switching needs the database to itself and SQLite does not wait for that (no busy
+      // handler): two runners creating one database at once retry here.
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
+      while (sqlite3_exec(db_, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr) !=
+             SQLITE_OK) {
+        if ((sqlite3_errcode(db_) & 0xff) != SQLITE_BUSY ||
+            std::chrono::steady_clock::now() > deadline)
+          fail(db_, path_, "PRAGMA journal_mode = WAL");
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
       create_schema();
+    } else if (mode == Mode::kCreate) {
+      exec(claims_sql().c_str());  // a database from before claims
     }
     // In WAL mode NORMAL loses at most the last transactions on power loss, never consistency.
     exec("PRAGMA synchronous = NORMAL");
@@ -419,6 +465,7 @@ void Store::create_schema() {
 
 void Store::upsert_experiment(const std::string& name, const std::string& spec_path,
                               const std::string& spec_text) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);
   Stmt stmt(db_, path_, R"(
 INSERT INTO experiments(name, spec_path, spec_text, created_at) VALUES (?1, ?2, ?3, ?4)
 ON CONFLICT(name) DO UPDATE SET spec_path = excluded.spec_path, spec_text = excluded.spec_text)");
@@ -429,9 +476,22 @@ ON CONFLICT(name) DO UPDATE SET spec_path = excluded.spec_path, spec_text = excl
   stmt.run();
 }
 
-void Store::ingest(const RunRecord& record) {
+bool Store::ingest(const RunRecord& record, const Claimant* owner) {
   if (record.run_id.empty()) throw std::runtime_error(path_ + ": ingest: a run without run_id");
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);
   Transaction tx(db_, path_);
+
+  if (owner != nullptr) {
+    // A runner that was taken for dead (stopped, cut off) must not overwrite the record of the
+    // runner that took its claim over.
+    Stmt held(db_, path_, "SELECT runner, state FROM claims WHERE run_id = ?1");
+    held.bind(1, record.run_id);
+    if (held.step() && held.text(0) != owner->id) return false;
+    Stmt done(db_, path_, "UPDATE claims SET state = 'done', finished_at = ?2 WHERE run_id = ?1");
+    done.bind(1, record.run_id);
+    done.bind(2, unix_now());
+    done.run();
+  }
 
   // The runner normally records the experiment first; a placeholder keeps the foreign key
   // honest if it did not, and upsert_experiment fills it in later.
@@ -523,6 +583,145 @@ INSERT INTO steps(run_id, step, seconds, loss, tokens, mem_mb) VALUES (?1, ?2, ?
       stmt.bind(3, text);
       stmt.run();
     }
+  }
+  tx.commit();
+  return true;
+}
+
+Claimant Claimant::this_process() {
+  Claimant me;
+  me.host = host_name();
+  me.pid = ::getpid();
+  me.started_at = unix_now();
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  me.id = me.host + ":" + std::to_string(me.pid) + ":" + std::to_string(ns);
+  return me;
+}
+
+double claim_stale_after_s() {
+  if (const char* env = std::getenv("HARNESS_CLAIM_STALE_S"); env != nullptr && *env) {
+    char* end = nullptr;
+    const double v = std::strtod(env, &end);
+    if (end != env && v > 0) return v;
+  }
+  return 60;
+}
+
+namespace {
+// Whether the holder of a claim still runs it: a Slurm submission (pid 0) holds its runs until
+// they are collected; a runner on this host whose pid is gone is dead at once; any runner whose
+// heartbeat stopped (killed on another host, stopped, hung) is dead after the stale time.
+bool holder_alive(const std::string& host, int64_t pid, double heartbeat_at, double now) {
+  if (pid == 0) return true;
+  if (host == host_name() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+    return false;
+  return now - heartbeat_at < claim_stale_after_s();
+}
+}  // namespace
+
+ClaimResult Store::claim_run(const std::string& experiment, const std::string& run_id,
+                             const Claimant& me, bool force, bool retry_failed) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);
+  Transaction tx(db_, path_);
+  const double now = unix_now();
+  ClaimResult result;
+  int previous_attempt = 0;
+  {
+    Stmt stmt(db_, path_, R"(
+SELECT runner, host, pid, state, attempt, heartbeat_at, finished_at FROM claims
+WHERE run_id = ?1)");
+    stmt.bind(1, run_id);
+    if (stmt.step()) {
+      const std::string runner = stmt.text(0);
+      const std::string host = stmt.text(1);
+      const int64_t pid = stmt.int64(2);
+      const std::string state = stmt.text(3);
+      previous_attempt = static_cast<int>(stmt.int64(4));
+      const double heartbeat_at = stmt.real(5);
+      if (state == "held" && runner != me.id) {
+        if (holder_alive(host, pid, heartbeat_at, now)) {
+          result.outcome = ClaimOutcome::kHeldByOther;
+          result.holder = runner;
+          return result;  // the transaction rolls back: nothing was written
+        }
+        char age[64];
+        std::snprintf(age, sizeof age, "%.0f", now - heartbeat_at);
+        result.takeover = "attempt " + std::to_string(previous_attempt) + " of runner " + runner +
+                          " (pid " + std::to_string(pid) + " on " + host + ", last heartbeat " +
+                          age + " s ago)";
+      } else if (state == "done" && runner != me.id && !stmt.is_null(6) &&
+                 stmt.real(6) >= me.started_at) {
+        result.outcome = ClaimOutcome::kDoneByOther;
+        result.holder = runner;
+        return result;
+      }
+    }
+  }
+  if (result.takeover.empty()) {
+    Stmt stmt(db_, path_, "SELECT status FROM runs WHERE run_id = ?1");
+    stmt.bind(1, run_id);
+    if (stmt.step() && !(force || (retry_failed && stmt.text(0) != "ok"))) {
+      result.outcome = ClaimOutcome::kStored;
+      return result;
+    }
+  }
+  result.attempt = previous_attempt + 1;
+  Stmt stmt(db_, path_, R"(
+INSERT INTO claims(run_id, experiment, runner, host, pid, state, attempt, claimed_at,
+                   heartbeat_at, finished_at)
+VALUES (?1, ?2, ?3, ?4, ?5, 'held', ?6, ?7, ?7, NULL)
+ON CONFLICT(run_id) DO UPDATE SET
+  experiment = excluded.experiment, runner = excluded.runner, host = excluded.host,
+  pid = excluded.pid, state = 'held', attempt = excluded.attempt,
+  claimed_at = excluded.claimed_at, heartbeat_at = excluded.heartbeat_at, finished_at = NULL)");
+  stmt.bind(1, run_id);
+  stmt.bind(2, experiment);
+  stmt.bind(3, me.id);
+  stmt.bind(4, me.host);
+  stmt.bind(5, me.pid);
+  stmt.bind(6, result.attempt);
+  stmt.bind(7, now);
+  stmt.run();
+  tx.commit();
+  return result;
+}
+
+void Store::heartbeat(const Claimant& me) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);
+  Stmt stmt(db_, path_, "UPDATE claims SET heartbeat_at = ?2 WHERE runner = ?1 AND state = 'held'");
+  stmt.bind(1, me.id);
+  stmt.bind(2, unix_now());
+  stmt.run();
+}
+
+void Store::release_claim(const std::string& run_id, const Claimant& me) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);
+  Stmt stmt(db_, path_, R"(
+UPDATE claims SET state = 'released', finished_at = ?3
+WHERE run_id = ?1 AND runner = ?2 AND state = 'held')");
+  stmt.bind(1, run_id);
+  stmt.bind(2, me.id);
+  stmt.bind(3, unix_now());
+  stmt.run();
+}
+
+void Store::transfer_claims(const std::vector<std::string>& run_ids, const Claimant& me,
+                            const Claimant& to) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);
+  Transaction tx(db_, path_);
+  Stmt stmt(db_, path_, R"(
+UPDATE claims SET runner = ?3, host = ?4, pid = ?5, heartbeat_at = ?6
+WHERE run_id = ?1 AND runner = ?2 AND state = 'held')");
+  for (const std::string& run_id : run_ids) {
+    stmt.bind(1, run_id);
+    stmt.bind(2, me.id);
+    stmt.bind(3, to.id);
+    stmt.bind(4, to.host);
+    stmt.bind(5, to.pid);
+    stmt.bind(6, unix_now());
+    stmt.run();
   }
   tx.commit();
 }

@@ -4,6 +4,7 @@
 // old record whole.
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -80,6 +81,34 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
 // kEnvFields (fields.h); "" for an empty environment.
 std::string environment_id(const Json& env);
 
+// Who runs a run: a `harness run` process (its host, pid and start), or a Slurm submission that
+// holds its runs until `harness collect` ingests them (docs/concurrency.md).
+struct Claimant {
+  std::string id;         // "<host>:<pid>:<start ns>" or "slurm:<submission token>"
+  std::string host;       // gethostname()
+  int64_t pid = 0;        // 0 for a Slurm submission
+  double started_at = 0;  // Unix seconds
+  static Claimant this_process();
+};
+
+// Claims older than this without a heartbeat (or, on the same host, whose pid is gone) belong
+// to a runner that died and are taken over. HARNESS_CLAIM_STALE_S overrides it (tests).
+double claim_stale_after_s();
+
+enum class ClaimOutcome {
+  kClaimed,      // this runner runs it now
+  kStored,       // its result is stored and the options do not ask for a rerun
+  kHeldByOther,  // another live runner (or a Slurm submission) is running it
+  kDoneByOther,  // another runner finished it after this one started: not run twice
+};
+
+struct ClaimResult {
+  ClaimOutcome outcome = ClaimOutcome::kClaimed;
+  int attempt = 0;       // kClaimed: this attempt's number (1, 2, ...): its own directory
+  std::string holder;    // kHeldByOther / kDoneByOther: the other runner's id
+  std::string takeover;  // kClaimed from a dead runner: what was taken over, for the log
+};
+
 class Store {
  public:
   enum class Mode {
@@ -103,8 +132,24 @@ class Store {
 
   // Writes the environment, the run (replacing an earlier record of the same run id, with its
   // metrics, steps and texts), its metrics, steps and texts, all in one transaction: on any
-  // error nothing is written and std::runtime_error is thrown.
-  void ingest(const RunRecord& record);
+  // error nothing is written and std::runtime_error is thrown. With an `owner`, the record is
+  // written only while `owner` still holds the run's claim (which it then marks done); returns
+  // false, writing nothing, when another runner has taken the claim over.
+  bool ingest(const RunRecord& record, const Claimant* owner = nullptr);
+
+  // Claims `run_id` for `me` in one transaction: two runners never both get kClaimed for a run
+  // that is held. A rerun (force, or retry_failed of a run whose status is not ok) still skips
+  // a run that another runner finished after `me` started.
+  ClaimResult claim_run(const std::string& experiment, const std::string& run_id,
+                        const Claimant& me, bool force, bool retry_failed);
+  // Keeps `me`'s held claims alive (every few seconds while runs are in progress).
+  void heartbeat(const Claimant& me);
+  // Gives a held claim back without a result (Ctrl-C, a failed submission): any runner may
+  // claim the run again.
+  void release_claim(const std::string& run_id, const Claimant& me);
+  // Hands `me`'s held claims of `run_ids` to a Slurm submission (`to`).
+  void transfer_claims(const std::vector<std::string>& run_ids, const Claimant& me,
+                       const Claimant& to);
 
   // run_id -> status for resuming `harness run`.
   std::map<std::string, std::string> run_statuses(const std::string& experiment) const;
@@ -124,6 +169,9 @@ class Store {
 
   std::string path_;
   sqlite3* db_ = nullptr;
+  // The runner's threads share one connection; a transaction must not interleave with another
+  // thread's statements.
+  mutable std::recursive_mutex mutex_;
 };
 
 }  // namespace hx

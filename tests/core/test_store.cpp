@@ -298,6 +298,87 @@ TEST_F(StoreTest, UpsertExperimentKeepsCreationTime) {
   EXPECT_EQ(query_text("SELECT created_at FROM experiments"), created);
 }
 
+// ---- Claims: several runners on one database (docs/concurrency.md) ----
+
+Claimant claimant(const std::string& id, int64_t pid, double started_at) {
+  Claimant c;
+  c.id = id;
+  c.host = Claimant::this_process().host;
+  c.pid = pid;
+  c.started_at = started_at;
+  return c;
+}
+
+TEST_F(StoreTest, OneClaimPerRunWhileItsHolderLives) {
+  Store store(db_path());
+  const Claimant me = Claimant::this_process();
+  // Another live runner: this process's parent (a pid that surely exists on this host).
+  const Claimant other = claimant("other", ::getppid(), me.started_at);
+  const ClaimResult mine = store.claim_run("quickstart", "r1", me, false, false);
+  EXPECT_EQ(mine.outcome, ClaimOutcome::kClaimed);
+  EXPECT_EQ(mine.attempt, 1);
+  EXPECT_TRUE(mine.takeover.empty());
+  const ClaimResult theirs = store.claim_run("quickstart", "r1", other, false, false);
+  EXPECT_EQ(theirs.outcome, ClaimOutcome::kHeldByOther);
+  EXPECT_EQ(theirs.holder, me.id);
+  // Their record of my run is refused; mine is stored and marks the claim done.
+  EXPECT_FALSE(store.ingest(record("r1"), &other));
+  EXPECT_EQ(count("SELECT count(*) FROM runs"), 0);
+  EXPECT_TRUE(store.ingest(record("r1"), &me));
+  EXPECT_EQ(query_text("SELECT state FROM claims WHERE run_id = 'r1'"), "done");
+  // A runner that started before my run finished does not run it again, even with --force.
+  EXPECT_EQ(store.claim_run("quickstart", "r1", other, false, false).outcome,
+            ClaimOutcome::kDoneByOther);
+  EXPECT_EQ(store.claim_run("quickstart", "r1", other, true, false).outcome,
+            ClaimOutcome::kDoneByOther);
+  // A runner started after it finished finds it stored, and reruns it with --force, as a new
+  // attempt.
+  const Claimant later = claimant("later", ::getppid(), me.started_at + 1e6);
+  EXPECT_EQ(store.claim_run("quickstart", "r1", later, false, false).outcome,
+            ClaimOutcome::kStored);
+  const ClaimResult rerun = store.claim_run("quickstart", "r1", later, true, false);
+  EXPECT_EQ(rerun.outcome, ClaimOutcome::kClaimed);
+  EXPECT_EQ(rerun.attempt, 2);
+}
+
+TEST_F(StoreTest, ADeadRunnersClaimIsTakenOverAndLogged) {
+  Store store(db_path());
+  // A pid that does not exist on this host (beyond pid_max).
+  const Claimant dead = claimant("dead", 99999999, 0);
+  ASSERT_EQ(store.claim_run("quickstart", "r1", dead, false, false).outcome,
+            ClaimOutcome::kClaimed);
+  const Claimant me = Claimant::this_process();
+  const ClaimResult taken = store.claim_run("quickstart", "r1", me, false, false);
+  EXPECT_EQ(taken.outcome, ClaimOutcome::kClaimed);
+  EXPECT_EQ(taken.attempt, 2);
+  EXPECT_NE(taken.takeover.find("runner dead (pid 99999999 on "), std::string::npos)
+      << taken.takeover;
+  // The dead runner's record, should it arrive after all, does not overwrite anything.
+  EXPECT_FALSE(store.ingest(record("r1"), &dead));
+  // A released claim is free again, without a takeover.
+  store.release_claim("r1", me);
+  const ClaimResult again =
+      store.claim_run("quickstart", "r1", claimant("x", ::getppid(), 0), false, false);
+  EXPECT_EQ(again.outcome, ClaimOutcome::kClaimed);
+  EXPECT_TRUE(again.takeover.empty());
+  EXPECT_EQ(again.attempt, 3);
+}
+
+TEST_F(StoreTest, ASlurmSubmissionHoldsItsClaimsUntilCollected) {
+  Store store(db_path());
+  const Claimant me = Claimant::this_process();
+  ASSERT_EQ(store.claim_run("quickstart", "r1", me, false, false).outcome, ClaimOutcome::kClaimed);
+  const Claimant submission = claimant("slurm:T1", 0, 0);
+  store.transfer_claims({"r1"}, me, submission);
+  // No heartbeat ever comes from a submission: it is held all the same.
+  const ClaimResult other =
+      store.claim_run("quickstart", "r1", claimant("y", ::getppid(), 0), true, false);
+  EXPECT_EQ(other.outcome, ClaimOutcome::kHeldByOther);
+  EXPECT_EQ(other.holder, "slurm:T1");
+  EXPECT_FALSE(store.ingest(record("r1"), &me));
+  EXPECT_TRUE(store.ingest(record("r1"), &submission));
+}
+
 TEST(EnvironmentIdTest, HashesOnlyKnownKeys) {
   const Json env = {{"gpu_name", "H100"}, {"threads", 16}};
   Json more = env;

@@ -275,16 +275,29 @@ class E2E : public ::testing::Test {
     return ids;
   }
 
-  // How many result files (one per attempt: result.<parent pid>.json) each run dir holds.
+  // How many attempts of each run wrote a result (<runs>/<run id>/<attempt>/result.json).
   std::map<std::string, int> result_files() const {
     std::map<std::string, int> out;
     if (!fs::exists(runs_)) return out;
     for (const auto& run_dir : fs::directory_iterator(runs_)) {
+      if (!run_dir.is_directory() || run_dir.path().filename() == "tokens") continue;
       int n = 0;
-      for (const auto& f : fs::directory_iterator(run_dir.path())) {
-        const std::string name = f.path().filename().string();
-        if (name.rfind("result.", 0) == 0 && f.path().extension() == ".json") ++n;
-      }
+      for (const auto& attempt : fs::directory_iterator(run_dir.path()))
+        if (fs::exists(attempt.path() / "result.json")) ++n;
+      out[run_dir.path().filename().string()] = n;
+    }
+    return out;
+  }
+
+  // How many attempt directories each run has (one per start of its worker).
+  std::map<std::string, int> attempts() const {
+    std::map<std::string, int> out;
+    if (!fs::exists(runs_)) return out;
+    for (const auto& run_dir : fs::directory_iterator(runs_)) {
+      if (!run_dir.is_directory() || run_dir.path().filename() == "tokens") continue;
+      int n = 0;
+      for (const auto& attempt : fs::directory_iterator(run_dir.path()))
+        if (attempt.is_directory()) ++n;
       out[run_dir.path().filename().string()] = n;
     }
     return out;

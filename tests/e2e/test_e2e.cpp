@@ -379,12 +379,12 @@ TEST_F(E2E, KilledParentResumesWithoutDuplicates) {
   ASSERT_TRUE(second_stored) << slurp(err);
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << slurp(err);
 
-  // The worker the parent was waiting for lives in its own process group, so it can outlive
-  // the parent as an orphan; end it (the test's temp dir is in its argv).
-  const size_t orphans = kill_processes_mentioning(dir_.string());
-  RecordProperty("orphaned_workers", static_cast<int>(orphans));
-  std::cerr << "[ info ] orphaned worker processes after SIGKILL of the parent: " << orphans
-            << "\n";
+  // The worker the parent was waiting for lives in its own process group, but dies with its
+  // parent (PR_SET_PDEATHSIG): no orphan competes with the rerun.
+  const auto killed = Clock::now();
+  while (!processes_mentioning(dir_.string()).empty() && seconds_since(killed) < 10)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(kill_processes_mentioning(dir_.string()), 0U) << "orphaned workers";
 
   long long stored_before = 0;
   {
@@ -402,9 +402,13 @@ TEST_F(E2E, KilledParentResumesWithoutDuplicates) {
                                         " already stored, " + std::to_string(8 - stored_before) +
                                         " to run"))
       << resumed.err;
+  // The killed runner's claim on the run in flight is taken over, and logged.
+  EXPECT_TRUE(contains(resumed.err, "taking over run ")) << resumed.err;
+  EXPECT_TRUE(contains(resumed.err, "(pid " + std::to_string(parent) + " on ")) << resumed.err;
 
   Db db(db_);
   EXPECT_EQ(db.count("SELECT count(*) FROM runs"), 8);
+  EXPECT_EQ(db.count("SELECT count(*) FROM claims WHERE state = 'done'"), 8);
   EXPECT_EQ(db.count("SELECT count(DISTINCT run_id) FROM runs"), 8);
   EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok' AND experiment = 'kill'"), 8);
   EXPECT_EQ(db.count("SELECT count(*) FROM (SELECT run_id, name FROM metrics GROUP BY run_id, "

@@ -95,9 +95,9 @@ TEST_F(TokenizedTest, RunPretokenisesAlpacaForTheWorker) {
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find("tokenised 2 examples"), std::string::npos) << r.err;
   bool found = false;
-  for (const auto& entry : fs::directory_iterator(dir_ / "runs" / "tok")) {
-    if (!fs::exists(entry.path() / "run.json")) continue;
-    const Json run = Json::parse(slurp(entry.path() / "run.json"));
+  for (const auto& entry : fs::recursive_directory_iterator(dir_ / "runs" / "tok")) {
+    if (entry.path().filename() != "run.json") continue;
+    const Json run = Json::parse(slurp(entry.path()));
     const std::string tokens = run.at("data").at("tokens_path");
     ASSERT_TRUE(fs::path(tokens).is_absolute());
     const Json examples = Json::parse(slurp(tokens));
@@ -139,9 +139,9 @@ TEST_F(TokenizedTest, GenerationsBeforeAndAfterAreEncodedHereAndDecodedHere) {
   const Result r = harness({"run", "spec.yaml", "--db", (dir_ / "h.db").string()}, dir_);
   ASSERT_EQ(r.rc, 0) << r.err;
   // The worker got the fixed prompts as ids: BOS, then the Alpaca prompt's bytes.
-  for (const auto& entry : fs::directory_iterator(dir_ / "runs" / "gen")) {
-    if (!fs::exists(entry.path() / "run.json")) continue;
-    const Json prompts = Json::parse(slurp(entry.path() / "run.json"))["data"]["prompt_tokens"];
+  for (const auto& entry : fs::recursive_directory_iterator(dir_ / "runs" / "gen")) {
+    if (entry.path().filename() != "run.json") continue;
+    const Json prompts = Json::parse(slurp(entry.path()))["data"]["prompt_tokens"];
     ASSERT_EQ(prompts.size(), 3u);
     EXPECT_EQ(prompts[0][0], 256);       // <|begin_of_text|>
     EXPECT_EQ(prompts[0][1], int('B'));  // "Below is an instruction ..."
