@@ -57,7 +57,9 @@ std::vector<int64_t> ids_from_json(const nlohmann::json& j, const std::string& w
   ids.reserve(j.size());
   for (const auto& v : j) {
     if (!v.is_number_integer())
-      throw std::invalid_argument(where + ": token ids must be integers, got " + v.dump());
+      throw std::invalid_argument(where + ": token ids must be integers, got " +
+                                  (v.is_structured() ? std::string("an ") + v.type_name()
+                                                     : v.dump()));  // nested: no deep dump
     ids.push_back(v.get<int64_t>());
   }
   return ids;

@@ -14,6 +14,7 @@
 
 #include "harness/compare.h"
 #include "harness/fields.h"
+#include "harness/json_io.h"
 
 namespace hx {
 namespace {
@@ -328,9 +329,15 @@ std::vector<StoredRun> parse_baseline_csv(const std::string& text, const std::st
       throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
     }
     Json config;
+    // A run's config is a flat object; one nested 100,000 deep exhausted the stack when the lines
+    // of a run were compared (`harness check` died of a stack overflow; tests/core/test_gate.cpp).
+    if (json_nesting_depth(f[4]) > kMaxJsonDepth) {
+      throw std::invalid_argument(where + "config: nested deeper than " +
+                                  std::to_string(kMaxJsonDepth) + " levels");
+    }
     try {
       config = Json::parse(f[4]);
-    } catch (const Json::parse_error&) {
+    } catch (const Json::exception&) {  // parse_error, or out_of_range for a number like 1e999
       throw std::invalid_argument(where + "config: not JSON");
     }
     Json env = Json::object();

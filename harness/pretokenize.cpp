@@ -13,7 +13,7 @@ std::vector<AlpacaRecord> read_alpaca(const std::string& path, int64_t samples) 
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // out_of_range too: a number like 1e999
     throw std::invalid_argument(path + ": not valid JSON: " + e.what());
   }
   if (!doc.is_array()) throw std::invalid_argument(path + ": expected a JSON list of records");
@@ -144,7 +144,7 @@ std::vector<Example> read_token_examples(const std::string& path) {
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(path + ": not valid JSON: " + e.what());
   }
   if (!doc.is_array()) throw std::invalid_argument(path + ": expected a JSON list of examples");

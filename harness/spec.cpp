@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -167,6 +168,31 @@ std::string known_keys(std::string_view workload) {
     if (applies(rule.scope, workload)) names.push_back(rule.name);
   }
   return join(names);
+}
+
+// Offset of the first byte that does not begin a well-formed UTF-8 sequence (overlongs,
+// surrogates and code points above U+10FFFF are not), or npos.
+size_t invalid_utf8_at(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    const size_t len = c < 0x80             ? 1
+                       : (c & 0xE0) == 0xC0 ? 2
+                       : (c & 0xF0) == 0xE0 ? 3
+                       : (c & 0xF8) == 0xF0 ? 4
+                                            : 0;
+    if (len == 0 || i + len > text.size()) return i;
+    uint32_t cp = len == 1 ? c : c & (0x7FU >> len);
+    for (size_t k = 1; k < len; ++k) {
+      const auto b = static_cast<unsigned char>(text[i + k]);
+      if ((b & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (b & 0x3FU);
+    }
+    constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += len;
+  }
+  return std::string_view::npos;
 }
 
 // A value as a message shows it: strings quoted, so that `"16"` and `16` read differently.
@@ -1151,6 +1177,18 @@ Spec Parser::parse(const std::string& text) {
   spec.path = path_;
   spec.text = text;
 
+  // YAML is Unicode text; a byte that is not UTF-8 would reach messages, JSON and the database
+  // (nlohmann's dump throws on it), so it is refused here, where its place is known.
+  if (const size_t at = invalid_utf8_at(text); at != std::string::npos) {
+    const size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
+    const size_t column = line_start == std::string::npos || at == 0 ? at + 1 : at - line_start;
+    char byte[8];
+    std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[at]));
+    fail(1 + static_cast<int>(std::count(text.begin(), text.begin() + static_cast<long>(at), '\n')),
+         "spec",
+         std::string("byte ") + byte + " in column " + std::to_string(column) +
+             " is not UTF-8 (a spec is UTF-8 text)");
+  }
   YAML::Node root;
   try {
     root = YAML::Load(text);

@@ -15,10 +15,22 @@ namespace {
 class SentencePieceTokenizer final : public TextTokenizer {
  public:
   explicit SentencePieceTokenizer(const std::string& path) {
-    const auto status = sp_.Load(path);
+    sentencepiece::util::Status status;
+    try {
+      status = sp_.Load(path);
+    } catch (const std::exception& e) {
+      // libsentencepiece throws from inside for some malformed models (its trie builder, e.g.
+      // Darts' "zero-length key" for an empty piece) instead of returning a status.
+      throw std::invalid_argument(path + ": not a loadable SentencePiece model: " + e.what());
+    }
     if (!status.ok())
       throw std::invalid_argument(path +
                                   ": not a loadable SentencePiece model: " + status.ToString());
+    // A LLaMA tokenizer needs both: every example ends with EOS, every prompt starts with BOS.
+    if (sp_.bos_id() < 0 || sp_.eos_id() < 0)
+      throw std::invalid_argument(path + ": the SentencePiece model has no " +
+                                  (sp_.bos_id() < 0 ? "BOS" : "EOS") +
+                                  " piece (LLaMA 2's are <s> and </s>)");
     for (int id = 0; id < sp_.GetPieceSize(); ++id)
       if (sp_.IsControl(id) && !sp_.IdToPiece(id).empty())
         controls_.emplace_back(sp_.IdToPiece(id), id);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "harness/gate.h"
+#include "harness/json_io.h"
 #include "harness/store.h"
 #include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"
@@ -506,6 +507,18 @@ TEST_F(GateTest, MalformedBaselinesNameTheLine) {
                      "r1,0,x,finetune,{},ok,cpu,2.1,c,peak_mem_mb,2\n"),
             "b.csv:3: run r1: metric peak_mem_mb twice");
   EXPECT_EQ(error_of(header + "\nr1,0,x,finetune,\"{,ok\n"), "b.csv:2: unterminated quoted field");
+  // Found by fuzzing (tests/fuzz/corpus/fuzz_baseline_csv/crash-config-number-overflow.csv): a
+  // config number beyond double is nlohmann's out_of_range, not a parse_error, and escaped as
+  // "error: [json.exception.out_of_range.406] ...", exit 1, without the file.
+  EXPECT_EQ(error_of(header + "\nr1,0,x,finetune,32e2363,ok,cpu,2.1,c,peak_mem_mb,1\n"),
+            "b.csv:2: config: not JSON");
+  // A config nested 100,000 deep: comparing two lines' configs recursed once per level and
+  // overflowed the stack (AddressSanitizer: stack-overflow in `harness check`).
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_EQ(error_of(header + "\nr1,0,x,finetune," + deep + ",ok,cpu,2.1,c,peak_mem_mb,1\n" +
+                     "r1,0,x,finetune," + deep + ",ok,cpu,2.1,c,step_time_s,1\n"),
+            "b.csv:2: config: nested deeper than 64 levels");
+  EXPECT_EQ(json_nesting_depth(R"({"a": [1, "]]}[[", {"b": []}]})"), 4U);
   EXPECT_THROW(baseline_csv(gate_plan(1), {}), std::invalid_argument);
 }
 

@@ -167,6 +167,19 @@ TEST_F(PretokenizeTest, WritesTheTokenFileTheWorkerReads) {
   EXPECT_THROW(read_token_examples((dir_ / "bad.json").string()), std::invalid_argument);
 }
 
+// Found with the fuzzing of the other JSON readers: a number beyond double (1e999) is nlohmann's
+// out_of_range, not a parse_error, and escaped as "error: [json.exception.out_of_range.406] ...",
+// exit 1, without the file.
+TEST_F(PretokenizeTest, AlpacaNumberOverflowNamesTheFile) {
+  const std::string data = write("alpaca.json", R"([{"instruction": "a", "output": 1e999}])");
+  try {
+    read_alpaca(data, 0);
+    ADD_FAILURE() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(data + ": not valid JSON: ", 0), 0U) << e.what();
+  }
+}
+
 TEST_F(PretokenizeTest, SpecTokenizerResolvedHashedAndChecked) {
   write("data/alpaca.json", kAlpaca);
   write("tok/tokenizer.model", tiktoken_file(byte_vocab({})));  // 512 tokens: fits tiny (512)

@@ -325,5 +325,33 @@ TEST_F(TokenizerTest, SentencePieceModels) {
   EXPECT_THROW(sp->encode("\xFF", false, false), std::invalid_argument);
 }
 
+// Found by fuzzing: a unigram model with an empty piece made libsentencepiece throw its trie
+// builder's exception (Darts: "failed to insert key: zero-length key") out of Load, past the
+// loader: `harness` printed it without the file and exited 1.
+TEST_F(TokenizerTest, SentencePieceLibraryExceptionsNameTheFile) {
+  const std::string path =
+      std::string(HX_SOURCE_DIR) +
+      "/tests/fuzz/corpus/fuzz_tokenizer_sentencepiece/crash-empty-piece.model";
+  try {
+    load_sentencepiece_tokenizer(path);
+    ADD_FAILURE() << path << " loaded";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(path + ": not a loadable SentencePiece model: ", 0), 0U)
+        << e.what();
+  }
+}
+
+// Found by fuzzing (tests/fuzz/corpus/fuzz_tokenizer_sentencepiece/crash-no-eos.model): a model
+// without </s> loaded, and the first example to encode (BOS + text + EOS) failed with "this
+// tokenizer has no EOS token", naming neither the file nor the tokenizer.
+TEST_F(TokenizerTest, SentencePieceModelWithoutBosOrEosIsRefused) {
+  std::string no_eos = tiny_sentencepiece_model();
+  no_eos.replace(no_eos.find("</s>"), 4, "</t>");  // same length: the protobuf stays well-formed
+  expect_invalid(write("no_eos.model", no_eos), "has no EOS piece");
+  std::string no_bos = tiny_sentencepiece_model();
+  no_bos.replace(no_bos.find("<s>"), 3, "<t>");
+  expect_invalid(write("no_bos.model", no_bos), "has no BOS piece");
+}
+
 }  // namespace
 }  // namespace hx

@@ -455,6 +455,30 @@ TEST(Safetensors, MalformedFilesGiveClearErrors) {
   expect_error([&] { load_model(dir, ModelOptions{}); }, {model_file, "runs past the end"});
 }
 
+// Found by fuzzing (tests/fuzz/fuzz_torch_pth.cpp, inputs in tests/fuzz/corpus/fuzz_torch_pth):
+// a pickle that stores at memo index 1596876899 made libtorch's unpickler allocate a 25 GB memo
+// table (the pickle is checked first now, model/torch_pickle.h); a quantized tensor with a
+// quantizer libtorch lacks, and an Int1 tensor, loaded and then failed inside libtorch's copies
+// (an internal assert; "not implemented for 'Int1'"). Each is now an error naming the file.
+TEST(TorchSave, CorruptFilesNameTheFile) {
+  const std::string corpus = std::string(kHxSourceDir) + "/tests/fuzz/corpus/fuzz_torch_pth/";
+  const std::string crash = corpus + "crash-memo-index.pth";
+  expect_error([&] { read_torch_dict(crash); }, {crash, "memo index 1596876899 out of range"});
+  const std::string quantized = corpus + "crash-quantized.pth";
+  expect_error([&] { read_torch_dict(quantized); }, {quantized, "is not a dense CPU tensor"});
+  const std::string int1 = corpus + "crash-int1-dtype.pth";
+  expect_error([&] { read_torch_dict(int1); }, {int1, "has dtype"});
+  TempDir tmp;
+  const std::string p = tmp.sub("consolidated.00.pth");
+  write_bytes(p, "PK\x03\x04 not a zip");
+  expect_error([&] { read_torch_dict(p); }, {p, "not a readable torch.save file"});
+  // The fuzzer's seeds are real torch.save files.
+  EXPECT_EQ(
+      read_torch_dict(std::string(kHxSourceDir) + "/tests/fuzz/corpus/fuzz_torch_pth/fp32.pth")
+          .size(),
+      2U);
+}
+
 // ---- strict loading: every error names the key, the file and the shapes ----
 
 // Rewrites one HF file of `dir` through `edit`.
