@@ -14,12 +14,13 @@ namespace {
 
 struct PlotArgs {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   std::string db = "results/harness.db";
   PlotOptions options;
 };
 
 int run_plot(const PlotArgs& args) {
-  const Spec spec = load_spec(args.spec_path);
+  const Spec spec = load_spec(args.spec_path, args.overrides);
   if (!std::filesystem::exists(args.db))
     throw std::invalid_argument(args.db + ": no such database");
   const Store store(args.db, Store::Mode::kExisting);
@@ -37,16 +38,18 @@ int run_plot(const PlotArgs& args) {
   return kExitOk;
 }
 
-const CommandRegistrar kRegistrar{"plot", [](CLI::App& app, std::function<void(int)> set_exit) {
-  auto args = std::make_shared<PlotArgs>();
-  auto* sub = app.add_subcommand("plot", "draw SVG charts of the spec's tables with gnuplot");
-  sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
-  sub->add_option("--db", args->db, "results database")->capture_default_str();
-  sub->add_option("--out", args->options.out_dir, "output directory")->capture_default_str();
-  sub->add_option("--limit-mb", args->options.limit_mb,
-                  "memory limit line (default: the spec's memory_limit_mb)");
-  sub->callback([args, set_exit] { set_exit(run_plot(*args)); });
-}};
+const CommandRegistrar kRegistrar{
+    "plot", [](CLI::App& app, std::function<void(int)> set_exit) {
+      auto args = std::make_shared<PlotArgs>();
+      auto* sub = app.add_subcommand("plot", "draw SVG charts of the spec's tables with gnuplot");
+      sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
+      add_spec_overrides(sub, args->overrides);
+      sub->add_option("--db", args->db, "results database")->capture_default_str();
+      sub->add_option("--out", args->options.out_dir, "output directory")->capture_default_str();
+      sub->add_option("--limit-mb", args->options.limit_mb,
+                      "memory limit line (default: the spec's memory_limit_mb)");
+      sub->callback([args, set_exit] { set_exit(run_plot(*args)); });
+    }};
 
 }  // namespace
 }  // namespace hx

@@ -11,7 +11,7 @@
 #include <stdexcept>
 #include <utility>
 
-#include "harness/config_reader.h"
+#include "harness/config_keys.h"
 #include "harness/fields.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
@@ -28,7 +28,7 @@ constexpr double kMB = 1024.0 * 1024.0;  // the measured *_mb metrics are MiB
 
 // ---- Config, read with the worker's defaults (harness/worker/workloads.cpp) ----
 
-using Config = ConfigReader;
+using Config = RunSettings;
 
 // Before libtorch 2.0 the node of mean(dim) saves its input (measured on 1.13: each RMSNorm
 // holds x^2 until backward); from 2.0 it keeps only sizes and numel.
@@ -951,49 +951,48 @@ int64_t rope_bytes(const LlamaConfig& c) { return 2 * c.max_seq_len * (c.head_di
 
 MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const LlamaConfig& c,
                                  const EstimateOptions& options) {
-  const Config cfg{run.config};
   const auto& part = spec.parts[static_cast<size_t>(run.part)];
+  const Config cfg = RunSettings::parse(run.config, part.data);
   FinetuneSetup s;
   s.model.cfg = c;
   s.model.mean_saves_input = mean_saves_input(options);
   s.model.cpu = spec.device != "cuda";
-  s.model.elem = dtype_bytes(cfg.get<std::string>("dtype", "fp32"));
-  const std::string mp = cfg.get<std::string>("mp", "off");
+  s.model.elem = dtype_bytes(cfg.dtype);
+  const std::string& mp = cfg.mp;
   if (mp != "off" && mp != "fp16" && mp != "bf16")
     throw std::invalid_argument("unknown mp \"" + mp + "\" (expected off, fp16, bf16)");
   s.model.autocast = mp != "off";
   s.model.compute = s.model.autocast ? 2 : s.model.elem;
-  s.model.sdpa = cfg.get<std::string>("attention", "sdpa") == "sdpa";
-  const bool lora = cfg.on("lora", false);
+  s.model.sdpa = cfg.attention == "sdpa";
+  const bool lora = cfg.lora;
   s.model.full = !lora;
   std::vector<std::string> targets;
   if (lora) {
-    targets = cfg.get<std::vector<std::string>>("lora_targets", {"wq", "wv"});
+    targets = cfg.lora_targets;
     s.model.lora.insert(targets.begin(), targets.end());
-    s.model.lora_r = cfg.get<int64_t>("lora_r", 16);
-    s.model.lora_dropout = cfg.get<double>("lora_dropout", 0.05);
+    s.model.lora_r = cfg.lora_r;
+    s.model.lora_dropout = cfg.lora_dropout;
   }
-  s.model.gc_every = cfg.on("gc", false) ? cfg.get<int64_t>("gc_every", 1) : 0;
-  s.batch = cfg.get<int64_t>("batch_size", 1);
-  s.ga = cfg.get<int64_t>("ga", 1);
-  s.optimizer = cfg.get<std::string>("optimizer", "sgd");
+  s.model.gc_every = cfg.gc ? cfg.gc_every : 0;
+  s.batch = cfg.batch_size;
+  s.ga = cfg.ga;
+  s.optimizer = cfg.optimizer;
   if (s.optimizer != "sgd" && s.optimizer != "adamw")
     throw std::invalid_argument("unknown optimizer \"" + s.optimizer + "\"");
-  s.weight_decay = cfg.get<double>("weight_decay", 0.0);
+  s.weight_decay = cfg.weight_decay;
   s.rope_bytes = rope_bytes(c);
-  const int64_t max_steps = std::max<int64_t>(1, cfg.get<int64_t>("max_steps", 20));
+  const int64_t max_steps = std::max<int64_t>(1, cfg.max_steps);
 
   // Lengths of every micro-batch of the run.
   std::vector<int64_t> lengths;
   const auto& data = part.data;
   if (data.value("format", std::string("random")) == "alpaca") {
-    const int64_t max_len =
-        cfg.get<int64_t>("max_seq_len", data.value("max_seq_len", int64_t{256}));
+    const int64_t max_len = cfg.max_seq_len;
     const auto counts = alpaca_token_counts(data.at("path").get<std::string>(),
                                             data.value("samples", int64_t{0}), max_len);
     lengths = batch_lengths(counts, s.batch, max_steps * s.ga);
   } else {
-    const int64_t seq = cfg.get<int64_t>("seq_len", data.value("seq_len", int64_t{64}));
+    const int64_t seq = cfg.seq_len;
     lengths.assign(static_cast<size_t>(max_steps * s.ga), seq);
   }
   for (int64_t t : lengths) {
@@ -1046,21 +1045,21 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
 // ---- Generation: model/generate.cpp under NoGradGuard ----
 
 MemoryEstimate estimate_generate(const RunConfig& run, const LlamaConfig& c) {
-  const Config cfg{run.config};
-  const int64_t b = cfg.get<int64_t>("batch_size", 1);
-  const int64_t prompt = cfg.get<int64_t>("prompt_len", 16);
-  const int64_t fresh = cfg.get<int64_t>("new_tokens", 16);
-  const bool use_cache = cfg.on("kv_cache", true);
+  const Config cfg = RunSettings::parse(run.config);
+  const int64_t b = cfg.batch_size;
+  const int64_t prompt = cfg.prompt_len;
+  const int64_t fresh = cfg.new_tokens;
+  const bool use_cache = cfg.kv_cache;
   if (prompt + fresh > c.max_seq_len)
     throw std::invalid_argument("prompt_len + new_tokens exceeds the model's max_seq_len " +
                                 std::to_string(c.max_seq_len));
   ModelOptions o;
   o.cfg = c;
-  o.elem = dtype_bytes(cfg.get<std::string>("dtype", "fp32"));
+  o.elem = dtype_bytes(cfg.dtype);
   o.compute = o.elem;
   o.full = false;
   o.training = false;
-  o.sdpa = cfg.get<std::string>("attention", "sdpa") == "sdpa";
+  o.sdpa = cfg.attention == "sdpa";
 
   Timeline tl;
   tl.grad_mode = false;

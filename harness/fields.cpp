@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <utility>
 
+#include "harness/config_keys.h"
+
 namespace hx {
 
 const Field* find_metric_field(std::string_view name) {
@@ -44,27 +46,8 @@ std::string format_full(double value) {
 }
 
 std::string axis_label(std::string_view key) {
-  static constexpr std::pair<std::string_view, std::string_view> kLabels[] = {
-      {"gc", "GC"},
-      {"ga", "GA"},
-      {"mp", "MP"},
-      {"lora", "LoRA"},
-      {"lora_r", "LoRA r"},
-      {"lora_alpha", "LoRA alpha"},
-      {"kv_cache", "KV cache"},
-      {"batch_size", "Batch"},
-      {"seq_len", "Seq len"},
-      {"max_seq_len", "Max seq len"},
-      {"prompt_len", "Prompt len"},
-      {"new_tokens", "New tokens"},
-      {"dtype", "DType"},
-      {"optimizer", "Optimizer"},
-      {"gc_every", "GC every"},
-      {"attention", "Attention"},
-  };
-  for (const auto& [name, label] : kLabels) {
-    if (name == key) return std::string(label);
-  }
+  const ConfigKey* config_key = find_config_key(key);
+  if (config_key != nullptr && !config_key->label.empty()) return std::string(config_key->label);
   return std::string(key);
 }
 

@@ -16,7 +16,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "harness/config_reader.h"
+#include "harness/config_keys.h"
 #include "harness/device_profiles.h"
 #include "harness/hash.h"
 #include "harness/json_io.h"
@@ -91,9 +91,7 @@ const TextTokenizer& spec_tokenizer(const std::string& path) {
   return *slot;
 }
 
-bool wants_generations(const RunConfig& run) {
-  return ConfigReader{run.config}.on("generations", false);
-}
+bool wants_generations(const RunConfig& run) { return RunSettings::parse(run.config).generations; }
 
 Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::string& result,
               const std::string& tokens_path) {
@@ -214,9 +212,7 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
   for (const RunConfig* run : pending) {
     if (!pretokenized(spec, *run) || !run->skip_reason.empty()) continue;
     const auto& data = spec.parts[static_cast<size_t>(run->part)].data;
-    // The worker's default and precedence (workloads.cpp): config, then data, then 256.
-    const int64_t max_len =
-        run->config.value("max_seq_len", data.value("max_seq_len", int64_t{256}));
+    const int64_t max_len = RunSettings::parse(run->config, data).max_seq_len;
     const std::string path = data.at("path").get<std::string>();
     const int64_t samples = data.value("samples", int64_t{0});
     const std::string key = spec.tokenizer + "\n" + path + "\n" + std::to_string(samples) + "\n" +
