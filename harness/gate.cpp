@@ -179,8 +179,6 @@ std::vector<double> ok_values(const std::vector<const StoredRun*>& runs, const s
   return values;
 }
 
-constexpr const char* kTimeMetrics[] = {"step_time_s", "prefill_s", "decode_s"};
-
 }  // namespace
 
 // ---- Mann-Whitney U ----
@@ -399,35 +397,45 @@ std::string verdict_text(Verdict verdict) {
   return "?";
 }
 
-GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
-                    const std::vector<StoredRun>& baseline, const std::vector<StoredRun>& current,
-                    const GateOptions& options) {
-  GateResult result;
-  result.options = options;
-  result.experiment = spec.name;
+namespace {
 
+// The plan's runs stored on either side, by run id.
+struct RunIndex {
   std::set<std::string> planned;
-  for (const RunConfig& run : plan) planned.insert(run.run_id);
-  std::map<std::string, const StoredRun*> base_runs;
-  std::map<std::string, const StoredRun*> cur_runs;
+  std::map<std::string, const StoredRun*> base, cur;
   std::set<std::string> base_experiments;
+};
+
+RunIndex index_runs(const std::vector<RunConfig>& plan, const std::vector<StoredRun>& baseline,
+                    const std::vector<StoredRun>& current) {
+  RunIndex index;
+  for (const RunConfig& run : plan) index.planned.insert(run.run_id);
   for (const StoredRun& run : baseline) {
-    base_runs.emplace(run.run_id, &run);
-    base_experiments.insert(run.experiment);
+    index.base.emplace(run.run_id, &run);
+    index.base_experiments.insert(run.experiment);
   }
   for (const StoredRun& run : current) {
     // A skipped run was not measured: as if it were not stored.
-    if (planned.contains(run.run_id) && run.status != "skipped") cur_runs.emplace(run.run_id, &run);
+    if (index.planned.contains(run.run_id) && run.status != "skipped") {
+      index.cur.emplace(run.run_id, &run);
+    }
   }
+  return index;
+}
 
-  // Environments: the baseline's against those of the current runs.
+// The baseline's environments against those of the current runs: refuses (false) a baseline of
+// another GPU or libtorch unless options.cross; notes what differs. `mem_pct` is the memory
+// margin in % that applies (wider for CPU runs on another CPU model).
+bool check_environments(const Spec& spec, const std::vector<StoredRun>& baseline,
+                        const RunIndex& index, const GateOptions& options, GateResult& result,
+                        double& mem_pct) {
   EnvSet base_envs;
   EnvSet cur_envs;
   for (const StoredRun& run : baseline) base_envs.add(run.env);
-  for (const auto& [id, run] : cur_runs) cur_envs.add(run->env);
+  for (const auto& [id, run] : index.cur) cur_envs.add(run->env);
   result.baseline_env = base_envs.text();
   result.current_env = cur_envs.text();
-  for (const std::string& experiment : base_experiments) {
+  for (const std::string& experiment : index.base_experiments) {
     if (experiment != spec.name) {
       result.notes.push_back("The baseline holds runs of experiment \"" + experiment +
                              "\"; the spec is \"" + spec.name + "\".");
@@ -441,13 +449,13 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
                        ": memory and time are not comparable across GPUs or libtorch versions. "
                        "Make a baseline on this machine (`harness baseline`), or pass --cross "
                        "to compare anyway.";
-      return result;
+      return false;
     }
     result.notes.push_back("Cross-environment comparison (--cross): baseline on " +
                            base_envs.text() + ", current runs on " + cur_envs.text() +
                            "; differences may come from the environment, not the code.");
   }
-  double mem_pct = options.mem_tolerance_pct;
+  mem_pct = options.mem_tolerance_pct;
   if (base_envs.cpus.size() == 1 && cur_envs.cpus.size() == 1 &&
       *base_envs.cpus.begin() != *cur_envs.cpus.begin()) {
     mem_pct = std::max(mem_pct, options.mem_tolerance_other_cpu_pct);
@@ -456,133 +464,147 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
                            "): timings may differ, and memory is allowed " + format_full(mem_pct) +
                            "% (kernels may use other scratch sizes).");
   }
+  return true;
+}
 
-  const std::vector<PlanPart> parts = group_plan(spec, plan);
-  for (const PlanPart& part : parts) {
-    for (const ConfigGroup& group : part.groups) {
-      const std::string label = part.title.empty() ? group.label : part.title + ": " + group.label;
-      std::vector<const StoredRun*> base;
-      std::vector<const StoredRun*> cur;
-      for (size_t r = 0; r < group.run_ids.size(); ++r) {
-        const std::string& id = group.run_ids[r];
-        const auto b = base_runs.find(id);
-        const auto c = cur_runs.find(id);
-        const bool in_base = b != base_runs.end();
-        const bool in_cur = c != cur_runs.end();
-        const std::string name = label + " (repeat " +
-                                 std::to_string(in_base  ? b->second->repeat
-                                                : in_cur ? c->second->repeat
-                                                         : static_cast<int>(r)) +
-                                 ", run " + id + ")";
-        if (in_base && !in_cur) result.baseline_only.push_back(name);
-        if (in_cur && !in_base) result.current_only.push_back(name);
-        if (in_base && in_cur) {
-          base.push_back(b->second);
-          cur.push_back(c->second);
-        }
-      }
-      if (base.empty()) continue;
-      result.runs_checked += static_cast<int>(base.size());
+// One configuration's runs stored on both sides, in repeat order.
+struct RunPairs {
+  std::string label;  // GateCheck::run
+  std::vector<const StoredRun*> base, cur;
+};
 
-      // Status, run by run.
-      std::vector<std::string> base_status;
-      std::vector<std::string> cur_status;
-      int broke = 0;
-      int fixed = 0;
-      bool any_failure = false;
-      for (size_t i = 0; i < base.size(); ++i) {
-        base_status.push_back(base[i]->status);
-        cur_status.push_back(cur[i]->status);
-        if (base[i]->status == "ok" && is_failure(cur[i]->status)) ++broke;
-        if (base[i]->status != "ok" && cur[i]->status == "ok") ++fixed;
-        any_failure = any_failure || base[i]->status != "ok" || cur[i]->status != "ok";
-      }
-      if (any_failure) {
-        GateCheck check{
-            label,          "status", status_summary(base_status), status_summary(cur_status), "",
-            Verdict::kPass, ""};
-        if (broke > 0) {
-          check.verdict = Verdict::kRegression;
-          check.delta = std::to_string(broke) + " run(s) no longer ok";
-        } else if (fixed > 0) {
-          check.verdict = Verdict::kImproved;
-          check.delta = std::to_string(fixed) + " run(s) ok now";
-        } else {
-          check.delta = "unchanged";
-        }
-        result.checks.push_back(std::move(check));
-      }
-
-      // Memory: medians of the ok runs.
-      const std::vector<double> base_mem = ok_values(base, "peak_mem_mb");
-      const std::vector<double> cur_mem = ok_values(cur, "peak_mem_mb");
-      if (!base_mem.empty() && !cur_mem.empty()) {
-        const double b = median_of(base_mem);
-        const double c = median_of(cur_mem);
-        const auto [lo, hi] = std::minmax_element(base_mem.begin(), base_mem.end());
-        const double tolerance = std::max(
-            {b * mem_pct / 100, options.mem_tolerance_mb, options.mem_noise_factor * (*hi - *lo)});
-        const double delta = c - b;
-        GateCheck check{label,
-                        "peak_mem_mb",
-                        metric_value_text("peak_mem_mb", b),
-                        metric_value_text("peak_mem_mb", c),
-                        "",
-                        Verdict::kPass,
-                        ""};
-        char buffer[64];
-        std::snprintf(buffer, sizeof(buffer), "%+.1f MB", delta);
-        check.delta = buffer;
-        if (b != 0) check.delta += " (" + signed_percent(delta / b) + ")";
-        if (delta > tolerance) {
-          check.verdict = Verdict::kRegression;
-        } else if (delta < -tolerance) {
-          check.verdict = Verdict::kImproved;
-        }
-        result.checks.push_back(std::move(check));
-      }
-
-      // Times: the U test on the ok runs' values, and the change of the median.
-      for (const char* metric : kTimeMetrics) {
-        const std::vector<double> bv = ok_values(base, metric);
-        const std::vector<double> cv = ok_values(cur, metric);
-        if (bv.empty() || cv.empty()) continue;
-        const double b = median_of(bv);
-        const double c = median_of(cv);
-        const double change = b != 0 ? c / b - 1 : 0;
-        GateCheck check{label,
-                        metric,
-                        metric_value_text(metric, b) + " (n=" + std::to_string(bv.size()) + ")",
-                        metric_value_text(metric, c) + " (n=" + std::to_string(cv.size()) + ")",
-                        signed_percent(change),
-                        Verdict::kPass,
-                        ""};
-        const auto need = static_cast<size_t>(options.min_repeats);
-        if (bv.size() < need || cv.size() < need) {
-          check.verdict = Verdict::kNotTested;
-          check.note = "fewer than " + std::to_string(options.min_repeats) + " repeats";
-        } else {
-          const MannWhitney test = mann_whitney_u(bv, cv);
-          check.delta += ", " + p_text(test.p);
-          const double threshold = options.time_slowdown_pct / 100;
-          if (test.p < options.time_p && change > threshold) {
-            check.verdict = Verdict::kRegression;
-          } else if (test.p < options.time_p && change < -threshold) {
-            check.verdict = Verdict::kImproved;
-          }
-        }
-        result.checks.push_back(std::move(check));
-      }
+// Pairs a configuration's repeats; those stored on one side only are listed in `result`.
+RunPairs match_group(const std::string& label, const ConfigGroup& group, const RunIndex& index,
+                     GateResult& result) {
+  RunPairs pairs{label, {}, {}};
+  for (size_t r = 0; r < group.run_ids.size(); ++r) {
+    const std::string& id = group.run_ids[r];
+    const auto b = index.base.find(id);
+    const auto c = index.cur.find(id);
+    const bool in_base = b != index.base.end();
+    const bool in_cur = c != index.cur.end();
+    if (in_base && in_cur) {
+      pairs.base.push_back(b->second);
+      pairs.cur.push_back(c->second);
+      continue;
     }
+    if (!in_base && !in_cur) continue;
+    const int repeat = in_base ? b->second->repeat : c->second->repeat;
+    const std::string name = label + " (repeat " + std::to_string(repeat) + ", run " + id + ")";
+    (in_base ? result.baseline_only : result.current_only).push_back(name);
   }
-  // Baseline runs the plan does not have (the spec changed, or another spec's baseline).
-  for (const StoredRun& run : baseline) {
-    if (!planned.contains(run.run_id)) {
-      result.baseline_only.push_back("run " + run.run_id + " " + canonical_json(run.config) +
-                                     " (not in the spec's plan)");
-    }
-  }
+  return pairs;
+}
 
+// Status, run by run: shown when any run failed on either side.
+std::optional<GateCheck> status_check(const RunPairs& pairs) {
+  std::vector<std::string> base_status;
+  std::vector<std::string> cur_status;
+  int broke = 0;
+  int fixed = 0;
+  bool any_failure = false;
+  for (size_t i = 0; i < pairs.base.size(); ++i) {
+    const std::string& before = pairs.base[i]->status;
+    const std::string& now = pairs.cur[i]->status;
+    base_status.push_back(before);
+    cur_status.push_back(now);
+    if (before == "ok" && is_failure(now)) ++broke;
+    if (before != "ok" && now == "ok") ++fixed;
+    any_failure = any_failure || before != "ok" || now != "ok";
+  }
+  if (!any_failure) return std::nullopt;
+  GateCheck check{pairs.label,
+                  "status",
+                  status_summary(base_status),
+                  status_summary(cur_status),
+                  "unchanged",
+                  Verdict::kPass,
+                  ""};
+  if (broke > 0) {
+    check.verdict = Verdict::kRegression;
+    check.delta = std::to_string(broke) + " run(s) no longer ok";
+  } else if (fixed > 0) {
+    check.verdict = Verdict::kImproved;
+    check.delta = std::to_string(fixed) + " run(s) ok now";
+  }
+  return check;
+}
+
+// Memory (GateTest::kMemoryMargin): the medians of the ok runs against the margin.
+std::optional<GateCheck> memory_check(const RunPairs& pairs, const Field& field,
+                                      const GateOptions& options, double mem_pct) {
+  const std::string metric(field.name);
+  const std::vector<double> base = ok_values(pairs.base, metric);
+  const std::vector<double> cur = ok_values(pairs.cur, metric);
+  if (base.empty() || cur.empty()) return std::nullopt;
+  const double b = median_of(base);
+  const double c = median_of(cur);
+  const auto [lo, hi] = std::minmax_element(base.begin(), base.end());
+  const double tolerance = std::max(
+      {b * mem_pct / 100, options.mem_tolerance_mb, options.mem_noise_factor * (*hi - *lo)});
+  const double delta = c - b;
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%+.1f %s", delta, std::string(field.unit).c_str());
+  GateCheck check{
+      pairs.label,    metric, metric_value_text(metric, b), metric_value_text(metric, c), buffer,
+      Verdict::kPass, ""};
+  if (b != 0) check.delta += " (" + signed_percent(delta / b) + ")";
+  if (delta > tolerance) {
+    check.verdict = Verdict::kRegression;
+  } else if (delta < -tolerance) {
+    check.verdict = Verdict::kImproved;
+  }
+  return check;
+}
+
+// Time (GateTest::kTimeUTest): the U test on the ok runs' values and the change of the median.
+std::optional<GateCheck> time_check(const RunPairs& pairs, const Field& field,
+                                    const GateOptions& options) {
+  const std::string metric(field.name);
+  const std::vector<double> bv = ok_values(pairs.base, metric);
+  const std::vector<double> cv = ok_values(pairs.cur, metric);
+  if (bv.empty() || cv.empty()) return std::nullopt;
+  const double b = median_of(bv);
+  const double c = median_of(cv);
+  const double change = b != 0 ? c / b - 1 : 0;
+  GateCheck check{pairs.label,
+                  metric,
+                  metric_value_text(metric, b) + " (n=" + std::to_string(bv.size()) + ")",
+                  metric_value_text(metric, c) + " (n=" + std::to_string(cv.size()) + ")",
+                  signed_percent(change),
+                  Verdict::kPass,
+                  ""};
+  const auto need = static_cast<size_t>(options.min_repeats);
+  if (bv.size() < need || cv.size() < need) {
+    check.verdict = Verdict::kNotTested;
+    check.note = "fewer than " + std::to_string(options.min_repeats) + " repeats";
+    return check;
+  }
+  const MannWhitney test = mann_whitney_u(bv, cv);
+  check.delta += ", " + p_text(test.p);
+  const double threshold = options.time_slowdown_pct / 100;
+  if (test.p < options.time_p && change > threshold) {
+    check.verdict = Verdict::kRegression;
+  } else if (test.p < options.time_p && change < -threshold) {
+    check.verdict = Verdict::kImproved;
+  }
+  return check;
+}
+
+// The checks of one configuration: its status, then every gated metric of the field table.
+void check_pairs(const RunPairs& pairs, const GateOptions& options, double mem_pct,
+                 std::vector<GateCheck>& checks) {
+  if (auto check = status_check(pairs)) checks.push_back(std::move(*check));
+  for (const Field& field : kMetricFields) {
+    std::optional<GateCheck> check;
+    if (field.gate == GateTest::kMemoryMargin) check = memory_check(pairs, field, options, mem_pct);
+    if (field.gate == GateTest::kTimeUTest) check = time_check(pairs, field, options);
+    if (check.has_value()) checks.push_back(std::move(*check));
+  }
+}
+
+// The outcome: refused when no run was compared, else pass or regression by the verdicts.
+void conclude(const Spec& spec, const std::vector<StoredRun>& baseline, GateResult& result) {
   if (result.runs_checked == 0) {
     result.outcome = GateOutcome::kRefused;
     result.refusal = baseline.empty()
@@ -591,13 +613,51 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
                                spec.name +
                                "\"): was the baseline made from another spec, did the spec "
                                "change, or did `harness run` not run?";
-    return result;
+    return;
   }
   for (const GateCheck& check : result.checks) {
     if (check.verdict == Verdict::kRegression) ++result.regressions;
     if (check.verdict == Verdict::kImproved) ++result.improvements;
   }
   result.outcome = result.regressions > 0 ? GateOutcome::kRegression : GateOutcome::kPass;
+}
+
+// "peak_mem_mb" / "step_time_s, prefill_s, decode_s": the metrics `test` judges.
+std::string gated_names(GateTest test) {
+  std::vector<std::string> names;
+  for (const Field* field : gated_metrics(test)) names.emplace_back(field->name);
+  return join(names, ", ");
+}
+
+}  // namespace
+
+GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
+                    const std::vector<StoredRun>& baseline, const std::vector<StoredRun>& current,
+                    const GateOptions& options) {
+  GateResult result;
+  result.options = options;
+  result.experiment = spec.name;
+  const RunIndex index = index_runs(plan, baseline, current);
+  double mem_pct = options.mem_tolerance_pct;
+  if (!check_environments(spec, baseline, index, options, result, mem_pct)) return result;
+
+  for (const PlanPart& part : group_plan(spec, plan)) {
+    for (const ConfigGroup& group : part.groups) {
+      const std::string label = part.title.empty() ? group.label : part.title + ": " + group.label;
+      const RunPairs pairs = match_group(label, group, index, result);
+      if (pairs.base.empty()) continue;
+      result.runs_checked += static_cast<int>(pairs.base.size());
+      check_pairs(pairs, options, mem_pct, result.checks);
+    }
+  }
+  // Baseline runs the plan does not have (the spec changed, or another spec's baseline).
+  for (const StoredRun& run : baseline) {
+    if (!index.planned.contains(run.run_id)) {
+      result.baseline_only.push_back("run " + run.run_id + " " + canonical_json(run.config) +
+                                     " (not in the spec's plan)");
+    }
+  }
+  conclude(spec, baseline, result);
   return result;
 }
 
@@ -625,15 +685,15 @@ std::string render_gate_markdown(const GateResult& result, const std::string& db
   out << "Experiment " << result.experiment << ": `" << db << "` (" << result.current_env
       << ") against baseline `" << baseline_path << "` (" << result.baseline_env << ").\n\n";
 
-  out << "| Run | Check | Baseline | Current | Delta | Verdict |\n";
-  out << "|---|---|---|---|---|---|\n";
+  TextTable table{{"Run", "Check", "Baseline", "Current", "Delta", "Verdict"}, {}, {}};
   for (const GateCheck& check : result.checks) {
     std::string verdict = verdict_text(check.verdict);
     if (check.verdict == Verdict::kRegression) verdict = "**" + verdict + "**";
     if (!check.note.empty()) verdict += " (" + check.note + ")";
-    out << "| " << check.run << " | " << check.check << " | " << check.baseline << " | "
-        << check.current << " | " << check.delta << " | " << verdict << " |\n";
+    table.rows.push_back(
+        {check.run, check.check, check.baseline, check.current, check.delta, verdict});
   }
+  out << markdown_table(table);
 
   const auto list = [&out](const std::string& title, const std::vector<std::string>& items) {
     if (items.empty()) return;
@@ -649,10 +709,12 @@ std::string render_gate_markdown(const GateResult& result, const std::string& db
 
   const GateOptions& o = result.options;
   out << "\nRules: values are medians over the repeats' ok runs. Memory regresses when "
-         "peak_mem_mb exceeds the baseline by more than the largest of "
-      << format_full(o.mem_tolerance_pct) << "% of it, " << format_full(o.mem_tolerance_mb)
-      << " MB and " << format_full(o.mem_noise_factor)
-      << " times the spread of the baseline's repeats. A time (step_time_s, prefill_s, decode_s) "
+      << gated_names(GateTest::kMemoryMargin)
+      << " exceeds the baseline by more than the largest of " << format_full(o.mem_tolerance_pct)
+      << "% of it, " << format_full(o.mem_tolerance_mb) << " MB and "
+      << format_full(o.mem_noise_factor) << " times the spread of the baseline's repeats. A time ("
+      << gated_names(GateTest::kTimeUTest)
+      << ") "
          "regresses when a two-sided "
          "Mann-Whitney U test rejects at p < "
       << format_full(o.time_p) << " (with at least " << o.min_repeats
