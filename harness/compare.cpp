@@ -91,65 +91,65 @@ std::string letter_of(size_t index) {
   return letter;
 }
 
-std::vector<EnvColumn> collect_environments(const std::vector<CompareSource>& sources,
-                                            const std::set<std::string>& planned,
-                                            std::vector<std::string>& notes) {
-  std::vector<EnvColumn> columns;
-  for (size_t s = 0; s < sources.size(); ++s) {
-    const CompareSource& source = sources[s];
-    const size_t first = columns.size();
-    std::vector<const StoredRun*> without_env;
-    int stale = 0;
-    for (const StoredRun& run : source.runs) {
-      if (!planned.contains(run.run_id)) {
-        ++stale;
-        continue;
-      }
-      const std::string label = environment_label(run.env);
-      if (label.empty()) {
-        without_env.push_back(&run);
-        continue;
-      }
-      auto it = std::find_if(columns.begin() + static_cast<std::ptrdiff_t>(first), columns.end(),
-                             [&](const EnvColumn& c) { return c.env.label == label; });
-      if (it == columns.end()) {
-        EnvColumn column;
-        column.source = s;
-        column.env.label = label;
-        column.env.source = source.name;
-        column.env.env = run.env;
-        column.env.cpu = environment_field(run.env, "gpu_name").empty();
-        column.env.peak =
-            column.env.cpu ? nullptr : find_gpu_peak(environment_field(run.env, "gpu_name"));
-        columns.push_back(std::move(column));
-        it = columns.end() - 1;
-      }
-      it->runs.emplace(run.run_id, &run);
-    }
-    // A run that died before reporting its environment belongs to the database's only
-    // environment; with several, it cannot be placed and gets a column of its own.
-    if (!without_env.empty()) {
-      if (columns.size() == first + 1) {
-        for (const StoredRun* run : without_env) columns.back().runs.emplace(run->run_id, run);
-      } else {
-        EnvColumn column;
-        column.source = s;
-        column.env.label = "unknown environment";
-        column.env.source = source.name;
-        column.env.env = Json::object();
-        for (const StoredRun* run : without_env) column.runs.emplace(run->run_id, run);
-        columns.push_back(std::move(column));
-      }
-    }
-    if (stale > 0) {
-      notes.push_back(source.name + ": " + std::to_string(stale) +
-                      " stored run(s) of this experiment belong to an earlier version of the "
-                      "spec and are not shown.");
-    }
-    if (columns.size() == first) notes.push_back(source.name + ": no stored run of the spec.");
-  }
+// The column of `run`'s environment among those of source `s` (from `first` on), new if none.
+EnvColumn& column_for(const CompareSource& source, size_t s, size_t first, const StoredRun& run,
+                      const std::string& label, std::vector<EnvColumn>& columns) {
+  const auto it = std::find_if(columns.begin() + static_cast<std::ptrdiff_t>(first), columns.end(),
+                               [&](const EnvColumn& c) { return c.env.label == label; });
+  if (it != columns.end()) return *it;
+  EnvColumn column;
+  column.source = s;
+  column.env.label = label;
+  column.env.source = source.name;
+  column.env.env = run.env;
+  column.env.cpu = environment_field(run.env, "gpu_name").empty();
+  column.env.peak =
+      column.env.cpu ? nullptr : find_gpu_peak(environment_field(run.env, "gpu_name"));
+  columns.push_back(std::move(column));
+  return columns.back();
+}
 
-  // The same label twice (the same GPU in two databases): name the database.
+// The planned runs of one database, into one column per environment.
+void add_source(const CompareSource& source, size_t s, const std::set<std::string>& planned,
+                std::vector<EnvColumn>& columns, std::vector<std::string>& notes) {
+  const size_t first = columns.size();
+  std::vector<const StoredRun*> without_env;
+  int stale = 0;
+  for (const StoredRun& run : source.runs) {
+    if (!planned.contains(run.run_id)) {
+      ++stale;
+      continue;
+    }
+    const std::string label = environment_label(run.env);
+    if (label.empty()) {
+      without_env.push_back(&run);
+      continue;
+    }
+    column_for(source, s, first, run, label, columns).runs.emplace(run.run_id, &run);
+  }
+  // A run that died before reporting its environment belongs to the database's only
+  // environment; with several, it cannot be placed and gets a column of its own.
+  if (!without_env.empty()) {
+    if (columns.size() != first + 1) {
+      EnvColumn column;
+      column.source = s;
+      column.env.label = "unknown environment";
+      column.env.source = source.name;
+      column.env.env = Json::object();
+      columns.push_back(std::move(column));
+    }
+    for (const StoredRun* run : without_env) columns.back().runs.emplace(run->run_id, run);
+  }
+  if (stale > 0) {
+    notes.push_back(source.name + ": " + std::to_string(stale) +
+                    " stored run(s) of this experiment belong to an earlier version of the "
+                    "spec and are not shown.");
+  }
+  if (columns.size() == first) notes.push_back(source.name + ": no stored run of the spec.");
+}
+
+// The same label twice (the same GPU in two databases): name the database, then number.
+void disambiguate_labels(std::vector<EnvColumn>& columns) {
   std::map<std::string, int> seen;
   for (const EnvColumn& column : columns) ++seen[column.env.label];
   for (EnvColumn& column : columns) {
@@ -160,24 +160,35 @@ std::vector<EnvColumn> collect_environments(const std::vector<CompareSource>& so
     const int n = ++again[column.env.label];
     if (n > 1) column.env.label += " #" + std::to_string(n);
   }
+}
 
+// The column's run counts and the distinct values of its environment facts.
+void fill_facts(EnvColumn& column) {
+  std::map<std::string, std::vector<std::string>> values;
+  for (const auto& [id, run] : column.runs) {
+    ++column.env.runs;
+    if (run->status == "ok") ++column.env.ok;
+    if (run->env.empty()) continue;
+    for (const char* key : kShownFacts) {
+      const std::string value = environment_field(run->env, key);
+      if (!value.empty() && !contains(values[key], value)) values[key].push_back(value);
+    }
+  }
+  for (auto& [key, list] : values) {
+    std::sort(list.begin(), list.end());
+    column.env.facts[key] = join(list, " / ");
+  }
+}
+
+std::vector<EnvColumn> collect_environments(const std::vector<CompareSource>& sources,
+                                            const std::set<std::string>& planned,
+                                            std::vector<std::string>& notes) {
+  std::vector<EnvColumn> columns;
+  for (size_t s = 0; s < sources.size(); ++s) add_source(sources[s], s, planned, columns, notes);
+  disambiguate_labels(columns);
   for (size_t i = 0; i < columns.size(); ++i) {
-    EnvColumn& column = columns[i];
-    column.env.letter = letter_of(i);
-    std::map<std::string, std::vector<std::string>> values;
-    for (const auto& [id, run] : column.runs) {
-      ++column.env.runs;
-      if (run->status == "ok") ++column.env.ok;
-      if (run->env.empty()) continue;
-      for (const char* key : kShownFacts) {
-        const std::string value = environment_field(run->env, key);
-        if (!value.empty() && !contains(values[key], value)) values[key].push_back(value);
-      }
-    }
-    for (auto& [key, list] : values) {
-      std::sort(list.begin(), list.end());
-      column.env.facts[key] = join(list, " / ");
-    }
+    columns[i].env.letter = letter_of(i);
+    fill_facts(columns[i]);
   }
   return columns;
 }
@@ -451,6 +462,73 @@ std::string compute_dtype(const Json& config) {
   return "fp32";
 }
 
+namespace {
+
+// The plan's runs of part `id`, one group per distinct config, in plan order.
+std::vector<ConfigGroup> group_runs(const std::vector<RunConfig>& plan, int id) {
+  std::vector<ConfigGroup> groups;
+  std::map<std::string, size_t> index;  // canonical config -> group
+  for (const RunConfig& run : plan) {
+    if (run.part != id) continue;
+    const std::string canonical = canonical_json(run.config);
+    auto it = index.find(canonical);
+    if (it == index.end()) {
+      ConfigGroup group;
+      group.part = id;
+      group.workload = run.workload;
+      group.config = run.config;
+      it = index.emplace(canonical, groups.size()).first;
+      groups.push_back(std::move(group));
+    }
+    groups[it->second].run_ids.push_back(run.run_id);
+  }
+  return groups;
+}
+
+// The keys whose value varies, axes in spec order first; axes of one value are constants.
+void vary_keys(const PartSpec* part_spec, PlanPart& part) {
+  std::vector<std::string> axes;
+  if (part_spec != nullptr) {
+    for (const auto& [key, values] : part_spec->axes) axes.push_back(key);
+  }
+  std::set<std::string> others;
+  for (const ConfigGroup& group : part.groups) {
+    for (const auto& item : group.config.items()) {
+      if (!contains(axes, item.key())) others.insert(item.key());
+    }
+  }
+  std::vector<std::string> ordered = axes;
+  ordered.insert(ordered.end(), others.begin(), others.end());
+  std::vector<std::string> constants;
+  for (const std::string& key : ordered) {
+    std::vector<Json> seen;
+    for (const ConfigGroup& group : part.groups) {
+      Json value = config_value(group.config, key);
+      if (!contains(seen, value)) seen.push_back(std::move(value));
+    }
+    if (seen.size() > 1) {
+      part.keys.push_back(key);
+    } else if (!seen.empty() && contains(axes, key)) {
+      constants.push_back(key + "=" + value_text(seen.front()));
+    }
+  }
+  part.constants = join(constants, ", ");
+}
+
+// Each group's values of the varying keys, and its label.
+void label_groups(PlanPart& part) {
+  for (ConfigGroup& group : part.groups) {
+    std::vector<std::string> named;
+    for (const std::string& key : part.keys) {
+      group.values.push_back(value_text(config_value(group.config, key)));
+      named.push_back(key + "=" + group.values.back());
+    }
+    group.label = named.empty() ? std::string("(one config)") : join(named, ", ");
+  }
+}
+
+}  // namespace
+
 std::vector<PlanPart> group_plan(const Spec& spec, const std::vector<RunConfig>& plan) {
   std::vector<int> part_ids;
   for (const RunConfig& run : plan) {
@@ -470,57 +548,9 @@ std::vector<PlanPart> group_plan(const Spec& spec, const std::vector<RunConfig>&
           "part " + (part_spec != nullptr && !part_spec->label.empty() ? part_spec->label
                                                                        : std::to_string(id));
     }
-    std::map<std::string, size_t> index;  // canonical config -> group
-    for (const RunConfig& run : plan) {
-      if (run.part != id) continue;
-      const std::string canonical = canonical_json(run.config);
-      auto it = index.find(canonical);
-      if (it == index.end()) {
-        ConfigGroup group;
-        group.part = id;
-        group.workload = run.workload;
-        group.config = run.config;
-        it = index.emplace(canonical, part.groups.size()).first;
-        part.groups.push_back(std::move(group));
-      }
-      part.groups[it->second].run_ids.push_back(run.run_id);
-    }
-
-    // The keys whose value varies, axes in spec order first; axes of one value are constants.
-    std::vector<std::string> axes;
-    if (part_spec != nullptr) {
-      for (const auto& [key, values] : part_spec->axes) axes.push_back(key);
-    }
-    std::set<std::string> others;
-    for (const ConfigGroup& group : part.groups) {
-      for (const auto& item : group.config.items()) {
-        if (!contains(axes, item.key())) others.insert(item.key());
-      }
-    }
-    std::vector<std::string> ordered = axes;
-    ordered.insert(ordered.end(), others.begin(), others.end());
-    std::vector<std::string> constants;
-    for (const std::string& key : ordered) {
-      std::vector<Json> seen;
-      for (const ConfigGroup& group : part.groups) {
-        Json value = config_value(group.config, key);
-        if (!contains(seen, value)) seen.push_back(std::move(value));
-      }
-      if (seen.size() > 1) {
-        part.keys.push_back(key);
-      } else if (!seen.empty() && contains(axes, key)) {
-        constants.push_back(key + "=" + value_text(seen.front()));
-      }
-    }
-    part.constants = join(constants, ", ");
-    for (ConfigGroup& group : part.groups) {
-      std::vector<std::string> named;
-      for (const std::string& key : part.keys) {
-        group.values.push_back(value_text(config_value(group.config, key)));
-        named.push_back(key + "=" + group.values.back());
-      }
-      group.label = named.empty() ? std::string("(one config)") : join(named, ", ");
-    }
+    part.groups = group_runs(plan, id);
+    vary_keys(part_spec, part);
+    label_groups(part);
     parts.push_back(std::move(part));
   }
   return parts;

@@ -27,62 +27,82 @@ struct CsvRecord {
 
 // RFC 4180: fields separated by commas, records by LF or CRLF, quoted fields with "" for a
 // quote (and possibly line breaks). Empty lines are skipped.
-std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& path) {
-  std::vector<CsvRecord> records;
-  CsvRecord record;
-  std::string field;
-  bool quoted = false;
-  bool field_started = false;
-  int line = 1;
-  record.line = 1;
-  const auto end_record = [&] {
-    if (field_started || !record.fields.empty() || !field.empty()) {
-      record.fields.push_back(std::move(field));
-      records.push_back(std::move(record));
-    }
-    record = CsvRecord{};
-    field.clear();
-    field_started = false;
-  };
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (quoted) {
-      if (c == '"') {
-        if (i + 1 < text.size() && text[i + 1] == '"') {
-          field += '"';
-          ++i;
-        } else {
-          quoted = false;
-        }
+class CsvParser {
+ public:
+  explicit CsvParser(const std::string& text) : text_(text) { record_.line = 1; }
+
+  std::vector<CsvRecord> parse(const std::string& path) {
+    for (i_ = 0; i_ < text_.size(); ++i_) {
+      if (quoted_) {
+        quoted_char(text_[i_]);
       } else {
-        if (c == '\n') ++line;
-        field += c;
+        plain_char(text_[i_]);
       }
-      continue;
     }
-    if (c == '"' && field.empty()) {
-      quoted = true;
-      field_started = true;
-    } else if (c == ',') {
-      record.fields.push_back(std::move(field));
-      field.clear();
-      field_started = true;
-    } else if (c == '\n' || c == '\r') {
-      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
-      end_record();
-      ++line;
-      record.line = line;
+    if (quoted_) {
+      throw std::invalid_argument(path + ":" + std::to_string(record_.line) +
+                                  ": unterminated quoted field");
+    }
+    end_record();
+    return std::move(records_);
+  }
+
+ private:
+  bool next_is(char c) const { return i_ + 1 < text_.size() && text_[i_ + 1] == c; }
+
+  void quoted_char(char c) {
+    if (c != '"') {
+      if (c == '\n') ++line_;
+      field_ += c;
+    } else if (next_is('"')) {
+      field_ += '"';
+      ++i_;
     } else {
-      field += c;
-      field_started = true;
+      quoted_ = false;
     }
   }
-  if (quoted) {
-    throw std::invalid_argument(path + ":" + std::to_string(record.line) +
-                                ": unterminated quoted field");
+
+  void plain_char(char c) {
+    if (c == '"' && field_.empty()) {
+      quoted_ = true;
+      field_started_ = true;
+    } else if (c == ',') {
+      record_.fields.push_back(std::move(field_));
+      field_.clear();
+      field_started_ = true;
+    } else if (c == '\n' || c == '\r') {
+      if (c == '\r' && next_is('\n')) ++i_;
+      end_record();
+      ++line_;
+      record_.line = line_;
+    } else {
+      field_ += c;
+      field_started_ = true;
+    }
   }
-  end_record();
-  return records;
+
+  void end_record() {
+    if (field_started_ || !record_.fields.empty() || !field_.empty()) {
+      record_.fields.push_back(std::move(field_));
+      records_.push_back(std::move(record_));
+    }
+    record_ = CsvRecord{};
+    field_.clear();
+    field_started_ = false;
+  }
+
+  const std::string& text_;
+  size_t i_ = 0;
+  std::vector<CsvRecord> records_;
+  CsvRecord record_;
+  std::string field_;
+  bool quoted_ = false;
+  bool field_started_ = false;
+  int line_ = 1;
+};
+
+std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& path) {
+  return CsvParser(text).parse(path);
 }
 
 // ---- Formatting ----
@@ -183,6 +203,34 @@ std::vector<double> ok_values(const std::vector<const StoredRun*>& runs, const s
 
 // ---- Mann-Whitney U ----
 
+namespace {
+
+// P(U >= u_max or U <= m n - u_max) under the null hypothesis, without ties.
+double exact_p_value(size_t m, size_t n, double u_max) {
+  // The number of orderings with U = u is the coefficient of q^u in the Gaussian binomial
+  // [m+n choose m]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i). After step i the polynomial is
+  // [n+i choose i]_q, whose coefficients are at most C(60, 30) < 2^57: int64 holds them exactly.
+  std::vector<int64_t> c(m * n + m + n + 2, 0);
+  c[0] = 1;
+  size_t degree = 0;
+  for (size_t i = 1; i <= m; ++i) {
+    const size_t up = n + i;
+    for (size_t k = degree + up; k >= up; --k) c[k] -= c[k - up];
+    for (size_t k = i; k <= degree + up; ++k) c[k] += c[k - i];
+    degree += n;
+  }
+  int64_t all_orderings = 0;
+  int64_t tail = 0;
+  const auto threshold = static_cast<size_t>(std::llround(u_max));
+  for (size_t k = 0; k <= degree; ++k) {
+    all_orderings += c[k];
+    if (k >= threshold) tail += c[k];
+  }
+  return std::min(1.0, 2.0 * static_cast<double>(tail) / static_cast<double>(all_orderings));
+}
+
+}  // namespace
+
 MannWhitney mann_whitney_u(const std::vector<double>& x, const std::vector<double>& y,
                            MannWhitneyMethod method) {
   if (x.empty() || y.empty()) throw std::invalid_argument("Mann-Whitney U: empty sample");
@@ -222,27 +270,8 @@ MannWhitney mann_whitney_u(const std::vector<double>& x, const std::vector<doubl
   const bool exact = method == MannWhitneyMethod::kExact ||
                      (method == MannWhitneyMethod::kAuto && tie_term == 0 && total <= kExactLimit);
   if (exact) {
-    // The number of orderings with U = u is the coefficient of q^u in the Gaussian binomial
-    // [m+n choose m]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i). After step i the polynomial is
-    // [n+i choose i]_q, whose coefficients are at most C(60, 30) < 2^57: int64 holds them exactly.
-    std::vector<int64_t> c(m * n + m + n + 2, 0);
-    c[0] = 1;
-    size_t degree = 0;
-    for (size_t i = 1; i <= m; ++i) {
-      const size_t up = n + i;
-      for (size_t k = degree + up; k >= up; --k) c[k] -= c[k - up];
-      for (size_t k = i; k <= degree + up; ++k) c[k] += c[k - i];
-      degree += n;
-    }
-    int64_t all_orderings = 0;
-    int64_t tail = 0;
-    const auto threshold = static_cast<size_t>(std::llround(u_max));
-    for (size_t k = 0; k <= degree; ++k) {
-      all_orderings += c[k];
-      if (k >= threshold) tail += c[k];
-    }
     result.exact = true;
-    result.p = std::min(1.0, 2.0 * static_cast<double>(tail) / static_cast<double>(all_orderings));
+    result.p = exact_p_value(m, n, u_max);
     return result;
   }
 
@@ -297,13 +326,72 @@ std::string baseline_csv(const std::vector<RunConfig>& plan, const std::vector<S
   return out.str();
 }
 
+namespace {
+
+constexpr size_t kBaselineColumns = 11;
+
+// The run a baseline line describes (without its metric).
+StoredRun baseline_run(const std::vector<std::string>& f, const std::string& where) {
+  StoredRun run;
+  run.run_id = f[0];
+  if (run.run_id.empty()) throw std::invalid_argument(where + "run_id: empty");
+  if (const auto [ptr, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), run.repeat);
+      ec != std::errc() || ptr != f[1].data() + f[1].size() || run.repeat < 0) {
+    throw std::invalid_argument(where + "repeat: not a count: \"" + f[1] + "\"");
+  }
+  if (!is_valid_status(f[5])) {
+    throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
+  }
+  try {
+    run.config = Json::parse(f[4]);
+  } catch (const Json::parse_error&) {
+    throw std::invalid_argument(where + "config: not JSON");
+  }
+  run.env = Json::object();
+  if (!f[6].empty()) {
+    run.env["gpu_name"] = f[6] == "cpu" ? std::string() : f[6];
+    run.env["libtorch"] = f[7];
+    run.env["cpu"] = f[8];
+  }
+  run.experiment = f[2];
+  run.workload = f[3];
+  run.status = f[5];
+  return run;
+}
+
+bool same_run(const StoredRun& a, const StoredRun& b) {
+  return a.repeat == b.repeat && a.experiment == b.experiment && a.workload == b.workload &&
+         a.config == b.config && a.status == b.status && a.env == b.env;
+}
+
+// The line's metric and value, if it has one, into `run`.
+void add_baseline_metric(const std::vector<std::string>& f, const std::string& where,
+                         StoredRun& run) {
+  const std::string& metric = f[9];
+  if (metric.empty()) {
+    if (!f[10].empty()) throw std::invalid_argument(where + "a value without a metric name");
+    return;
+  }
+  double value = std::numeric_limits<double>::quiet_NaN();
+  if (!f[10].empty()) {
+    const auto [ptr, ec] = std::from_chars(f[10].data(), f[10].data() + f[10].size(), value);
+    if (ec != std::errc() || ptr != f[10].data() + f[10].size()) {
+      throw std::invalid_argument(where + metric + ": not a number: \"" + f[10] + "\"");
+    }
+  }
+  if (!run.metrics.emplace(metric, value).second) {
+    throw std::invalid_argument(where + "run " + run.run_id + ": metric " + metric + " twice");
+  }
+}
+
+}  // namespace
+
 std::vector<StoredRun> parse_baseline_csv(const std::string& text, const std::string& path) {
   const std::vector<CsvRecord> records = parse_csv(text, path);
   if (records.empty() || join(records.front().fields, ",") != kBaselineHeader) {
     throw std::invalid_argument(path + ":1: not a harness baseline (the first line must be \"" +
                                 std::string(kBaselineHeader) + "\")");
   }
-  constexpr size_t kColumns = 11;
   std::vector<StoredRun> runs;
   std::map<std::string, size_t> index;
   std::map<std::string, int> first_line;
@@ -311,72 +399,23 @@ std::vector<StoredRun> parse_baseline_csv(const std::string& text, const std::st
     const CsvRecord& record = records[r];
     const std::string where = path + ":" + std::to_string(record.line) + ": ";
     const std::vector<std::string>& f = record.fields;
-    if (f.size() != kColumns) {
-      throw std::invalid_argument(where + "expected " + std::to_string(kColumns) +
+    if (f.size() != kBaselineColumns) {
+      throw std::invalid_argument(where + "expected " + std::to_string(kBaselineColumns) +
                                   " fields, found " + std::to_string(f.size()));
     }
-    const std::string& run_id = f[0];
-    if (run_id.empty()) throw std::invalid_argument(where + "run_id: empty");
-    int repeat = 0;
-    if (const auto [ptr, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), repeat);
-        ec != std::errc() || ptr != f[1].data() + f[1].size() || repeat < 0) {
-      throw std::invalid_argument(where + "repeat: not a count: \"" + f[1] + "\"");
-    }
-    if (!is_valid_status(f[5])) {
-      throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
-    }
-    Json config;
-    try {
-      config = Json::parse(f[4]);
-    } catch (const Json::parse_error&) {
-      throw std::invalid_argument(where + "config: not JSON");
-    }
-    Json env = Json::object();
-    if (!f[6].empty()) {
-      env["gpu_name"] = f[6] == "cpu" ? std::string() : f[6];
-      env["libtorch"] = f[7];
-      env["cpu"] = f[8];
-    }
-
-    auto it = index.find(run_id);
+    StoredRun run = baseline_run(f, where);
+    auto it = index.find(run.run_id);
     if (it == index.end()) {
-      StoredRun run;
-      run.run_id = run_id;
-      run.repeat = repeat;
-      run.experiment = f[2];
-      run.workload = f[3];
-      run.config = std::move(config);
-      run.status = f[5];
-      run.env = std::move(env);
-      it = index.emplace(run_id, runs.size()).first;
-      first_line[run_id] = record.line;
+      it = index.emplace(run.run_id, runs.size()).first;
+      first_line[run.run_id] = record.line;
       runs.push_back(std::move(run));
-    } else {
-      const StoredRun& run = runs[it->second];
-      if (run.repeat != repeat || run.experiment != f[2] || run.workload != f[3] ||
-          run.config != config || run.status != f[5] || run.env != env) {
-        throw std::invalid_argument(where + "run " + run_id + " differs from its line " +
-                                    std::to_string(first_line[run_id]) +
-                                    " in repeat, experiment, workload, config, status or "
-                                    "environment");
-      }
+    } else if (!same_run(runs[it->second], run)) {
+      throw std::invalid_argument(where + "run " + run.run_id + " differs from its line " +
+                                  std::to_string(first_line[run.run_id]) +
+                                  " in repeat, experiment, workload, config, status or "
+                                  "environment");
     }
-    StoredRun& run = runs[it->second];
-    const std::string& metric = f[9];
-    if (metric.empty()) {
-      if (!f[10].empty()) throw std::invalid_argument(where + "a value without a metric name");
-      continue;
-    }
-    double value = std::numeric_limits<double>::quiet_NaN();
-    if (!f[10].empty()) {
-      const auto [ptr, ec] = std::from_chars(f[10].data(), f[10].data() + f[10].size(), value);
-      if (ec != std::errc() || ptr != f[10].data() + f[10].size()) {
-        throw std::invalid_argument(where + metric + ": not a number: \"" + f[10] + "\"");
-      }
-    }
-    if (!run.metrics.emplace(metric, value).second) {
-      throw std::invalid_argument(where + "run " + run_id + ": metric " + metric + " twice");
-    }
+    add_baseline_metric(f, where, runs[it->second]);
   }
   return runs;
 }

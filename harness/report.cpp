@@ -170,17 +170,21 @@ std::vector<Json> distinct_values(const std::vector<const RunConfig*>& plan,
   return seen;
 }
 
+// The part's matrix axes in spec order, their values added to `order` in spec order.
+std::vector<std::string> part_axes(const Spec& spec, int part, ValueOrder& order) {
+  std::vector<std::string> axes;
+  if (part < 0 || static_cast<size_t>(part) >= spec.parts.size()) return axes;
+  for (const auto& [key, values] : spec.parts[static_cast<size_t>(part)].axes) {
+    if (!contains(axes, key)) axes.push_back(key);
+    for (const Json& value : values) order.add(key, value);
+  }
+  return axes;
+}
+
 KeyRoles assign_key_roles(const Spec& spec, const TableSpec& table_spec, int part,
                           const std::vector<const RunConfig*>& plan) {
   KeyRoles roles;
-  // The part's matrix axes in spec order, with their values in spec order.
-  std::vector<std::string> axes;
-  if (part >= 0 && static_cast<size_t>(part) < spec.parts.size()) {
-    for (const auto& [key, values] : spec.parts[static_cast<size_t>(part)].axes) {
-      if (!contains(axes, key)) axes.push_back(key);
-      for (const Json& value : values) roles.order.add(key, value);
-    }
-  }
+  const std::vector<std::string> axes = part_axes(spec, part, roles.order);
   std::set<std::string> keys(table_spec.columns.begin(), table_spec.columns.end());
   for (const RunConfig* run : plan) {
     for (const auto& item : run->config.items()) keys.insert(item.key());
@@ -682,6 +686,30 @@ std::string code_span(const std::string& text) {
   }
   return out.empty() ? "(nothing)" : "`" + out + "`";
 }
+
+// One run's texts under "### <axes>": each prompt with the text before and after fine-tuning.
+void generations_of_run(const Spec& spec, const RunConfig& run,
+                        std::map<std::string, std::string>& texts, std::ostringstream& out) {
+  std::string label;
+  for (const auto& [key, values] : spec.parts[static_cast<size_t>(run.part)].axes) {
+    const auto& v = run.config.at(key);
+    label +=
+        (label.empty() ? "" : ", ") + key + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  if (spec.repeats > 1) label += " #" + std::to_string(run.repeat);
+  out << "\n### " << (label.empty() ? run.run_id : label) << "\n";
+  const auto& prompts = sample_prompts();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::string key = std::to_string(i);
+    if (!texts.contains("before/" + key) && !texts.contains("after/" + key)) continue;
+    out << "\n"
+        << i + 1 << ". " << prompts[i].instruction
+        << (prompts[i].input.empty() ? "" : " (" + prompts[i].input + ")") << "\n"
+        << "   - before: " << code_span(texts["before/" + key]) << "\n"
+        << "   - after: " << code_span(texts["after/" + key]) << "\n";
+  }
+}
+
 }  // namespace
 
 std::string render_generations(
@@ -699,24 +727,7 @@ std::string render_generations(
              "instructions (Alpaca prompt) before the first step and after the last.\n";
       any = true;
     }
-    std::string label;
-    for (const auto& [key, values] : spec.parts[static_cast<size_t>(run.part)].axes) {
-      const auto& v = run.config.at(key);
-      label += (label.empty() ? "" : ", ") + key + "=" +
-               (v.is_string() ? v.get<std::string>() : v.dump());
-    }
-    if (spec.repeats > 1) label += " #" + std::to_string(run.repeat);
-    out << "\n### " << (label.empty() ? run.run_id : label) << "\n";
-    const auto& prompts = sample_prompts();
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      const std::string key = std::to_string(i);
-      if (!texts.contains("before/" + key) && !texts.contains("after/" + key)) continue;
-      out << "\n"
-          << i + 1 << ". " << prompts[i].instruction
-          << (prompts[i].input.empty() ? "" : " (" + prompts[i].input + ")") << "\n"
-          << "   - before: " << code_span(texts["before/" + key]) << "\n"
-          << "   - after: " << code_span(texts["after/" + key]) << "\n";
-    }
+    generations_of_run(spec, run, texts, out);
   }
   return out.str();
 }
