@@ -15,6 +15,7 @@
 #include "harness/fields.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
+#include "harness/table.h"
 
 // The system libtorch's version header (macros only; harness_core links no libtorch).
 #if __has_include(<torch/csrc/api/include/torch/version.h>)
@@ -1123,57 +1124,64 @@ std::string mb(int64_t bytes) {
 
 std::string mb_full(int64_t bytes) { return format_full(static_cast<double>(bytes) / kMB); }
 
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char ch : s) out += ch == '"' ? std::string("\"\"") : std::string(1, ch);
-  return out + "\"";
-}
-
-void markdown_header(std::ostringstream& out, const PartSpec& part, int index) {
-  out << "\n## " << (part.label.empty() ? "Part " + std::to_string(index + 1) : part.label) << " ("
-      << part.workload << ")\n\n";
+// One table per part in Markdown: the columns of its workload.
+TextTable markdown_estimate_table(const PartSpec& part) {
+  TextTable table;
   if (part.workload == "generate") {
-    out << "| run id | axes | batch | seq | weights | KV cache | peak | peak at |\n"
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    table.header = {"run id", "axes", "batch", "seq", "weights", "KV cache", "peak", "peak at"};
   } else {
-    out << "| run id | axes | batch | seq | trainable | weights | grads | optimizer | "
-           "activations | peak | peak at |\n"
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    table.header = {"run id", "axes",      "batch",       "seq",  "trainable", "weights",
+                    "grads",  "optimizer", "activations", "peak", "peak at"};
   }
+  // Numbers right-aligned: everything but run id, axes and peak at.
+  table.align.assign(table.header.size(), Align::kRight);
+  table.align[0] = table.align[1] = table.align.back() = Align::kLeft;
+  return table;
 }
 
-void markdown_row(std::ostringstream& out, const Spec& spec, const PartSpec& part,
-                  const MemoryEstimate& e, const std::string& error) {
-  const bool gen = part.workload == "generate";
-  out << "| " << e.run_id << " | " << (e.axes.empty() ? "-" : e.axes) << " | ";
+std::vector<std::string> markdown_cells(const Spec& spec, const PartSpec& part,
+                                        const MemoryEstimate& e, const std::string& error,
+                                        size_t columns) {
+  std::vector<std::string> cells{e.run_id, e.axes.empty() ? "-" : e.axes};
   if (!error.empty()) {
-    out << "error: " << error << " |" << (gen ? " | | | | |" : " | | | | | | | |") << "\n";
-    return;
+    cells.push_back("error: " + error);
+    cells.resize(columns);
+    return cells;
   }
   const bool over = spec.memory_limit_mb > 0 &&
                     static_cast<double>(e.peak) / kMB > static_cast<double>(spec.memory_limit_mb);
-  const std::string peak = mb(e.peak) + (over ? " (over the limit)" : "");
-  out << e.batch << " | " << e.seq_len << " | ";
-  if (gen) {
-    out << mb(e.weights) << " | " << mb(e.kv_cache) << " | " << peak << " | " << e.peak_at
-        << " |\n";
+  cells.push_back(std::to_string(e.batch));
+  cells.push_back(std::to_string(e.seq_len));
+  if (part.workload == "generate") {
+    cells.insert(cells.end(), {mb(e.weights), mb(e.kv_cache)});
   } else {
-    out << e.trainable << " | " << mb(e.weights) << " | " << mb(e.grads) << " | " << mb(e.optimizer)
-        << " | " << mb(e.activations) << " | " << peak << " | " << e.peak_at << " |\n";
+    cells.insert(cells.end(), {std::to_string(e.trainable), mb(e.weights), mb(e.grads),
+                               mb(e.optimizer), mb(e.activations)});
   }
+  cells.push_back(mb(e.peak) + (over ? " (over the limit)" : ""));
+  cells.push_back(e.peak_at);
+  return cells;
 }
 
-void csv_row(std::ostringstream& out, int part, const MemoryEstimate& e, const std::string& error) {
-  out << (part + 1) << "," << e.run_id << "," << e.workload << "," << csv_field(e.axes) << ",";
+const std::vector<std::string> kEstimateCsvHeader = {
+    "part",           "run_id",      "workload",         "axes",
+    "batch",          "seq_len",     "trainable_params", "weights_mb",
+    "buffers_mb",     "grads_mb",    "optimizer_mb",     "master_mb",
+    "activations_mb", "kv_cache_mb", "peak_mb",          "peak_at"};
+
+std::vector<std::string> csv_cells(int part, const MemoryEstimate& e, const std::string& error) {
+  std::vector<std::string> cells{std::to_string(part + 1), e.run_id, e.workload, e.axes};
   if (!error.empty()) {
-    out << ",,,,,,,,,,," << csv_field("error: " + error) << "\n";  // the 11 numbers empty
-    return;
+    cells.resize(kEstimateCsvHeader.size() - 1);  // the 11 numbers empty
+    cells.push_back("error: " + error);
+    return cells;
   }
-  out << e.batch << "," << e.seq_len << "," << e.trainable << "," << mb_full(e.weights) << ","
-      << mb_full(e.buffers) << "," << mb_full(e.grads) << "," << mb_full(e.optimizer) << ","
-      << mb_full(e.master) << "," << mb_full(e.activations) << "," << mb_full(e.kv_cache) << ","
-      << mb_full(e.peak) << "," << csv_field(e.peak_at) << "\n";
+  cells.insert(
+      cells.end(),
+      {std::to_string(e.batch), std::to_string(e.seq_len), std::to_string(e.trainable),
+       mb_full(e.weights), mb_full(e.buffers), mb_full(e.grads), mb_full(e.optimizer),
+       mb_full(e.master), mb_full(e.activations), mb_full(e.kv_cache), mb_full(e.peak), e.peak_at});
+  return cells;
 }
 
 }  // namespace
@@ -1320,13 +1328,11 @@ std::string render_estimates(const Spec& spec, const std::vector<RunConfig>& pla
            "backward at the end of the forward (generation: the KV cache column instead); peak: "
            "the largest sum over the step, rotary tables, batch and transients included "
            "(docs/memory-model.md).\n";
-  } else {
-    out << "part,run_id,workload,axes,batch,seq_len,trainable_params,weights_mb,buffers_mb,"
-           "grads_mb,optimizer_mb,master_mb,activations_mb,kv_cache_mb,peak_mb,peak_at\n";
   }
+  TextTable csv{kEstimateCsvHeader, {}, {}};
   for (size_t p = 0; p < spec.parts.size(); ++p) {
     const auto& part = spec.parts[p];
-    bool header = false;
+    TextTable table = markdown_estimate_table(part);
     for (const auto& run : planned) {
       if (run.part != static_cast<int>(p) || run.repeat != 0) continue;
       MemoryEstimate e;
@@ -1339,15 +1345,16 @@ std::string render_estimates(const Spec& spec, const std::vector<RunConfig>& pla
         e.axes = axes_text(spec, run);
         e.workload = run.workload;
       }
-      if (!md) {
-        csv_row(out, static_cast<int>(p), e, error);
-        continue;
-      }
-      if (!header) markdown_header(out, part, static_cast<int>(p));
-      header = true;
-      markdown_row(out, spec, part, e, error);
+      csv.rows.push_back(csv_cells(static_cast<int>(p), e, error));
+      table.rows.push_back(markdown_cells(spec, part, e, error, table.header.size()));
+    }
+    if (md && !table.rows.empty()) {
+      out << "\n## " << (part.label.empty() ? "Part " + std::to_string(p + 1) : part.label) << " ("
+          << part.workload << ")\n\n"
+          << markdown_table(table);
     }
   }
+  if (!md) out << csv_table(csv);
   if (md && spec.memory_limit_mb > 0) {
     out << "\nmemory_limit_mb " << spec.memory_limit_mb
         << ": runs marked \"over the limit\" are expected to end as `oom`.\n";

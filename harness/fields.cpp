@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <stdexcept>
 #include <utility>
 
 #include "harness/config_keys.h"
@@ -14,6 +15,26 @@ const Field* find_metric_field(std::string_view name) {
     if (field.name == name) return &field;
   }
   return nullptr;
+}
+
+Field metric_field_or_raw(std::string_view name) {
+  if (const Field* field = find_metric_field(name)) return *field;
+  return Field{name, "", "REAL", name, NumberFormat::kSignificant, 4};
+}
+
+std::vector<const Field*> gated_metrics(GateTest test) {
+  std::vector<const Field*> out;
+  for (const Field& field : kMetricFields) {
+    if (field.gate == test) out.push_back(&field);
+  }
+  return out;
+}
+
+const Field& first_metric_of(MetricRole role) {
+  for (const Field& field : kMetricFields) {
+    if (field.role == role) return field;
+  }
+  throw std::logic_error("no metric of this role in kMetricFields");
 }
 
 int display_decimals(const Field& field, double value) {

@@ -9,6 +9,7 @@
 
 #include "harness/json_io.h"
 #include "harness/process.h"
+#include "harness/stats.h"
 
 namespace hx {
 namespace fs = std::filesystem;
@@ -40,12 +41,6 @@ std::string quoted(const std::string& text) {
     out += c;
   }
   return out + "\"";
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 std::string column_label(const ReportTable& table, size_t column) {
@@ -83,7 +78,7 @@ std::vector<std::string> plot_report(const Spec& spec, const std::vector<ReportT
       double top = 0;
       for (size_t c = 0; c < columns; ++c) {
         const auto& cell = row.cells[c];
-        const double value = cell.values.empty() ? NAN : median(cell.values);
+        const double value = cell.values.empty() ? NAN : median_of(cell.values);
         if (!std::isnan(value)) top = std::max(top, value);
         std::string verdict = cell.missing ? "-" : cell.verdict;
         data << c << ' ' << (std::isnan(value) ? 0.0 : value) << ' '

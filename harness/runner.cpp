@@ -18,6 +18,7 @@
 
 #include "harness/config_keys.h"
 #include "harness/device_profiles.h"
+#include "harness/fields.h"
 #include "harness/hash.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
@@ -56,28 +57,33 @@ std::string axes_text(const Spec& spec, const RunConfig& run) {
   return out;
 }
 
+// The progress line's figures: for memory, then time, the first metric of the field table that
+// is marked for the progress line and that the run has.
 std::string key_metric_text(const RunRecord& record) {
-  auto find = [&](const char* name) -> const Metric* {
+  auto find = [&](std::string_view name) -> const Metric* {
     for (const auto& m : record.metrics)
       if (m.name == name) return &m;
     return nullptr;
   };
-  std::string out;
+  std::vector<std::string> parts;
   char buf[96];
-  if (const auto* m = find("peak_mem_mb")) {
-    std::snprintf(buf, sizeof buf, "peak %.1f MB", m->value);
-    out += buf;
-  }
-  for (const char* name : {"step_time_s", "decode_s"}) {
-    if (const auto* m = find(name)) {
-      std::snprintf(buf, sizeof buf, ", %s %.4g s", name, m->value);
-      out += buf;
+  for (const MetricRole role : {MetricRole::kMemory, MetricRole::kTime}) {
+    for (const Field& field : kMetricFields) {
+      const Metric* m = field.role == role && field.progress ? find(field.name) : nullptr;
+      if (m == nullptr) continue;
+      const std::string unit(field.unit);
+      if (role == MetricRole::kMemory) {
+        std::snprintf(buf, sizeof buf, "peak %.*f %s", field.digits, m->value, unit.c_str());
+      } else {
+        std::snprintf(buf, sizeof buf, "%s %.4g %s", m->name.c_str(), m->value, unit.c_str());
+      }
+      parts.emplace_back(buf);
       break;
     }
   }
-  if (record.status != "ok" && !record.error.empty()) {
-    out += (out.empty() ? "" : ", ") + record.error.substr(0, 100);
-  }
+  if (record.status != "ok" && !record.error.empty()) parts.push_back(record.error.substr(0, 100));
+  std::string out;
+  for (const std::string& part : parts) out += (out.empty() ? "" : ", ") + part;
   return out;
 }
 
