@@ -22,7 +22,7 @@ struct Field {
   int digits = 0;
 };
 
-// Metrics that workers write and reports know how to show (DESIGN.md "Metrics").
+// Metrics that workers write and reports know how to show (docs/metrics.md).
 inline constexpr std::array<Field, 20> kMetricFields = {{
     {"peak_mem_mb", "MB", "REAL", "Peak Mem (MB)", NumberFormat::kFixed, 1},
     {"peak_reserved_mb", "MB", "REAL", "Peak Reserved (MB)", NumberFormat::kFixed, 1},

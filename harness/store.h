@@ -1,7 +1,7 @@
 #pragma once
-// The run record: one SQLite database that the parent alone writes (DESIGN.md "The run record").
-// Every ingest is one transaction, so a reader never sees half a run, and a rerun replaces the
-// old record whole.
+// The run record: one SQLite database that the parent alone writes (docs/architecture.md, "The
+// run record"). Every ingest is one transaction, so a reader never sees half a run, and a rerun
+// replaces the old record whole.
 #include <cstdint>
 #include <map>
 #include <mutex>

@@ -271,7 +271,7 @@ TEST(FieldsTest, NumberFormats) {
   EXPECT_EQ(find_metric_field("no_such_metric"), nullptr);
   EXPECT_EQ(axis_label("lora"), "LoRA");
   EXPECT_EQ(axis_label("something"), "something");
-  // Every metric of DESIGN.md has a row, with a label.
+  // Every metric of docs/metrics.md has a row, with a label.
   for (const char* name : {"peak_mem_mb", "peak_reserved_mb", "step_time_s", "step_time_p50_s",
                            "total_time_s", "tokens_per_s", "mfu", "loss_first", "loss_last",
                            "trainable_params", "trainable_pct", "mem_params_mb", "mem_grads_mb",
