@@ -121,6 +121,10 @@ void expect_golden(const std::string& actual, const std::string& name) {
   EXPECT_EQ(actual, read_file(path.string())) << "differs from " << path;
 }
 
+TEST(ReportSpecFile, TheGoldensSpecExistsAndIsTheHandBuiltOne) {
+  testing::expect_spec_file_is("tests/specs/report_small.yaml", small_spec());
+}
+
 TEST_F(ReportTest, ReportGoldenMarkdown) {
   const std::string md =
       render_report(small_spec(), small_plan(), small_runs(), ReportFormat::kMarkdown);
@@ -225,6 +229,27 @@ TEST_F(ReportTest, StoredRunsAsThePlan) {
   const std::vector<StoredRun> runs = small_runs();
   EXPECT_EQ(render_report(small_spec(), runs, ReportFormat::kMarkdown),
             render_report(small_spec(), small_plan(), runs, ReportFormat::kMarkdown));
+}
+
+TEST_F(ReportTest, StoredPartIsUsedAndInferredOnlyForOldRows) {
+  // Two parts that admit the same configs: only the stored part tells them apart.
+  Spec spec = small_spec();
+  spec.parts.push_back(spec.parts[0]);
+  spec.parts[0].label = "alpaca";
+  spec.parts[1].label = "random";
+  spec.tables.resize(1);
+  spec.tables[0].part = "random";
+  std::vector<StoredRun> runs = small_runs();
+  for (const StoredRun& run : runs) EXPECT_EQ(run.part, 0) << run.run_id;  // as ingested
+  for (StoredRun& run : runs) run.part = 1;
+  const std::string md = render_report(spec, runs, ReportFormat::kMarkdown);
+  EXPECT_NE(md.find("| Peak Mem (MB) | 11954.0 ± 0.4 | 10395.0 | 8396.4 | OOM |"),
+            std::string::npos)
+      << md;
+  // Rows from before runs.part: the first part that admits the config (here: alpaca).
+  for (StoredRun& run : runs) run.part.reset();
+  const std::string old = render_report(spec, runs, ReportFormat::kMarkdown);
+  EXPECT_EQ(old.find("11954.0"), std::string::npos) << old;
 }
 
 TEST_F(ReportTest, TableSplitByPart) {
