@@ -55,7 +55,7 @@ using enum Better;
 using enum GateTest;
 
 // Metrics that workers write (or the parent derives: mfu, est_peak_mem_mb) and reports know how
-// to show: the one list of them (docs/worker-protocol.md "Metrics").
+// to show: the one list of them (docs/metrics.md defines each).
 inline constexpr std::array<Field, 26> kMetricFields = {{
     // name, unit, sql type, label, format, digits, role, better, gate, progress
     {"peak_mem_mb", "MB", "REAL", "Peak Mem (MB)", kFixed, 1, kMemory, kLower, kMemoryMargin, true},

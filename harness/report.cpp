@@ -371,9 +371,12 @@ bool has_spread(const ReportRow& row) {
                      [](const ReportCell& cell) { return cell.values.size() > 1; });
 }
 
-// The first part whose workload, fixed values and axis values admit the run's config (the
-// database does not record the part); 0 when none does.
+// The run's part: as stored, or for rows from before runs.part (or a part the spec no longer has)
+// the first part whose workload, fixed values and axis values admit the run's config; 0 when
+// none does.
 int infer_part(const Spec& spec, const StoredRun& run) {
+  if (run.part && *run.part >= 0 && static_cast<size_t>(*run.part) < spec.parts.size())
+    return *run.part;
   for (size_t p = 0; p < spec.parts.size(); ++p) {
     const PartSpec& part = spec.parts[p];
     if (!part.workload.empty() && !run.workload.empty() && part.workload != run.workload) {

@@ -1,7 +1,7 @@
 #pragma once
 // Pivots stored runs into the tables a spec asks for (`tables:`), in the shape of the seed tables
-// (SEED_TABLES.md B): one column per combination of the table's `columns` axes, one header row
-// per axis, one row per metric.
+// (docs/seed-tables.md, B): one column per combination of the table's `columns` axes, one header
+// row per axis, one row per metric.
 //
 // Rules, so that a reader can trust a cell:
 // - A cell is the median over the repeats of its configuration. With more than one value it
@@ -17,7 +17,7 @@
 // - A cell whose runs all failed shows the verdict (OOM, timeout, crash, error, skipped); a cell
 //   with no stored run shows `-`; an ok run without the metric shows `n/a`. A cell where some
 //   repeats failed shows the median of the rest and, in Markdown, the failures: `(+1 OOM)`.
-// - A table of kind `arrows` (SEED_TABLES.md B, "effect of each technique alone") has one
+// - A table of kind `arrows` (docs/seed-tables.md B, "effect of each technique alone") has one
 //   baseline column (every `columns` axis at its first value) and one column per other value of
 //   each axis with the rest at baseline; Markdown cells read `value (down 30%)` against the
 //   baseline, `(-)` within 2%, which is below the run-to-run noise of this kind of measurement.

@@ -4,7 +4,7 @@
 // A spec has one matrix (top-level workload, data, fixed, matrix, include, exclude) or several
 // (`parts:`, a list of mappings with those keys plus an optional `label`; top-level data and
 // fixed are then defaults merged under each part's). A table selects runs by `workload:` and/or
-// `part:` (a part's label). See DESIGN.md "The spec" and experiments/phase3.yaml.
+// `part:` (a part's label). See README.md "A spec" and experiments/phase3.yaml.
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
