@@ -49,6 +49,7 @@ const CommandRegistrar kRegistrar{
       auto* sub = app.add_subcommand(
           "plot", "draw SVG charts of the spec's tables and per-step curves with gnuplot");
       sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
+      add_spec_overrides(sub, args->overrides);
       sub->add_option("--db", args->db, "results database")->capture_default_str();
       sub->add_option("--out", args->options.out_dir, "output directory")->capture_default_str();
       sub->add_option("--limit-mb", args->options.limit_mb,
