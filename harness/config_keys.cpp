@@ -208,6 +208,14 @@ const std::vector<ConfigKey>& config_keys() {
        .lo = kAtLeast0,
        .default_json = "0.0",
        .doc = "decoupled (AdamW) or L2 (SGD) weight decay"},
+      {.name = "max_grad_norm",
+       .scope = Scope::kFinetune,
+       .kind = Kind::kNumber,
+       .lo = kAtLeast0,
+       .default_json = "0.0",
+       .label = "Max grad norm",
+       .doc = "clip the gradients' global L2 norm to this before each optimizer step "
+              "(transformers' max_grad_norm); 0 = no clipping"},
       {.name = "max_steps",
        .scope = Scope::kFinetune,
        .lo = kAtLeast1,
@@ -401,6 +409,7 @@ RunSettings RunSettings::parse(const Json& config, const Json& data) {
   s.optimizer = read<std::string>(config, "optimizer");
   s.lr = read<double>(config, "lr");
   s.weight_decay = read<double>(config, "weight_decay");
+  s.max_grad_norm = read<double>(config, "max_grad_norm");
   s.max_steps = read<int64_t>(config, "max_steps");
   s.warmup_steps = read<int64_t>(config, "warmup_steps");
   s.max_seq_len = read_with_data(config, data, "max_seq_len");

@@ -822,6 +822,7 @@ struct FinetuneSetup {
   int64_t ga = 1;
   std::string optimizer = "sgd";
   double weight_decay = 0;
+  double max_grad_norm = 0;
   int64_t rope_bytes = 0;
 };
 
@@ -891,6 +892,14 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
     model.release_graph();
     tl.drop(tokens);
     tl.drop(labels);
+  }
+  if (s.max_grad_norm > 0) {
+    // clip_grad_norm_: a 0-dim norm per gradient, their stack, its norm, the clip coefficient
+    // and its clamp; the gradients are scaled in place.
+    tl.phase = "gradient clipping";
+    int64_t grads = 0;
+    for (const auto& p : tl.params()) grads += p.trainable ? 1 : 0;
+    tl.unref(tl.storage(4 * (2 * grads + 4), "gradient norms"));
   }
   // Optimizer step, then the gradients are released (set to none).
   tl.phase = "optimizer step";
@@ -981,6 +990,7 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
   if (s.optimizer != "sgd" && s.optimizer != "adamw")
     throw std::invalid_argument("unknown optimizer \"" + s.optimizer + "\"");
   s.weight_decay = cfg.weight_decay;
+  s.max_grad_norm = cfg.max_grad_norm;
   s.rope_bytes = rope_bytes(c);
   const int64_t max_steps = std::max<int64_t>(1, cfg.max_steps);
 

@@ -300,6 +300,7 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   options.optimizer = cfg.optimizer;
   options.lr = cfg.lr;
   options.weight_decay = cfg.weight_decay;
+  options.max_grad_norm = cfg.max_grad_norm;
   Trainer trainer(model, options);
   trainer.memory_now = [&probe] { return probe.current(); };
   int64_t params_bytes = 0;  // the weights as trained: base and adapters, in their dtype
