@@ -687,7 +687,7 @@ TEST_F(E2E, EstimateEqualsMeasuredPeaks) {
     EXPECT_NEAR(estimated, measured, 0.01 * measured) << line;
     ++compared;
   }
-  EXPECT_EQ(compared, 22);
+  EXPECT_EQ(compared, 23);
 }
 
 TEST_F(E2E, GenerationsBeforeAndAfterFineTuningAreStoredAndShown) {
