@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "harness/words.h"
 #include "model/config.h"
 
 namespace hx {
@@ -23,17 +24,12 @@ std::vector<std::string_view> lora_target_words() {
 
 template <typename Range>
 std::string join(const Range& range) {
-  std::string out;
-  for (const auto& item : range) {
-    if (!out.empty()) out += ", ";
-    out += item;
-  }
-  return out;
+  return join_words(range);
 }
 
 template <typename Range>
 bool contains(const Range& range, std::string_view word) {
-  return std::find(std::begin(range), std::end(range), word) != std::end(range);
+  return contains_word(range, word);
 }
 
 std::string show(const Json& value) { return value.dump(); }

@@ -20,6 +20,7 @@
 #include "harness/hash.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
+#include "harness/words.h"
 #include "model/config.h"
 
 namespace hx {
@@ -59,17 +60,12 @@ constexpr std::string_view kModelKeys[] = {"preset", "weights", "path", "seed"};
 
 template <typename Range>
 bool contains(const Range& range, std::string_view word) {
-  return std::find(std::begin(range), std::end(range), word) != std::end(range);
+  return contains_word(range, word);
 }
 
 template <typename Range>
 std::string join(const Range& range) {
-  std::string out;
-  for (const auto& item : range) {
-    if (!out.empty()) out += ", ";
-    out += item;
-  }
-  return out;
+  return join_words(range);
 }
 
 const KeyRule* find_rule(const std::vector<KeyRule>& rules, std::string_view name) {
