@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -77,6 +78,12 @@ const KeyRule* find_rule(const std::vector<KeyRule>& rules, std::string_view nam
 
 // A value as a message shows it: strings quoted, so that `"16"` and `16` read differently.
 std::string show(const Json& value) { return value.dump(); }
+
+std::string show_number(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
 
 // ---- YAML to JSON ----------------------------------------------------------------------------
 
@@ -180,44 +187,77 @@ bool is_axis(const PartSpec& part, const std::string& key) {
                      [&key](const auto& axis) { return axis.first == key; });
 }
 
-bool matches(const Json& config, const Json& entry) {
-  for (const auto& [key, value] : entry.items()) {
-    if (!config.contains(key) || config[key] != value) return false;
+// The exclude entries of a part as conditions on the axes' value indices: a row of the product
+// is excluded when every (axis, index) of some entry holds. An entry that names a fixed key with
+// another value, or an axis value that is not on the axis, can match no row and is left out; an
+// entry of fixed keys only (all equal) matches every row.
+std::vector<std::vector<std::pair<size_t, size_t>>> compile_excludes(const PartSpec& part) {
+  std::vector<std::vector<std::pair<size_t, size_t>>> out;
+  for (const Json& entry : part.exclude) {
+    std::vector<std::pair<size_t, size_t>> conditions;
+    bool can_match = true;
+    for (const auto& [key, value] : entry.items()) {
+      const auto axis = std::find_if(part.axes.begin(), part.axes.end(),
+                                     [&key](const auto& a) { return a.first == key; });
+      if (axis != part.axes.end()) {
+        const auto found = std::find(axis->second.begin(), axis->second.end(), value);
+        can_match = found != axis->second.end();
+        if (can_match) {
+          conditions.emplace_back(axis - part.axes.begin(), found - axis->second.begin());
+        }
+      } else {
+        // The config of a product row holds the fixed values and the axes' values only.
+        const auto fixed = part.fixed.find(key);
+        can_match = fixed != part.fixed.end() && *fixed == value;
+      }
+      if (!can_match) break;
+    }
+    if (can_match) out.push_back(std::move(conditions));
   }
-  return true;
+  return out;
 }
 
-// The distinct configs of one part, in order: the product of the axes (first axis slowest,
-// like nested loops written in spec order) minus excluded rows, then the include entries.
-std::vector<Json> part_configs(const PartSpec& part) {
-  std::vector<Json> configs;
-  std::set<std::string> seen;
-  auto add = [&](Json config) {
-    if (seen.insert(canonical_json(config)).second) configs.push_back(std::move(config));
-  };
+bool excluded(const std::vector<std::vector<std::pair<size_t, size_t>>>& excludes,
+              const std::vector<size_t>& index) {
+  return std::any_of(excludes.begin(), excludes.end(), [&index](const auto& conditions) {
+    return std::all_of(conditions.begin(), conditions.end(),
+                       [&index](const auto& c) { return index[c.first] == c.second; });
+  });
+}
+
+// Odometer over the product of the axes, the last axis turning fastest (like nested loops in spec
+// order); false after the last row. With no axes there is exactly one row.
+bool next_row(const PartSpec& part, std::vector<size_t>& index) {
+  size_t axis = part.axes.size();
+  while (axis > 0 && ++index[axis - 1] == part.axes[axis - 1].second.size()) {
+    index[axis - 1] = 0;
+    --axis;
+  }
+  return axis > 0;
+}
+
+// Whether a part has any run: an include entry, or a row of the product that no exclude entry
+// removes (the rows are visited until one is found, as indices only).
+bool has_runs(const PartSpec& part) {
+  if (!part.include.empty()) return true;
+  const auto excludes = compile_excludes(part);
   std::vector<size_t> index(part.axes.size(), 0);
-  for (;;) {
-    Json config = part.fixed;
-    for (size_t i = 0; i < part.axes.size(); ++i) {
-      config[part.axes[i].first] = part.axes[i].second[index[i]];
-    }
-    const bool excluded = std::any_of(part.exclude.begin(), part.exclude.end(),
-                                      [&](const Json& entry) { return matches(config, entry); });
-    if (!excluded) add(std::move(config));
-    // Odometer: the last axis turns fastest. With no axes there is exactly one combination.
-    size_t axis = part.axes.size();
-    while (axis > 0 && ++index[axis - 1] == part.axes[axis - 1].second.size()) {
-      index[axis - 1] = 0;
-      --axis;
-    }
-    if (axis == 0) break;
-  }
-  for (const Json& entry : part.include) {
-    Json config = part.fixed;
-    config.update(entry);
-    add(std::move(config));
-  }
-  return configs;
+  do {
+    if (!excluded(excludes, index)) return true;
+  } while (next_row(part, index));
+  return false;
+}
+
+// The runs a part stands for before exclude, (product of the axes' sizes + include entries) x
+// repeats, as a double: it may be far beyond any integer type.
+double planned_runs(const PartSpec& part, int repeats) {
+  double product = 1;
+  for (const auto& [axis, values] : part.axes) product *= static_cast<double>(values.size());
+  return (product + static_cast<double>(part.include.size())) * repeats;
+}
+
+std::string show_count(double count) {
+  return count < 1e18 ? std::to_string(static_cast<int64_t>(count)) : show_number(count);
 }
 
 // ---- The parser ------------------------------------------------------------------------------
@@ -446,7 +486,10 @@ class Parser {
   // `tokenizer` and `allow_special`, after the model (whose vocabulary must hold the tokenizer's).
   void parse_tokenizer(const std::map<std::string, Entry>& top, Spec& spec) const;
   void parse_parts(const std::map<std::string, Entry>& top, Spec& spec) const;
-  PartSpec parse_part(const PartNodes& part, const PartNodes& defaults) const;
+  // `runs_before`: the runs of the parts before it, counted against kMaxRuns.
+  PartSpec parse_part(const PartNodes& part, const PartNodes& defaults, double runs_before) const;
+  // Fails when the spec would expand to more than kMaxRuns runs, before any is built.
+  void check_size(const PartNodes& part, const PartSpec& out, double runs_before) const;
   std::string parse_workload(const PartNodes& part) const;
   void parse_matrix(const PartNodes& part, PartSpec& out) const;
   // `default_for` is the part that top-level defaults are merged into ("" for a part's own).
@@ -467,6 +510,7 @@ class Parser {
   std::string device_ = "cpu";
   // `--set device=...`: a GPU study run on the CPU keeps its fp16 cells, as skipped runs.
   bool device_overridden_ = false;
+  int repeats_ = 1;
 };
 
 std::vector<Entry> Parser::entries(const YAML::Node& map, const std::string& prefix) const {
@@ -789,7 +833,8 @@ Json Parser::parse_data(const PartNodes& part, const PartNodes& defaults,
   return data;
 }
 
-PartSpec Parser::parse_part(const PartNodes& part, const PartNodes& defaults) const {
+PartSpec Parser::parse_part(const PartNodes& part, const PartNodes& defaults,
+                            double runs_before) const {
   PartSpec out;
   if (auto it = part.keys.find("label"); it != part.keys.end()) {
     const std::string key = dotted(part.prefix, "label");
@@ -805,12 +850,39 @@ PartSpec Parser::parse_part(const PartNodes& part, const PartNodes& defaults) co
   out.exclude = parse_entries(part, "exclude", out);
   out.data = parse_data(part, defaults, out.workload);
 
-  if (part_configs(out).empty()) {
+  check_size(part, out, runs_before);
+  if (!has_runs(out)) {
     const auto it = part.keys.find("exclude");
     fail(it != part.keys.end() ? it->second.line : part.line, dotted(part.prefix, "exclude"),
          "excludes every combination of the matrix (0 runs)");
   }
   return out;
+}
+
+void Parser::check_size(const PartNodes& part, const PartSpec& out, double runs_before) const {
+  const double runs = planned_runs(out, repeats_);
+  if (runs_before + runs <= static_cast<double>(kMaxRuns)) return;
+  std::string sizes;
+  double product = 1;
+  for (const auto& [axis, values] : out.axes) {
+    sizes += (sizes.empty() ? "" : " x ") + axis + " " + std::to_string(values.size());
+    product *= static_cast<double>(values.size());
+  }
+  std::string message = show_count(runs) + " runs (" + (sizes.empty() ? "no axes" : sizes) + " = " +
+                        show_count(product) + " combinations";
+  if (!out.include.empty()) {
+    message += " + " + std::to_string(out.include.size()) + " include entr" +
+               (out.include.size() == 1 ? "y" : "ies");
+  }
+  if (repeats_ > 1) message += ", x " + std::to_string(repeats_) + " repeats";
+  message += ")";
+  if (runs_before > 0) {
+    message += ", " + show_count(runs_before + runs) + " with the parts before it";
+  }
+  message += ": over the limit of " + std::to_string(kMaxRuns) +
+             " runs per spec; split the matrix into several specs or give its axes fewer values";
+  const auto it = part.keys.find("matrix");
+  fail(it != part.keys.end() ? it->second.line : part.line, dotted(part.prefix, "matrix"), message);
 }
 
 std::string Parser::parse_workload(const PartNodes& part) const {
@@ -836,12 +908,11 @@ void Parser::parse_matrix(const PartNodes& part, PartSpec& out) const {
       fail(axis.value_line, key, "expected a list of values, e.g. [" + describe(rule) + "]");
     }
     std::vector<Json> values;
+    std::set<Json> seen;  // nlohmann orders numbers by value, as == compares them: 1 == 1.0
     for (const YAML::Node& item : axis.value) {
       const int line = line_of(item, axis.value_line);
       Json value = config_value(rule, item, line, key);
-      if (std::find(values.begin(), values.end(), value) != values.end()) {
-        fail(line, key, "duplicate value " + show(value));
-      }
+      if (!seen.insert(value).second) fail(line, key, "duplicate value " + show(value));
       values.push_back(std::move(value));
     }
     if (values.empty()) {
@@ -1017,6 +1088,7 @@ void Parser::parse_settings(const std::map<std::string, Entry>& top, Spec& spec)
   if (const Entry* repeats = find("repeats")) {
     spec.repeats = checked(*repeats, "repeats", {.name = "repeats", .lo = kAtLeast1}).get<int>();
   }
+  repeats_ = spec.repeats;  // parts are counted against kMaxRuns with them
   if (const Entry* timeout = find("timeout_s")) {
     spec.timeout_s =
         checked(*timeout, "timeout_s", {.name = "timeout_s", .kind = Kind::kNumber, .lo = kAbove0})
@@ -1058,7 +1130,7 @@ void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) co
     for (const auto& [key, entry] : top) {
       if (contains(kPartKeys, key)) part.keys.emplace(key, entry);
     }
-    spec.parts.push_back(parse_part(part, PartNodes{}));
+    spec.parts.push_back(parse_part(part, PartNodes{}, 0));
     return;
   }
 
@@ -1072,13 +1144,15 @@ void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) co
     if (const Entry* entry = find(key)) defaults.keys.emplace(key, *entry);
   }
   size_t index = 0;
+  double runs = 0;  // of the parts so far, against kMaxRuns
   for (const YAML::Node& node : sequence(*parts, "parts")) {
     PartNodes part;
     part.prefix = indexed("parts", index++);
     part.line = line_of(node, parts->value_line);
     if (!node.IsMap()) fail(part.line, part.prefix, "expected a mapping (workload, matrix, ...)");
     part.keys = keyed(node, part.prefix, "part", {std::begin(kPartKeys), std::end(kPartKeys)});
-    spec.parts.push_back(parse_part(part, defaults));
+    spec.parts.push_back(parse_part(part, defaults, runs));
+    runs += planned_runs(spec.parts.back(), repeats_);
     const std::string& label = spec.parts.back().label;
     for (size_t i = 0; i + 1 < spec.parts.size() && !label.empty(); ++i) {
       if (spec.parts[i].label == label) {
@@ -1138,46 +1212,11 @@ Spec parse_spec(const std::string& text, const std::string& path, const SpecOver
   return Parser(path).parse(text, overrides);
 }
 
-std::vector<RunConfig> expand(const Spec& spec) {
-  std::vector<RunConfig> runs;
-  std::set<std::string> ids;
-  for (size_t p = 0; p < spec.parts.size(); ++p) {
-    const PartSpec& part = spec.parts[p];
-    for (const Json& config : part_configs(part)) {
-      const std::string canonical = canonical_json(config);
-      for (int repeat = 0; repeat < spec.repeats; ++repeat) {
-        RunConfig run;
-        run.run_id = make_run_id(spec, part, canonical, repeat);
-        // The id is the database's primary key: a run that two parts share is one run.
-        if (!ids.insert(run.run_id).second) continue;
-        run.repeat = repeat;
-        run.workload = part.workload;
-        run.config = config;
-        run.canonical = canonical;
-        run.part = static_cast<int>(p);
-        if (const DeviceProfile* profile = find_device_profile(spec.device_profile);
-            profile != nullptr && !profile_has_bf16(*profile) &&
-            (config.value("mp", "") == "bf16" || config.value("dtype", "") == "bf16")) {
-          run.skip_reason = std::string(profile->gpu_name) + " has no bf16 arithmetic";
-        }
-        // Only through `--set device=cpu` (a spec that says cpu is refused): fp16 needs CUDA.
-        if (spec.device == "cpu" &&
-            (config.value("mp", "") == "fp16" || config.value("dtype", "") == "fp16")) {
-          run.skip_reason = "fp16 needs a CUDA device (device cpu set on the command line)";
-        }
-        runs.push_back(std::move(run));
-      }
-    }
-  }
-  return runs;
-}
+namespace {
 
-// nlohmann's object is a std::map, so dump() sorts keys; with no indent it writes no spaces, and
-// doubles in their shortest round-trip form (1e-05, 0.05, 32.0), the same on every platform.
-std::string canonical_json(const Json& value) { return value.dump(); }
-
-std::string make_run_id(const Spec& spec, const PartSpec& part, const std::string& canonical,
-                        int repeat) {
+// The text a run id hashes before the run's config: the experiment's name and the part's context
+// (model, device, data, memory cap, workload, ...).
+std::string run_id_prefix(const Spec& spec, const PartSpec& part) {
   Json context = {
       {"model", as_written(spec.model, "weights")}, {"device", spec.device},
       {"memory_limit_mb", spec.memory_limit_mb},    {"workload", part.workload},
@@ -1189,8 +1228,267 @@ std::string make_run_id(const Spec& spec, const PartSpec& part, const std::strin
     context["tokenizer"] = spec.tokenizer_as_written;
     context["allow_special"] = spec.allow_special;
   }
-  return fnv1a64_hex(spec.name + "\n" + canonical_json(context) + "\n" + canonical + "\n" +
-                     std::to_string(repeat));
+  return spec.name + "\n" + canonical_json(context) + "\n";
+}
+
+// `"key":value` as canonical_json writes one member of an object.
+std::string member_text(const std::string& key, const Json& value) {
+  return Json(key).dump() + ":" + value.dump();
+}
+
+// The run ids seen so far, to drop duplicates: open addressing on the 64-bit hashes (the hex id
+// is one-to-one with them), a few bytes per run where a std::set<std::string> takes ~80.
+class IdSet {
+ public:
+  // Sized for `most` ids without growing.
+  explicit IdSet(size_t most) {
+    size_t slots = 1024;
+    while (slots < 2 * most) slots *= 2;
+    slots_.assign(slots, 0);
+  }
+
+  // Asks the cache for the slot where `id` would go, ahead of insert(id).
+  void prefetch(uint64_t id) const { __builtin_prefetch(&slots_[slot_of(id)]); }
+
+  // false when `id` was there already.
+  bool insert(uint64_t id) {
+    if (id == 0) return !std::exchange(has_zero_, true);
+    if (2 * (size_ + 1) > slots_.size()) grow();
+    size_t i = slot_of(id);
+    while (slots_[i] != 0) {
+      if (slots_[i] == id) return false;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+    slots_[i] = id;
+    ++size_;
+    return true;
+  }
+
+ private:
+  size_t slot_of(uint64_t id) const {
+    return static_cast<size_t>((id ^ (id >> 29)) * 0x9E3779B97F4A7C15ULL >> 7) &
+           (slots_.size() - 1);
+  }
+  void grow() {
+    std::vector<uint64_t> old = std::move(slots_);
+    slots_.assign(std::max<size_t>(1024, 2 * old.size()), 0);
+    for (const uint64_t id : old) {
+      if (id == 0) continue;
+      size_t i = slot_of(id);
+      while (slots_[i] != 0) i = (i + 1) & (slots_.size() - 1);
+      slots_[i] = id;
+    }
+  }
+
+  std::vector<uint64_t> slots_;
+  size_t size_ = 0;
+  bool has_zero_ = false;
+};
+
+// One part's rows, prepared once so that each row costs a few string appends and a hash: the
+// product rows' config keys in canonical order, with the text of each fixed member and of each
+// axis value's member, and the include entries' configs.
+struct PartPlan {
+  std::vector<std::string> keys;    // sorted: fixed keys and axes
+  std::vector<const Json*> values;  // per key: the fixed value; the axis slots are set per row
+  // The canonical text is literal[0] + member of slot 0 + literal[1] + ... + literal[slots]:
+  // literal[i] holds the braces, commas and fixed members between two axis members.
+  std::vector<std::string> literal;
+  std::vector<size_t> slot_axis;                       // per slot: its axis
+  std::vector<size_t> slot_key;                        // per slot: its index in keys
+  std::vector<std::vector<std::string>> axis_members;  // [axis][value index]
+  std::vector<std::vector<std::pair<size_t, size_t>>> excludes;
+
+  struct Include {
+    std::vector<std::string> keys;
+    std::vector<const Json*> values;
+    std::string canonical;
+  };
+  std::vector<Include> includes;
+};
+
+PartPlan plan_part(const PartSpec& part) {
+  PartPlan plan;
+  std::map<std::string, int> key_axis;  // key -> axis index, -1 for a fixed key; sorted
+  for (const auto& [key, value] : part.fixed.items()) key_axis[key] = -1;
+  for (size_t a = 0; a < part.axes.size(); ++a) key_axis[part.axes[a].first] = static_cast<int>(a);
+  plan.literal.emplace_back("{");
+  for (const auto& [key, axis] : key_axis) {
+    if (!plan.keys.empty()) plan.literal.back() += ",";
+    if (axis < 0) {
+      const Json& value = *part.fixed.find(key);
+      plan.values.push_back(&value);
+      plan.literal.back() += member_text(key, value);
+    } else {
+      plan.values.push_back(nullptr);
+      plan.slot_axis.push_back(static_cast<size_t>(axis));
+      plan.slot_key.push_back(plan.keys.size());
+      plan.literal.emplace_back();
+    }
+    plan.keys.push_back(key);
+  }
+  plan.literal.back() += "}";
+  for (const auto& [key, axis_values] : part.axes) {
+    std::vector<std::string>& members = plan.axis_members.emplace_back();
+    for (const Json& value : axis_values) members.push_back(member_text(key, value));
+  }
+  plan.excludes = compile_excludes(part);
+
+  for (const Json& entry : part.include) {
+    Json config = part.fixed;
+    config.update(entry);
+    PartPlan::Include& include = plan.includes.emplace_back();
+    for (const auto& [key, value] : config.items()) {
+      include.keys.push_back(key);
+      const auto own = entry.find(key);
+      include.values.push_back(own != entry.end() ? &*own : &*part.fixed.find(key));
+    }
+    include.canonical = canonical_json(config);
+  }
+  return plan;
+}
+
+}  // namespace
+
+const Json* RunRef::find(std::string_view key) const {
+  const auto it = std::lower_bound(keys.begin(), keys.end(), key);
+  return it != keys.end() && *it == key ? values[it - keys.begin()] : nullptr;
+}
+
+Json RunRef::config() const {
+  Json config = Json::object();
+  auto& object = config.get_ref<Json::object_t&>();
+  for (size_t i = 0; i < keys.size(); ++i) object.emplace_hint(object.end(), keys[i], *values[i]);
+  return config;
+}
+
+void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& visit) {
+  const DeviceProfile* profile = find_device_profile(spec.device_profile);
+  const std::string no_bf16 = profile != nullptr && !profile_has_bf16(*profile)
+                                  ? std::string(profile->gpu_name) + " has no bf16 arithmetic"
+                                  : "";
+  auto is_bf16 = [](const Json* value) { return value != nullptr && *value == "bf16"; };
+  auto is_fp16 = [](const Json* value) { return value != nullptr && *value == "fp16"; };
+  static constexpr std::string_view kFp16OnCpu =
+      "fp16 needs a CUDA device (device cpu set on the command line)";
+  // Sized for the runs before exclude, up to a million (16 MiB; it grows beyond that), so that
+  // it seldom grows and a mostly excluded matrix does not take a big one.
+  double most_runs = 0;
+  for (const PartSpec& part : spec.parts) most_runs += planned_runs(part, spec.repeats);
+  IdSet ids(static_cast<size_t>(std::min(most_runs, 1e6)));
+
+  // Each run waits for the next one to be hashed before its id is looked up in the set (and it
+  // is visited), so that the look-up's cache miss is prefetched meanwhile: with millions of runs
+  // it would otherwise cost as much as the rest together.
+  struct Pending {
+    RunRef run;
+    std::string canonical;
+    std::vector<const Json*> values;
+    uint64_t hash = 0;
+    char id[16] = {};
+    bool waiting = false;
+  };
+  std::array<Pending, 2> pending;
+  size_t next = 0;
+  auto settle = [&](Pending& waiting) {
+    if (!std::exchange(waiting.waiting, false)) return;
+    // The id is the database's primary key: a run that two parts share is one run.
+    if (!ids.insert(waiting.hash)) return;
+    hex64(waiting.hash, waiting.id);
+    waiting.run.run_id = std::string_view(waiting.id, sizeof(waiting.id));
+    waiting.run.canonical = waiting.canonical;
+    waiting.run.values = waiting.values;
+    visit(waiting.run);
+  };
+  // Every repeat of one config: the hash continues from the prefix's over the canonical text.
+  auto add_repeats = [&](const RunRef& run, uint64_t prefix_hash) {
+    const uint64_t config_hash = fnv1a64_update(fnv1a64_update(prefix_hash, run.canonical), "\n");
+    std::string_view skip_reason;
+    if (!no_bf16.empty() && (is_bf16(run.find("mp")) || is_bf16(run.find("dtype")))) {
+      skip_reason = no_bf16;
+    }
+    // Only through `--set device=cpu` (a spec that says cpu is refused): fp16 needs CUDA.
+    if (spec.device == "cpu" && (is_fp16(run.find("mp")) || is_fp16(run.find("dtype")))) {
+      skip_reason = kFp16OnCpu;
+    }
+    for (int repeat = 0; repeat < spec.repeats; ++repeat) {
+      char digits[16];
+      const auto end = std::to_chars(digits, digits + sizeof(digits), repeat).ptr;
+      Pending& added = pending[next];
+      added.hash = fnv1a64_update(config_hash, std::string_view(digits, end - digits));
+      ids.prefetch(added.hash);
+      added.run = run;
+      added.run.repeat = repeat;
+      added.run.skip_reason = skip_reason;
+      added.canonical.assign(run.canonical);
+      added.values.assign(run.values.begin(), run.values.end());
+      added.waiting = true;
+      next ^= 1;
+      settle(pending[next]);
+    }
+  };
+
+  std::string canonical;
+  RunRef run;
+  for (size_t p = 0; p < spec.parts.size(); ++p) {
+    const PartSpec& part = spec.parts[p];
+    PartPlan plan = plan_part(part);
+    const uint64_t prefix_hash = fnv1a64(run_id_prefix(spec, part));
+    run.part = static_cast<int>(p);
+    run.workload = part.workload;
+
+    run.include = -1;
+    run.keys = plan.keys;
+    std::vector<size_t> index(part.axes.size(), 0);
+    do {
+      if (excluded(plan.excludes, index)) continue;
+      canonical = plan.literal[0];
+      for (size_t s = 0; s < plan.slot_axis.size(); ++s) {
+        const size_t axis = plan.slot_axis[s];
+        canonical += plan.axis_members[axis][index[axis]];
+        canonical += plan.literal[s + 1];
+        plan.values[plan.slot_key[s]] = &part.axes[axis].second[index[axis]];
+      }
+      run.canonical = canonical;
+      run.values = plan.values;
+      add_repeats(run, prefix_hash);
+    } while (next_row(part, index));
+
+    for (size_t i = 0; i < plan.includes.size(); ++i) {
+      run.include = static_cast<int>(i);
+      run.keys = plan.includes[i].keys;
+      run.values = plan.includes[i].values;
+      run.canonical = plan.includes[i].canonical;
+      add_repeats(run, prefix_hash);
+    }
+    // The include entries' keys and values live in the plan: its last run is settled with it.
+    settle(pending[next ^ 1]);
+  }
+}
+
+std::vector<RunConfig> expand(const Spec& spec) {
+  std::vector<RunConfig> runs;
+  for_each_run(spec, [&runs](const RunRef& ref) {
+    RunConfig& run = runs.emplace_back();
+    run.run_id = ref.run_id;
+    run.repeat = ref.repeat;
+    run.workload = ref.workload;
+    run.config = ref.config();
+    run.canonical = ref.canonical;
+    run.part = ref.part;
+    run.skip_reason = ref.skip_reason;
+  });
+  return runs;
+}
+
+// nlohmann's object is a std::map, so dump() sorts keys; with no indent it writes no spaces, and
+// doubles in their shortest round-trip form (1e-05, 0.05, 32.0), the same on every platform.
+// (for_each_run writes the same text from the members' texts: member_text.)
+std::string canonical_json(const Json& value) { return value.dump(); }
+
+std::string make_run_id(const Spec& spec, const PartSpec& part, const std::string& canonical,
+                        int repeat) {
+  return fnv1a64_hex(run_id_prefix(spec, part) + canonical + "\n" + std::to_string(repeat));
 }
 
 }  // namespace hx

@@ -6,8 +6,11 @@
 // fixed are then defaults merged under each part's). A table selects runs by `workload:` and/or
 // `part:` (a part's label). See README.md "A spec" and experiments/phase3.yaml.
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -60,6 +63,12 @@ struct Spec {
   std::vector<TableSpec> tables;
 };
 
+// The most runs a spec may stand for: the sum over its parts of (the product of the axes' sizes
+// + the include entries) x repeats, counted before exclude. Loading a bigger spec fails, naming
+// the axes' sizes, before any run is built (2 million runs expand in seconds; 10 million
+// configs would take gigabytes wherever the whole plan is held, as `harness run` does).
+inline constexpr int64_t kMaxRuns = 10'000'000;
+
 // Changes to a spec from the command line, validated as if written in it (run, expand,
 // estimate, report, compare, check):
 //   --set KEY=VALUE   a top-level key (device, repeats, timeout_s, ...), a dotted model/data key
@@ -94,6 +103,29 @@ struct RunConfig {
 // (repeat innermost); stable order. A combination that comes up twice (an include repeating a
 // product row, or two identical parts) runs once: run ids are unique in the result.
 std::vector<RunConfig> expand(const Spec& spec);
+
+// One run of expand(spec) as for_each_run() hands it over: a RunConfig without its config built
+// (building millions of Json objects is most of what expand() costs). Valid during the call only.
+struct RunRef {
+  std::string_view run_id;
+  int repeat = 0;
+  int part = 0;
+  int include = -1;  // index into the part's include entries; -1: a row of the axes' product
+  std::string_view workload;
+  std::string_view canonical;
+  std::string_view skip_reason;
+  // The config's keys in canonical (sorted) order and their values. The values point into the
+  // spec (fixed values, axis values, include entries), so they live as long as the spec does.
+  std::span<const std::string> keys;
+  std::span<const Json* const> values;
+
+  const Json* find(std::string_view key) const;  // nullptr when the config has no such key
+  Json config() const;                           // RunConfig::config
+};
+
+// Visits the runs of expand(spec), in the same order, one at a time; of what it holds, only the
+// set of ids seen (to drop duplicates: 16 to 32 bytes a run) grows with the number of runs.
+void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& visit);
 
 // Keys sorted, no spaces, values as written.
 std::string canonical_json(const Json& value);

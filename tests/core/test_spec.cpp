@@ -482,3 +482,115 @@ TEST(ModelPath, CheckpointDirectoryByPath) {
 
 }  // namespace
 }  // namespace hx
+
+namespace hx {
+namespace {
+
+// ---- Big matrices: streamed expansion and the size limit ---------------------------------------
+
+// 8 x 8 x 8 x 8 x 8 x 6 = 196,608 combinations, 3,072 excluded (batch_size 2 with lora_r 2), one
+// new include entry and one that repeats the first product row.
+constexpr const char* kBig = R"(name: big
+model: {preset: tiny}
+workload: finetune
+device: cpu
+data: {format: random, seq_len: 32}
+fixed: {lr: 1.0e-4, optimizer: adamw, lora_alpha: 32, lora_dropout: 0.05, lora_targets: [wq, wv]}
+matrix:
+  batch_size: [1, 2, 3, 4, 5, 6, 7, 8]
+  lora_r: [1, 2, 4, 8, 16, 32, 64, 128]
+  max_steps: [1, 2, 3, 4, 5, 6, 7, 8]
+  warmup_steps: [0, 1, 2, 3, 4, 5, 6, 7]
+  ga: [1, 2, 3, 4, 5, 6, 7, 8]
+  seq_len: [16, 32, 48, 64, 80, 96]
+exclude:
+  - {batch_size: 2, lora_r: 2}
+include:
+  - {batch_size: 99, lora_r: 1, max_steps: 1, warmup_steps: 0, ga: 1, seq_len: 16}
+  - {batch_size: 1, lora_r: 1, max_steps: 1, warmup_steps: 0, ga: 1, seq_len: 16}
+)";
+
+TEST(BigMatrix, ExpandsWithTheRunIdsOfTheOneRunAtATimeExpansion) {
+  const Spec spec = load_text(kBig);
+  const std::vector<RunConfig> runs = expand(spec);
+  ASSERT_EQ(runs.size(), 196608u - 3072 + 1);
+  // Pinned with the expansion before it was streamed (one Json per config, canonical_json and
+  // make_run_id per run): the ids are the database's keys and must not move.
+  EXPECT_EQ(runs[0].run_id, "7a25754009a7bb7a");
+  EXPECT_EQ(runs[1].run_id, "f580c315c3302b34");
+  EXPECT_EQ(runs[100000].run_id, "8c0f4f38c1defdc5");
+  EXPECT_EQ(runs[100000].canonical,
+            R"({"batch_size":5,"ga":3,"lora_alpha":32,"lora_dropout":0.05,"lora_r":2,)"
+            R"("lora_targets":["wq","wv"],"lr":0.0001,"max_steps":5,"optimizer":"adamw",)"
+            R"("seq_len":80,"warmup_steps":3})");
+  EXPECT_EQ(runs[runs.size() - 2].run_id, "2748c0b11a718160");
+  EXPECT_EQ(runs.back().run_id, "8d6e4622df1284c9");
+  EXPECT_EQ(runs.back().config["batch_size"], 99);
+
+  // Every 997th run against the definitions: canonical_json of its config, make_run_id of that.
+  for (size_t i = 0; i < runs.size(); i += 997) {
+    const RunConfig& run = runs[i];
+    ASSERT_EQ(run.canonical, canonical_json(run.config)) << i;
+    ASSERT_EQ(run.run_id, make_run_id(spec, spec.parts[0], run.canonical, run.repeat)) << i;
+    ASSERT_FALSE(run.config["batch_size"] == 2 && run.config["lora_r"] == 2) << i;
+  }
+  std::set<std::string> ids;
+  for (const RunConfig& run : runs) ids.insert(run.run_id);
+  EXPECT_EQ(ids.size(), runs.size());
+
+  // for_each_run visits the same runs in the same order, without building them.
+  size_t index = 0;
+  bool same = true;
+  for_each_run(spec, [&](const RunRef& ref) {
+    const RunConfig& run = runs.at(index++);
+    same = same && ref.run_id == run.run_id && ref.canonical == run.canonical &&
+           ref.repeat == run.repeat && ref.part == run.part && ref.workload == run.workload;
+    if (index == 100001) {
+      EXPECT_EQ(ref.config(), run.config);
+      ASSERT_NE(ref.find("lora_r"), nullptr);
+      EXPECT_EQ(*ref.find("lora_r"), 2);
+      EXPECT_EQ(ref.find("gc"), nullptr);
+      EXPECT_EQ(ref.include, -1);
+    }
+  });
+  EXPECT_EQ(index, runs.size());
+  EXPECT_TRUE(same);
+}
+
+TEST(BigMatrix, OverTheLimitIsRefusedWithTheAxesSizes) {
+  // 8^7 combinations fit; x 5 repeats they do not. Refused while loading, before any run exists.
+  std::string text = kBig;
+  text.replace(text.find("96]"), 3, "96, 112, 128]\n  gc_every: [1, 2, 3, 4, 5, 6, 7, 8]");
+  for (size_t at = text.find("seq_len: 16}"); at != std::string::npos;
+       at = text.find("seq_len: 16}", at + 1)) {
+    text.replace(at, 12, "seq_len: 16, gc_every: 1}");
+  }
+  EXPECT_NO_THROW(load_text(text));
+  const std::string message = error_of([&] { load_text(text + "repeats: 5\n", "huge.yaml"); });
+  EXPECT_NE(message.find("huge.yaml:7: matrix: 10485770 runs (batch_size 8 x lora_r 8 x "
+                         "max_steps 8 x warmup_steps 8 x ga 8 x seq_len 8 x gc_every 8 = 2097152 "
+                         "combinations + 2 include entries, x 5 repeats): over the limit of " +
+                         std::to_string(kMaxRuns) + " runs"),
+            std::string::npos)
+      << message;
+
+  // Parts count together: two parts of 6 million are refused at the second.
+  std::string parts = "name: p\nmodel: {preset: tiny}\ndevice: cpu\nparts:\n";
+  for (const char* label : {"a", "b"}) {
+    parts += std::string("  - label: ") + label + "\n    workload: generate\n    matrix:\n";
+    for (const char* axis : {"prompt_len", "new_tokens", "batch_size", "top_k", "threads"}) {
+      parts += std::string("      ") + axis + ": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n";
+    }
+    parts += "      seed: [1, 2, 3, 4, 5, 6]\n";
+    parts += "      temperature: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]\n";
+  }
+  const std::string two = error_of([&] { load_text(parts, "parts.yaml"); });
+  EXPECT_NE(two.find("parts.yaml:17: parts[1].matrix: 6000000 runs (prompt_len 10 x "),
+            std::string::npos)
+      << two;
+  EXPECT_NE(two.find("12000000 with the parts before it: over the limit"), std::string::npos)
+      << two;
+}
+
+}  // namespace
+}  // namespace hx
