@@ -198,7 +198,7 @@ std::vector<std::vector<std::pair<size_t, size_t>>> compile_excludes(const PartS
     bool can_match = true;
     for (const auto& [key, value] : entry.items()) {
       const auto axis = std::find_if(part.axes.begin(), part.axes.end(),
-                                     [&key](const auto& a) { return a.first == key; });
+                                     [&key = key](const auto& a) { return a.first == key; });
       if (axis != part.axes.end()) {
         const auto found = std::find(axis->second.begin(), axis->second.end(), value);
         can_match = found != axis->second.end();
