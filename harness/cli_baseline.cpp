@@ -19,12 +19,13 @@ namespace {
 
 struct BaselineOptions {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   std::string db = "results/harness.db";
   std::string out;
 };
 
 int run_baseline(const BaselineOptions& options) {
-  const Spec spec = load_spec(options.spec_path);
+  const Spec spec = load_spec(options.spec_path, options.overrides);
   if (!std::filesystem::exists(options.db)) {
     throw std::invalid_argument(options.db + ": no such database");
   }
@@ -55,6 +56,7 @@ const CommandRegistrar kRegistrar{
       CLI::App* sub = app.add_subcommand(
           "baseline", "Save the spec's stored runs as a baseline file for `harness check`");
       sub->add_option("spec", options->spec_path, "Experiment spec (YAML)")->required();
+      add_spec_overrides(sub, options->overrides);
       sub->add_option("--db", options->db, "Run database")->capture_default_str();
       sub->add_option("--out", options->out, "Baseline file (results/baselines/NAME.csv)")
           ->required();

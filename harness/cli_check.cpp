@@ -20,13 +20,14 @@ namespace {
 
 struct CheckOptions {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   std::string db = "results/harness.db";
   std::string baseline;
   GateOptions gate;
 };
 
 int run_check(const CheckOptions& options) {
-  const Spec spec = load_spec(options.spec_path);
+  const Spec spec = load_spec(options.spec_path, options.overrides);
   if (!std::filesystem::exists(options.db)) {
     throw std::invalid_argument(options.db + ": no such database");
   }
@@ -57,6 +58,7 @@ const CommandRegistrar kRegistrar{
           "Regression gate: compare the stored runs with a baseline (exit 1 on a "
           "regression)");
       sub->add_option("spec", options->spec_path, "Experiment spec (YAML)")->required();
+      add_spec_overrides(sub, options->overrides);
       sub->add_option("--db", options->db, "Run database")->capture_default_str();
       sub->add_option("--baseline", options->baseline, "Baseline file (`harness baseline`)")
           ->required();

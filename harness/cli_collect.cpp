@@ -11,11 +11,12 @@ namespace {
 
 struct CollectArgs {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   RunOptions options;
 };
 
 int collect_command(CollectArgs& args) {
-  const Spec spec = load_spec(args.spec_path);
+  const Spec spec = load_spec(args.spec_path, args.overrides);
   const RunSummary summary = collect_experiment(spec, args.options);
   if (summary.ran == 0 && summary.in_flight == 0) {
     std::fprintf(stderr, "%s: no Slurm tasks waiting to be collected (in %s)\n", spec.name.c_str(),
@@ -36,6 +37,7 @@ const CommandRegistrar kRegistrar{
       auto* sub = app.add_subcommand(
           "collect", "ingest the results of finished Slurm tasks (any number of times)");
       sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
+      add_spec_overrides(sub, args->overrides);
       sub->add_option("--db", args->options.db_path, "results database")->capture_default_str();
       sub->add_option("--runs-dir", args->options.runs_dir,
                       "where run files are (default: <db dir>/runs/<name>)");

@@ -21,13 +21,15 @@ namespace {
 
 struct CompareOptions {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   std::vector<std::string> dbs;
   std::string format = "md";
   std::string out;
 };
 
 int run_compare(const CompareOptions& options) {
-  const Spec spec = load_spec(options.spec_path);  // throws std::invalid_argument
+  const Spec spec =
+      load_spec(options.spec_path, options.overrides);  // throws std::invalid_argument
   const ReportFormat format = parse_report_format(options.format);
   std::vector<CompareSource> sources;
   for (const std::string& db : options.dbs) {
@@ -52,6 +54,7 @@ const CommandRegistrar kRegistrar{
       CLI::App* sub = app.add_subcommand(
           "compare", "Put the spec's runs from one or more databases side by side per GPU");
       sub->add_option("spec", options->spec_path, "Experiment spec (YAML)")->required();
+      add_spec_overrides(sub, options->overrides);
       sub->add_option("--db", options->dbs,
                       "Run database (repeat for several; ratios are against the first "
                       "environment)")

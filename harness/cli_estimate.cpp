@@ -14,12 +14,13 @@ namespace {
 
 struct EstimateArgs {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   std::string format = "md";
   EstimateOptions options;
 };
 
 int run_estimate(const EstimateArgs& args) {
-  const Spec spec = load_spec(args.spec_path);  // throws std::invalid_argument
+  const Spec spec = load_spec(args.spec_path, args.overrides);  // throws std::invalid_argument
   const ReportFormat format = parse_report_format(args.format);
   std::cout << render_estimates(spec, expand(spec), format, args.options) << std::flush;
   return kExitOk;
@@ -33,6 +34,7 @@ const CommandRegistrar kRegistrar{
           "Analytic memory estimate (weights, gradients, optimizer state, activations, peak) of "
           "every planned run, without running anything");
       sub->add_option("spec", args->spec_path, "Experiment spec (YAML)")->required();
+      add_spec_overrides(sub, args->overrides);
       sub->add_option("--format", args->format, "md | csv")
           ->check(CLI::IsMember({"md", "csv"}))
           ->capture_default_str();

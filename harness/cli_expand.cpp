@@ -22,6 +22,7 @@ namespace {
 
 struct ExpandOptions {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   bool json = false;
 };
 
@@ -273,10 +274,12 @@ const CommandRegistrar kRegistrar{
       CLI::App* sub = app.add_subcommand(
           "expand", "List the runs of a spec (one row per run, with its id) without running them");
       sub->add_option("spec", options->spec_path, "Experiment spec (YAML)")->required();
+      add_spec_overrides(sub, options->overrides);
       sub->add_flag("--json", options->json,
                     "Print a JSON array of {run_id, repeat, workload, config}");
       sub->callback([options, set_exit] {
-        const Spec spec = load_spec(options->spec_path);  // throws std::invalid_argument
+        const Spec spec =
+            load_spec(options->spec_path, options->overrides);  // throws std::invalid_argument
         if (options->json) {
           print_json(spec);
         } else {

@@ -36,17 +36,20 @@ void forward(CLI::App& app, const std::string& name, const std::string& help) {
   sub->callback([sub, name] { exec_worker(name, sub->remaining()); });
 }
 
-const CommandRegistrar kModel{"model", [](CLI::App& app, std::function<void(int)>) {
-  forward(app, "model", "print a preset's config, parameter count and weight bytes");
-}};
+const CommandRegistrar kModel{
+    "model", [](CLI::App& app, std::function<void(int)>) {
+      forward(app, "model", "print a preset's config, parameter count and weight bytes");
+    }};
 
-const CommandRegistrar kExport{"export", [](CLI::App& app, std::function<void(int)>) {
-  forward(app, "export", "write a model (preset or checkpoint directory) as an HF directory");
-}};
+const CommandRegistrar kExport{
+    "export", [](CLI::App& app, std::function<void(int)>) {
+      forward(app, "export", "write a model (preset or checkpoint directory) as an HF directory");
+    }};
 
-const CommandRegistrar kLogits{"logits", [](CLI::App& app, std::function<void(int)>) {
-  forward(app, "logits", "the logits of a prompt (token ids) into a safetensors file");
-}};
+const CommandRegistrar kLogits{
+    "logits", [](CLI::App& app, std::function<void(int)>) {
+      forward(app, "logits", "the logits of a prompt (token ids) into a safetensors file");
+    }};
 
 }  // namespace
 }  // namespace hx

@@ -149,8 +149,8 @@ int run_generate(const GenerateOptions& o, bool sampling) {
     argv.insert(argv.end(), {"--top-p", buf, "--top-k", std::to_string(o.top_k)});
   }
 
-  const fs::path tmp = fs::temp_directory_path() /
-                       ("harness-generate." + std::to_string(::getpid()));
+  const fs::path tmp =
+      fs::temp_directory_path() / ("harness-generate." + std::to_string(::getpid()));
   ChildSpec child;
   child.argv = argv;
   child.stdout_path = tmp.string() + ".out";
@@ -232,7 +232,8 @@ int run_generate(const GenerateOptions& o, bool sampling) {
       std::printf("\n");
     }
   }
-  std::fprintf(stderr, "model %s, prompt %lld tokens, %lld new, %s, kv cache %s: prefill %.4f s, "
+  std::fprintf(stderr,
+               "model %s, prompt %lld tokens, %lld new, %s, kv cache %s: prefill %.4f s, "
                "decode %.5f s/token, %d threads\n",
                o.model.c_str(), static_cast<long long>(result.value("prompt_len", int64_t{0})),
                static_cast<long long>(o.max_new_tokens), sampling ? "sampled" : "greedy",
@@ -266,9 +267,11 @@ const CommandRegistrar kGenerate{
                       ->capture_default_str();
       prompt->excludes(ids)->excludes(len);
       ids->excludes(len);
-      sub->add_option("--max-new-tokens", o->max_new_tokens)->capture_default_str()
+      sub->add_option("--max-new-tokens", o->max_new_tokens)
+          ->capture_default_str()
           ->check(CLI::PositiveNumber);
-      sub->add_option("--batch", o->batch, "rows (the prompt repeated)")->capture_default_str()
+      sub->add_option("--batch", o->batch, "rows (the prompt repeated)")
+          ->capture_default_str()
           ->check(CLI::PositiveNumber);
       sub->add_option("--threads", o->threads)->capture_default_str();
       sub->add_option("--repeats", o->repeats, "timed generations (medians)")
@@ -284,9 +287,11 @@ const CommandRegistrar kGenerate{
       greedy->excludes(temperature)->excludes(top_p)->excludes(top_k);
       sub->add_option("--seed", o->seed, "random weights, random prompt and sampling")
           ->capture_default_str();
-      sub->add_option("--kv-cache", o->kv_cache)->check(CLI::IsMember({"on", "off"}))
+      sub->add_option("--kv-cache", o->kv_cache)
+          ->check(CLI::IsMember({"on", "off"}))
           ->capture_default_str();
-      sub->add_option("--dtype", o->dtype)->check(CLI::IsMember({"fp32", "bf16"}))
+      sub->add_option("--dtype", o->dtype)
+          ->check(CLI::IsMember({"fp32", "bf16"}))
           ->capture_default_str();
       sub->add_option("--attention", o->attention, "sdpa (the fused kernel) | math")
           ->check(CLI::IsMember({"sdpa", "math"}))

@@ -20,13 +20,15 @@ namespace {
 
 struct ReportOptions {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   std::string db = "results/harness.db";
   std::string format = "md";
   std::string out_dir;
 };
 
 int run_report(const ReportOptions& options) {
-  const Spec spec = load_spec(options.spec_path);  // throws std::invalid_argument
+  const Spec spec =
+      load_spec(options.spec_path, options.overrides);  // throws std::invalid_argument
   const ReportFormat format = parse_report_format(options.format);
   // A typo in --db must not leave an empty database behind and report "no runs".
   if (!std::filesystem::exists(options.db)) {
@@ -65,6 +67,7 @@ const CommandRegistrar kRegistrar{
       CLI::App* sub = app.add_subcommand(
           "report", "Render the spec's tables (Markdown or CSV) from the runs stored in the db");
       sub->add_option("spec", options->spec_path, "Experiment spec (YAML)")->required();
+      add_spec_overrides(sub, options->overrides);
       sub->add_option("--db", options->db, "Run database")->capture_default_str();
       sub->add_option("--format", options->format, "md | csv")
           ->check(CLI::IsMember({"md", "csv"}))

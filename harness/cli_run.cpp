@@ -16,13 +16,14 @@ namespace {
 
 struct RunArgs {
   std::string spec_path;
+  SpecOverrides overrides;  // --set, --only
   RunOptions options;
   bool no_report = false;
   std::string report_dir;
 };
 
 int run_command(const RunArgs& args) {
-  const Spec spec = load_spec(args.spec_path);  // every error before any run starts
+  const Spec spec = load_spec(args.spec_path, args.overrides);  // every error before any run starts
   const RunSummary summary = run_experiment(spec, args.options);
   if (summary.interrupted) {
     std::fprintf(stderr, "interrupted: %d runs stored; `harness run %s` resumes\n", summary.ran,
@@ -73,6 +74,7 @@ const CommandRegistrar kRegistrar{
       auto* sub =
           app.add_subcommand("run", "run every planned run of a spec (resumes), then report");
       sub->add_option("spec", args->spec_path, "experiment spec (YAML)")->required();
+      add_spec_overrides(sub, args->overrides);
       sub->add_option("--db", args->options.db_path, "results database")->capture_default_str();
       sub->add_option("--jobs,-j", args->options.jobs, "concurrent runs (CPU specs)")
           ->capture_default_str();

@@ -28,6 +28,7 @@
 #include "harness/gpu_specs.h"
 #include "harness/report.h"
 #include "harness/spec.h"
+#include "harness/stats.h"
 #include "harness/store.h"
 
 namespace hx {
@@ -68,9 +69,6 @@ struct PlanPart {
 
 // Groups the plan (expand(spec)) by part and configuration.
 std::vector<PlanPart> group_plan(const Spec& spec, const std::vector<RunConfig>& plan);
-
-// The median of a non-empty sample.
-double median_of(std::vector<double> values);
 
 // ---- The comparison ----
 

@@ -11,10 +11,11 @@
 #include <stdexcept>
 #include <utility>
 
-#include "harness/config_reader.h"
+#include "harness/config_keys.h"
 #include "harness/fields.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
+#include "harness/table.h"
 
 // The system libtorch's version header (macros only; harness_core links no libtorch).
 #if __has_include(<torch/csrc/api/include/torch/version.h>)
@@ -28,7 +29,7 @@ constexpr double kMB = 1024.0 * 1024.0;  // the measured *_mb metrics are MiB
 
 // ---- Config, read with the worker's defaults (harness/worker/workloads.cpp) ----
 
-using Config = ConfigReader;
+using Config = RunSettings;
 
 // Before libtorch 2.0 the node of mean(dim) saves its input (measured on 1.13: each RMSNorm
 // holds x^2 until backward); from 2.0 it keeps only sizes and numel.
@@ -821,6 +822,7 @@ struct FinetuneSetup {
   int64_t ga = 1;
   std::string optimizer = "sgd";
   double weight_decay = 0;
+  double max_grad_norm = 0;
   int64_t rope_bytes = 0;
 };
 
@@ -891,6 +893,14 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
     tl.drop(tokens);
     tl.drop(labels);
   }
+  if (s.max_grad_norm > 0) {
+    // clip_grad_norm_: a 0-dim norm per gradient, their stack, its norm, the clip coefficient
+    // and its clamp; the gradients are scaled in place.
+    tl.phase = "gradient clipping";
+    int64_t grads = 0;
+    for (const auto& p : tl.params()) grads += p.trainable ? 1 : 0;
+    tl.unref(tl.storage(4 * (2 * grads + 4), "gradient norms"));
+  }
   // Optimizer step, then the gradients are released (set to none).
   tl.phase = "optimizer step";
   for (const auto& p : tl.params()) {
@@ -951,49 +961,49 @@ int64_t rope_bytes(const LlamaConfig& c) { return 2 * c.max_seq_len * (c.head_di
 
 MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const LlamaConfig& c,
                                  const EstimateOptions& options) {
-  const Config cfg{run.config};
   const auto& part = spec.parts[static_cast<size_t>(run.part)];
+  const Config cfg = RunSettings::parse(run.config, part.data);
   FinetuneSetup s;
   s.model.cfg = c;
   s.model.mean_saves_input = mean_saves_input(options);
   s.model.cpu = spec.device != "cuda";
-  s.model.elem = dtype_bytes(cfg.get<std::string>("dtype", "fp32"));
-  const std::string mp = cfg.get<std::string>("mp", "off");
+  s.model.elem = dtype_bytes(cfg.dtype);
+  const std::string& mp = cfg.mp;
   if (mp != "off" && mp != "fp16" && mp != "bf16")
     throw std::invalid_argument("unknown mp \"" + mp + "\" (expected off, fp16, bf16)");
   s.model.autocast = mp != "off";
   s.model.compute = s.model.autocast ? 2 : s.model.elem;
-  s.model.sdpa = cfg.get<std::string>("attention", "sdpa") == "sdpa";
-  const bool lora = cfg.on("lora", false);
+  s.model.sdpa = cfg.attention == "sdpa";
+  const bool lora = cfg.lora;
   s.model.full = !lora;
   std::vector<std::string> targets;
   if (lora) {
-    targets = cfg.get<std::vector<std::string>>("lora_targets", {"wq", "wv"});
+    targets = cfg.lora_targets;
     s.model.lora.insert(targets.begin(), targets.end());
-    s.model.lora_r = cfg.get<int64_t>("lora_r", 16);
-    s.model.lora_dropout = cfg.get<double>("lora_dropout", 0.05);
+    s.model.lora_r = cfg.lora_r;
+    s.model.lora_dropout = cfg.lora_dropout;
   }
-  s.model.gc_every = cfg.on("gc", false) ? cfg.get<int64_t>("gc_every", 1) : 0;
-  s.batch = cfg.get<int64_t>("batch_size", 1);
-  s.ga = cfg.get<int64_t>("ga", 1);
-  s.optimizer = cfg.get<std::string>("optimizer", "sgd");
+  s.model.gc_every = cfg.gc ? cfg.gc_every : 0;
+  s.batch = cfg.batch_size;
+  s.ga = cfg.ga;
+  s.optimizer = cfg.optimizer;
   if (s.optimizer != "sgd" && s.optimizer != "adamw")
     throw std::invalid_argument("unknown optimizer \"" + s.optimizer + "\"");
-  s.weight_decay = cfg.get<double>("weight_decay", 0.0);
+  s.weight_decay = cfg.weight_decay;
+  s.max_grad_norm = cfg.max_grad_norm;
   s.rope_bytes = rope_bytes(c);
-  const int64_t max_steps = std::max<int64_t>(1, cfg.get<int64_t>("max_steps", 20));
+  const int64_t max_steps = std::max<int64_t>(1, cfg.max_steps);
 
   // Lengths of every micro-batch of the run.
   std::vector<int64_t> lengths;
   const auto& data = part.data;
   if (data.value("format", std::string("random")) == "alpaca") {
-    const int64_t max_len =
-        cfg.get<int64_t>("max_seq_len", data.value("max_seq_len", int64_t{256}));
+    const int64_t max_len = cfg.max_seq_len;
     const auto counts = alpaca_token_counts(data.at("path").get<std::string>(),
                                             data.value("samples", int64_t{0}), max_len);
     lengths = batch_lengths(counts, s.batch, max_steps * s.ga);
   } else {
-    const int64_t seq = cfg.get<int64_t>("seq_len", data.value("seq_len", int64_t{64}));
+    const int64_t seq = cfg.seq_len;
     lengths.assign(static_cast<size_t>(max_steps * s.ga), seq);
   }
   for (int64_t t : lengths) {
@@ -1046,21 +1056,21 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
 // ---- Generation: model/generate.cpp under NoGradGuard ----
 
 MemoryEstimate estimate_generate(const RunConfig& run, const LlamaConfig& c) {
-  const Config cfg{run.config};
-  const int64_t b = cfg.get<int64_t>("batch_size", 1);
-  const int64_t prompt = cfg.get<int64_t>("prompt_len", 16);
-  const int64_t fresh = cfg.get<int64_t>("new_tokens", 16);
-  const bool use_cache = cfg.on("kv_cache", true);
+  const Config cfg = RunSettings::parse(run.config);
+  const int64_t b = cfg.batch_size;
+  const int64_t prompt = cfg.prompt_len;
+  const int64_t fresh = cfg.new_tokens;
+  const bool use_cache = cfg.kv_cache;
   if (prompt + fresh > c.max_seq_len)
     throw std::invalid_argument("prompt_len + new_tokens exceeds the model's max_seq_len " +
                                 std::to_string(c.max_seq_len));
   ModelOptions o;
   o.cfg = c;
-  o.elem = dtype_bytes(cfg.get<std::string>("dtype", "fp32"));
+  o.elem = dtype_bytes(cfg.dtype);
   o.compute = o.elem;
   o.full = false;
   o.training = false;
-  o.sdpa = cfg.get<std::string>("attention", "sdpa") == "sdpa";
+  o.sdpa = cfg.attention == "sdpa";
 
   Timeline tl;
   tl.grad_mode = false;
@@ -1124,57 +1134,64 @@ std::string mb(int64_t bytes) {
 
 std::string mb_full(int64_t bytes) { return format_full(static_cast<double>(bytes) / kMB); }
 
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char ch : s) out += ch == '"' ? std::string("\"\"") : std::string(1, ch);
-  return out + "\"";
-}
-
-void markdown_header(std::ostringstream& out, const PartSpec& part, int index) {
-  out << "\n## " << (part.label.empty() ? "Part " + std::to_string(index + 1) : part.label) << " ("
-      << part.workload << ")\n\n";
+// One table per part in Markdown: the columns of its workload.
+TextTable markdown_estimate_table(const PartSpec& part) {
+  TextTable table;
   if (part.workload == "generate") {
-    out << "| run id | axes | batch | seq | weights | KV cache | peak | peak at |\n"
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    table.header = {"run id", "axes", "batch", "seq", "weights", "KV cache", "peak", "peak at"};
   } else {
-    out << "| run id | axes | batch | seq | trainable | weights | grads | optimizer | "
-           "activations | peak | peak at |\n"
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    table.header = {"run id", "axes",      "batch",       "seq",  "trainable", "weights",
+                    "grads",  "optimizer", "activations", "peak", "peak at"};
   }
+  // Numbers right-aligned: everything but run id, axes and peak at.
+  table.align.assign(table.header.size(), Align::kRight);
+  table.align[0] = table.align[1] = table.align.back() = Align::kLeft;
+  return table;
 }
 
-void markdown_row(std::ostringstream& out, const Spec& spec, const PartSpec& part,
-                  const MemoryEstimate& e, const std::string& error) {
-  const bool gen = part.workload == "generate";
-  out << "| " << e.run_id << " | " << (e.axes.empty() ? "-" : e.axes) << " | ";
+std::vector<std::string> markdown_cells(const Spec& spec, const PartSpec& part,
+                                        const MemoryEstimate& e, const std::string& error,
+                                        size_t columns) {
+  std::vector<std::string> cells{e.run_id, e.axes.empty() ? "-" : e.axes};
   if (!error.empty()) {
-    out << "error: " << error << " |" << (gen ? " | | | | |" : " | | | | | | | |") << "\n";
-    return;
+    cells.push_back("error: " + error);
+    cells.resize(columns);
+    return cells;
   }
   const bool over = spec.memory_limit_mb > 0 &&
                     static_cast<double>(e.peak) / kMB > static_cast<double>(spec.memory_limit_mb);
-  const std::string peak = mb(e.peak) + (over ? " (over the limit)" : "");
-  out << e.batch << " | " << e.seq_len << " | ";
-  if (gen) {
-    out << mb(e.weights) << " | " << mb(e.kv_cache) << " | " << peak << " | " << e.peak_at
-        << " |\n";
+  cells.push_back(std::to_string(e.batch));
+  cells.push_back(std::to_string(e.seq_len));
+  if (part.workload == "generate") {
+    cells.insert(cells.end(), {mb(e.weights), mb(e.kv_cache)});
   } else {
-    out << e.trainable << " | " << mb(e.weights) << " | " << mb(e.grads) << " | " << mb(e.optimizer)
-        << " | " << mb(e.activations) << " | " << peak << " | " << e.peak_at << " |\n";
+    cells.insert(cells.end(), {std::to_string(e.trainable), mb(e.weights), mb(e.grads),
+                               mb(e.optimizer), mb(e.activations)});
   }
+  cells.push_back(mb(e.peak) + (over ? " (over the limit)" : ""));
+  cells.push_back(e.peak_at);
+  return cells;
 }
 
-void csv_row(std::ostringstream& out, int part, const MemoryEstimate& e, const std::string& error) {
-  out << (part + 1) << "," << e.run_id << "," << e.workload << "," << csv_field(e.axes) << ",";
+const std::vector<std::string> kEstimateCsvHeader = {
+    "part",           "run_id",      "workload",         "axes",
+    "batch",          "seq_len",     "trainable_params", "weights_mb",
+    "buffers_mb",     "grads_mb",    "optimizer_mb",     "master_mb",
+    "activations_mb", "kv_cache_mb", "peak_mb",          "peak_at"};
+
+std::vector<std::string> csv_cells(int part, const MemoryEstimate& e, const std::string& error) {
+  std::vector<std::string> cells{std::to_string(part + 1), e.run_id, e.workload, e.axes};
   if (!error.empty()) {
-    out << ",,,,,,,,,,," << csv_field("error: " + error) << "\n";  // the 11 numbers empty
-    return;
+    cells.resize(kEstimateCsvHeader.size() - 1);  // the 11 numbers empty
+    cells.push_back("error: " + error);
+    return cells;
   }
-  out << e.batch << "," << e.seq_len << "," << e.trainable << "," << mb_full(e.weights) << ","
-      << mb_full(e.buffers) << "," << mb_full(e.grads) << "," << mb_full(e.optimizer) << ","
-      << mb_full(e.master) << "," << mb_full(e.activations) << "," << mb_full(e.kv_cache) << ","
-      << mb_full(e.peak) << "," << csv_field(e.peak_at) << "\n";
+  cells.insert(
+      cells.end(),
+      {std::to_string(e.batch), std::to_string(e.seq_len), std::to_string(e.trainable),
+       mb_full(e.weights), mb_full(e.buffers), mb_full(e.grads), mb_full(e.optimizer),
+       mb_full(e.master), mb_full(e.activations), mb_full(e.kv_cache), mb_full(e.peak), e.peak_at});
+  return cells;
 }
 
 }  // namespace
@@ -1321,13 +1338,11 @@ std::string render_estimates(const Spec& spec, const std::vector<RunConfig>& pla
            "backward at the end of the forward (generation: the KV cache column instead); peak: "
            "the largest sum over the step, rotary tables, batch and transients included "
            "(docs/memory-model.md).\n";
-  } else {
-    out << "part,run_id,workload,axes,batch,seq_len,trainable_params,weights_mb,buffers_mb,"
-           "grads_mb,optimizer_mb,master_mb,activations_mb,kv_cache_mb,peak_mb,peak_at\n";
   }
+  TextTable csv{kEstimateCsvHeader, {}, {}};
   for (size_t p = 0; p < spec.parts.size(); ++p) {
     const auto& part = spec.parts[p];
-    bool header = false;
+    TextTable table = markdown_estimate_table(part);
     for (const auto& run : planned) {
       if (run.part != static_cast<int>(p) || run.repeat != 0) continue;
       MemoryEstimate e;
@@ -1340,15 +1355,16 @@ std::string render_estimates(const Spec& spec, const std::vector<RunConfig>& pla
         e.axes = axes_text(spec, run);
         e.workload = run.workload;
       }
-      if (!md) {
-        csv_row(out, static_cast<int>(p), e, error);
-        continue;
-      }
-      if (!header) markdown_header(out, part, static_cast<int>(p));
-      header = true;
-      markdown_row(out, spec, part, e, error);
+      csv.rows.push_back(csv_cells(static_cast<int>(p), e, error));
+      table.rows.push_back(markdown_cells(spec, part, e, error, table.header.size()));
+    }
+    if (md && !table.rows.empty()) {
+      out << "\n## " << (part.label.empty() ? "Part " + std::to_string(p + 1) : part.label) << " ("
+          << part.workload << ")\n\n"
+          << markdown_table(table);
     }
   }
+  if (!md) out << csv_table(csv);
   if (md && spec.memory_limit_mb > 0) {
     out << "\nmemory_limit_mb " << spec.memory_limit_mb
         << ": runs marked \"over the limit\" are expected to end as `oom`.\n";

@@ -3,7 +3,10 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <stdexcept>
 #include <utility>
+
+#include "harness/config_keys.h"
 
 namespace hx {
 
@@ -12,6 +15,26 @@ const Field* find_metric_field(std::string_view name) {
     if (field.name == name) return &field;
   }
   return nullptr;
+}
+
+Field metric_field_or_raw(std::string_view name) {
+  if (const Field* field = find_metric_field(name)) return *field;
+  return Field{name, "", "REAL", name, NumberFormat::kSignificant, 4};
+}
+
+std::vector<const Field*> gated_metrics(GateTest test) {
+  std::vector<const Field*> out;
+  for (const Field& field : kMetricFields) {
+    if (field.gate == test) out.push_back(&field);
+  }
+  return out;
+}
+
+const Field& first_metric_of(MetricRole role) {
+  for (const Field& field : kMetricFields) {
+    if (field.role == role) return field;
+  }
+  throw std::logic_error("no metric of this role in kMetricFields");
 }
 
 int display_decimals(const Field& field, double value) {
@@ -44,27 +67,8 @@ std::string format_full(double value) {
 }
 
 std::string axis_label(std::string_view key) {
-  static constexpr std::pair<std::string_view, std::string_view> kLabels[] = {
-      {"gc", "GC"},
-      {"ga", "GA"},
-      {"mp", "MP"},
-      {"lora", "LoRA"},
-      {"lora_r", "LoRA r"},
-      {"lora_alpha", "LoRA alpha"},
-      {"kv_cache", "KV cache"},
-      {"batch_size", "Batch"},
-      {"seq_len", "Seq len"},
-      {"max_seq_len", "Max seq len"},
-      {"prompt_len", "Prompt len"},
-      {"new_tokens", "New tokens"},
-      {"dtype", "DType"},
-      {"optimizer", "Optimizer"},
-      {"gc_every", "GC every"},
-      {"attention", "Attention"},
-  };
-  for (const auto& [name, label] : kLabels) {
-    if (name == key) return std::string(label);
-  }
+  const ConfigKey* config_key = find_config_key(key);
+  if (config_key != nullptr && !config_key->label.empty()) return std::string(config_key->label);
   return std::string(key);
 }
 

@@ -28,62 +28,82 @@ struct CsvRecord {
 
 // RFC 4180: fields separated by commas, records by LF or CRLF, quoted fields with "" for a
 // quote (and possibly line breaks). Empty lines are skipped.
-std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& path) {
-  std::vector<CsvRecord> records;
-  CsvRecord record;
-  std::string field;
-  bool quoted = false;
-  bool field_started = false;
-  int line = 1;
-  record.line = 1;
-  const auto end_record = [&] {
-    if (field_started || !record.fields.empty() || !field.empty()) {
-      record.fields.push_back(std::move(field));
-      records.push_back(std::move(record));
-    }
-    record = CsvRecord{};
-    field.clear();
-    field_started = false;
-  };
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (quoted) {
-      if (c == '"') {
-        if (i + 1 < text.size() && text[i + 1] == '"') {
-          field += '"';
-          ++i;
-        } else {
-          quoted = false;
-        }
+class CsvParser {
+ public:
+  explicit CsvParser(const std::string& text) : text_(text) { record_.line = 1; }
+
+  std::vector<CsvRecord> parse(const std::string& path) {
+    for (i_ = 0; i_ < text_.size(); ++i_) {
+      if (quoted_) {
+        quoted_char(text_[i_]);
       } else {
-        if (c == '\n') ++line;
-        field += c;
+        plain_char(text_[i_]);
       }
-      continue;
     }
-    if (c == '"' && field.empty()) {
-      quoted = true;
-      field_started = true;
-    } else if (c == ',') {
-      record.fields.push_back(std::move(field));
-      field.clear();
-      field_started = true;
-    } else if (c == '\n' || c == '\r') {
-      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
-      end_record();
-      ++line;
-      record.line = line;
+    if (quoted_) {
+      throw std::invalid_argument(path + ":" + std::to_string(record_.line) +
+                                  ": unterminated quoted field");
+    }
+    end_record();
+    return std::move(records_);
+  }
+
+ private:
+  bool next_is(char c) const { return i_ + 1 < text_.size() && text_[i_ + 1] == c; }
+
+  void quoted_char(char c) {
+    if (c != '"') {
+      if (c == '\n') ++line_;
+      field_ += c;
+    } else if (next_is('"')) {
+      field_ += '"';
+      ++i_;
     } else {
-      field += c;
-      field_started = true;
+      quoted_ = false;
     }
   }
-  if (quoted) {
-    throw std::invalid_argument(path + ":" + std::to_string(record.line) +
-                                ": unterminated quoted field");
+
+  void plain_char(char c) {
+    if (c == '"' && field_.empty()) {
+      quoted_ = true;
+      field_started_ = true;
+    } else if (c == ',') {
+      record_.fields.push_back(std::move(field_));
+      field_.clear();
+      field_started_ = true;
+    } else if (c == '\n' || c == '\r') {
+      if (c == '\r' && next_is('\n')) ++i_;
+      end_record();
+      ++line_;
+      record_.line = line_;
+    } else {
+      field_ += c;
+      field_started_ = true;
+    }
   }
-  end_record();
-  return records;
+
+  void end_record() {
+    if (field_started_ || !record_.fields.empty() || !field_.empty()) {
+      record_.fields.push_back(std::move(field_));
+      records_.push_back(std::move(record_));
+    }
+    record_ = CsvRecord{};
+    field_.clear();
+    field_started_ = false;
+  }
+
+  const std::string& text_;
+  size_t i_ = 0;
+  std::vector<CsvRecord> records_;
+  CsvRecord record_;
+  std::string field_;
+  bool quoted_ = false;
+  bool field_started_ = false;
+  int line_ = 1;
+};
+
+std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& path) {
+  return CsvParser(text).parse(path);
 }
 
 // ---- Formatting ----
@@ -180,11 +200,37 @@ std::vector<double> ok_values(const std::vector<const StoredRun*>& runs, const s
   return values;
 }
 
-constexpr const char* kTimeMetrics[] = {"step_time_s", "prefill_s", "decode_s"};
-
 }  // namespace
 
 // ---- Mann-Whitney U ----
+
+namespace {
+
+// P(U >= u_max or U <= m n - u_max) under the null hypothesis, without ties.
+double exact_p_value(size_t m, size_t n, double u_max) {
+  // The number of orderings with U = u is the coefficient of q^u in the Gaussian binomial
+  // [m+n choose m]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i). After step i the polynomial is
+  // [n+i choose i]_q, whose coefficients are at most C(60, 30) < 2^57: int64 holds them exactly.
+  std::vector<int64_t> c(m * n + m + n + 2, 0);
+  c[0] = 1;
+  size_t degree = 0;
+  for (size_t i = 1; i <= m; ++i) {
+    const size_t up = n + i;
+    for (size_t k = degree + up; k >= up; --k) c[k] -= c[k - up];
+    for (size_t k = i; k <= degree + up; ++k) c[k] += c[k - i];
+    degree += n;
+  }
+  int64_t all_orderings = 0;
+  int64_t tail = 0;
+  const auto threshold = static_cast<size_t>(std::llround(u_max));
+  for (size_t k = 0; k <= degree; ++k) {
+    all_orderings += c[k];
+    if (k >= threshold) tail += c[k];
+  }
+  return std::min(1.0, 2.0 * static_cast<double>(tail) / static_cast<double>(all_orderings));
+}
+
+}  // namespace
 
 MannWhitney mann_whitney_u(const std::vector<double>& x, const std::vector<double>& y,
                            MannWhitneyMethod method) {
@@ -225,27 +271,8 @@ MannWhitney mann_whitney_u(const std::vector<double>& x, const std::vector<doubl
   const bool exact = method == MannWhitneyMethod::kExact ||
                      (method == MannWhitneyMethod::kAuto && tie_term == 0 && total <= kExactLimit);
   if (exact) {
-    // The number of orderings with U = u is the coefficient of q^u in the Gaussian binomial
-    // [m+n choose m]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i). After step i the polynomial is
-    // [n+i choose i]_q, whose coefficients are at most C(60, 30) < 2^57: int64 holds them exactly.
-    std::vector<int64_t> c(m * n + m + n + 2, 0);
-    c[0] = 1;
-    size_t degree = 0;
-    for (size_t i = 1; i <= m; ++i) {
-      const size_t up = n + i;
-      for (size_t k = degree + up; k >= up; --k) c[k] -= c[k - up];
-      for (size_t k = i; k <= degree + up; ++k) c[k] += c[k - i];
-      degree += n;
-    }
-    int64_t all_orderings = 0;
-    int64_t tail = 0;
-    const auto threshold = static_cast<size_t>(std::llround(u_max));
-    for (size_t k = 0; k <= degree; ++k) {
-      all_orderings += c[k];
-      if (k >= threshold) tail += c[k];
-    }
     result.exact = true;
-    result.p = std::min(1.0, 2.0 * static_cast<double>(tail) / static_cast<double>(all_orderings));
+    result.p = exact_p_value(m, n, u_max);
     return result;
   }
 
@@ -300,13 +327,78 @@ std::string baseline_csv(const std::vector<RunConfig>& plan, const std::vector<S
   return out.str();
 }
 
+namespace {
+
+constexpr size_t kBaselineColumns = 11;
+
+// The run a baseline line describes (without its metric).
+StoredRun baseline_run(const std::vector<std::string>& f, const std::string& where) {
+  StoredRun run;
+  run.run_id = f[0];
+  if (run.run_id.empty()) throw std::invalid_argument(where + "run_id: empty");
+  if (const auto [ptr, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), run.repeat);
+      ec != std::errc() || ptr != f[1].data() + f[1].size() || run.repeat < 0) {
+    throw std::invalid_argument(where + "repeat: not a count: \"" + f[1] + "\"");
+  }
+  if (!is_valid_status(f[5])) {
+    throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
+  }
+  // A run's config is a flat object; one nested 100,000 deep exhausted the stack when the lines
+  // of a run were compared (`harness check` died of a stack overflow; tests/core/test_gate.cpp).
+  if (json_nesting_depth(f[4]) > kMaxJsonDepth) {
+    throw std::invalid_argument(where + "config: nested deeper than " +
+                                std::to_string(kMaxJsonDepth) + " levels");
+  }
+  try {
+    run.config = Json::parse(f[4]);
+  } catch (const Json::exception&) {  // parse_error, or out_of_range for a number like 1e999
+    throw std::invalid_argument(where + "config: not JSON");
+  }
+  run.env = Json::object();
+  if (!f[6].empty()) {
+    run.env["gpu_name"] = f[6] == "cpu" ? std::string() : f[6];
+    run.env["libtorch"] = f[7];
+    run.env["cpu"] = f[8];
+  }
+  run.experiment = f[2];
+  run.workload = f[3];
+  run.status = f[5];
+  return run;
+}
+
+bool same_run(const StoredRun& a, const StoredRun& b) {
+  return a.repeat == b.repeat && a.experiment == b.experiment && a.workload == b.workload &&
+         a.config == b.config && a.status == b.status && a.env == b.env;
+}
+
+// The line's metric and value, if it has one, into `run`.
+void add_baseline_metric(const std::vector<std::string>& f, const std::string& where,
+                         StoredRun& run) {
+  const std::string& metric = f[9];
+  if (metric.empty()) {
+    if (!f[10].empty()) throw std::invalid_argument(where + "a value without a metric name");
+    return;
+  }
+  double value = std::numeric_limits<double>::quiet_NaN();
+  if (!f[10].empty()) {
+    const auto [ptr, ec] = std::from_chars(f[10].data(), f[10].data() + f[10].size(), value);
+    if (ec != std::errc() || ptr != f[10].data() + f[10].size()) {
+      throw std::invalid_argument(where + metric + ": not a number: \"" + f[10] + "\"");
+    }
+  }
+  if (!run.metrics.emplace(metric, value).second) {
+    throw std::invalid_argument(where + "run " + run.run_id + ": metric " + metric + " twice");
+  }
+}
+
+}  // namespace
+
 std::vector<StoredRun> parse_baseline_csv(const std::string& text, const std::string& path) {
   const std::vector<CsvRecord> records = parse_csv(text, path);
   if (records.empty() || join(records.front().fields, ",") != kBaselineHeader) {
     throw std::invalid_argument(path + ":1: not a harness baseline (the first line must be \"" +
                                 std::string(kBaselineHeader) + "\")");
   }
-  constexpr size_t kColumns = 11;
   std::vector<StoredRun> runs;
   std::map<std::string, size_t> index;
   std::map<std::string, int> first_line;
@@ -314,78 +406,23 @@ std::vector<StoredRun> parse_baseline_csv(const std::string& text, const std::st
     const CsvRecord& record = records[r];
     const std::string where = path + ":" + std::to_string(record.line) + ": ";
     const std::vector<std::string>& f = record.fields;
-    if (f.size() != kColumns) {
-      throw std::invalid_argument(where + "expected " + std::to_string(kColumns) +
+    if (f.size() != kBaselineColumns) {
+      throw std::invalid_argument(where + "expected " + std::to_string(kBaselineColumns) +
                                   " fields, found " + std::to_string(f.size()));
     }
-    const std::string& run_id = f[0];
-    if (run_id.empty()) throw std::invalid_argument(where + "run_id: empty");
-    int repeat = 0;
-    if (const auto [ptr, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), repeat);
-        ec != std::errc() || ptr != f[1].data() + f[1].size() || repeat < 0) {
-      throw std::invalid_argument(where + "repeat: not a count: \"" + f[1] + "\"");
-    }
-    if (!is_valid_status(f[5])) {
-      throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
-    }
-    Json config;
-    // A run's config is a flat object; one nested 100,000 deep exhausted the stack when the lines
-    // of a run were compared (`harness check` died of a stack overflow; tests/core/test_gate.cpp).
-    if (json_nesting_depth(f[4]) > kMaxJsonDepth) {
-      throw std::invalid_argument(where + "config: nested deeper than " +
-                                  std::to_string(kMaxJsonDepth) + " levels");
-    }
-    try {
-      config = Json::parse(f[4]);
-    } catch (const Json::exception&) {  // parse_error, or out_of_range for a number like 1e999
-      throw std::invalid_argument(where + "config: not JSON");
-    }
-    Json env = Json::object();
-    if (!f[6].empty()) {
-      env["gpu_name"] = f[6] == "cpu" ? std::string() : f[6];
-      env["libtorch"] = f[7];
-      env["cpu"] = f[8];
-    }
-
-    auto it = index.find(run_id);
+    StoredRun run = baseline_run(f, where);
+    auto it = index.find(run.run_id);
     if (it == index.end()) {
-      StoredRun run;
-      run.run_id = run_id;
-      run.repeat = repeat;
-      run.experiment = f[2];
-      run.workload = f[3];
-      run.config = std::move(config);
-      run.status = f[5];
-      run.env = std::move(env);
-      it = index.emplace(run_id, runs.size()).first;
-      first_line[run_id] = record.line;
+      it = index.emplace(run.run_id, runs.size()).first;
+      first_line[run.run_id] = record.line;
       runs.push_back(std::move(run));
-    } else {
-      const StoredRun& run = runs[it->second];
-      if (run.repeat != repeat || run.experiment != f[2] || run.workload != f[3] ||
-          run.config != config || run.status != f[5] || run.env != env) {
-        throw std::invalid_argument(where + "run " + run_id + " differs from its line " +
-                                    std::to_string(first_line[run_id]) +
-                                    " in repeat, experiment, workload, config, status or "
-                                    "environment");
-      }
+    } else if (!same_run(runs[it->second], run)) {
+      throw std::invalid_argument(where + "run " + run.run_id + " differs from its line " +
+                                  std::to_string(first_line[run.run_id]) +
+                                  " in repeat, experiment, workload, config, status or "
+                                  "environment");
     }
-    StoredRun& run = runs[it->second];
-    const std::string& metric = f[9];
-    if (metric.empty()) {
-      if (!f[10].empty()) throw std::invalid_argument(where + "a value without a metric name");
-      continue;
-    }
-    double value = std::numeric_limits<double>::quiet_NaN();
-    if (!f[10].empty()) {
-      const auto [ptr, ec] = std::from_chars(f[10].data(), f[10].data() + f[10].size(), value);
-      if (ec != std::errc() || ptr != f[10].data() + f[10].size()) {
-        throw std::invalid_argument(where + metric + ": not a number: \"" + f[10] + "\"");
-      }
-    }
-    if (!run.metrics.emplace(metric, value).second) {
-      throw std::invalid_argument(where + "run " + run_id + ": metric " + metric + " twice");
-    }
+    add_baseline_metric(f, where, runs[it->second]);
   }
   return runs;
 }
@@ -406,35 +443,45 @@ std::string verdict_text(Verdict verdict) {
   return "?";
 }
 
-GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
-                    const std::vector<StoredRun>& baseline, const std::vector<StoredRun>& current,
-                    const GateOptions& options) {
-  GateResult result;
-  result.options = options;
-  result.experiment = spec.name;
+namespace {
 
+// The plan's runs stored on either side, by run id.
+struct RunIndex {
   std::set<std::string> planned;
-  for (const RunConfig& run : plan) planned.insert(run.run_id);
-  std::map<std::string, const StoredRun*> base_runs;
-  std::map<std::string, const StoredRun*> cur_runs;
+  std::map<std::string, const StoredRun*> base, cur;
   std::set<std::string> base_experiments;
+};
+
+RunIndex index_runs(const std::vector<RunConfig>& plan, const std::vector<StoredRun>& baseline,
+                    const std::vector<StoredRun>& current) {
+  RunIndex index;
+  for (const RunConfig& run : plan) index.planned.insert(run.run_id);
   for (const StoredRun& run : baseline) {
-    base_runs.emplace(run.run_id, &run);
-    base_experiments.insert(run.experiment);
+    index.base.emplace(run.run_id, &run);
+    index.base_experiments.insert(run.experiment);
   }
   for (const StoredRun& run : current) {
     // A skipped run was not measured: as if it were not stored.
-    if (planned.contains(run.run_id) && run.status != "skipped") cur_runs.emplace(run.run_id, &run);
+    if (index.planned.contains(run.run_id) && run.status != "skipped") {
+      index.cur.emplace(run.run_id, &run);
+    }
   }
+  return index;
+}
 
-  // Environments: the baseline's against those of the current runs.
+// The baseline's environments against those of the current runs: refuses (false) a baseline of
+// another GPU or libtorch unless options.cross; notes what differs. `mem_pct` is the memory
+// margin in % that applies (wider for CPU runs on another CPU model).
+bool check_environments(const Spec& spec, const std::vector<StoredRun>& baseline,
+                        const RunIndex& index, const GateOptions& options, GateResult& result,
+                        double& mem_pct) {
   EnvSet base_envs;
   EnvSet cur_envs;
   for (const StoredRun& run : baseline) base_envs.add(run.env);
-  for (const auto& [id, run] : cur_runs) cur_envs.add(run->env);
+  for (const auto& [id, run] : index.cur) cur_envs.add(run->env);
   result.baseline_env = base_envs.text();
   result.current_env = cur_envs.text();
-  for (const std::string& experiment : base_experiments) {
+  for (const std::string& experiment : index.base_experiments) {
     if (experiment != spec.name) {
       result.notes.push_back("The baseline holds runs of experiment \"" + experiment +
                              "\"; the spec is \"" + spec.name + "\".");
@@ -448,13 +495,13 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
                        ": memory and time are not comparable across GPUs or libtorch versions. "
                        "Make a baseline on this machine (`harness baseline`), or pass --cross "
                        "to compare anyway.";
-      return result;
+      return false;
     }
     result.notes.push_back("Cross-environment comparison (--cross): baseline on " +
                            base_envs.text() + ", current runs on " + cur_envs.text() +
                            "; differences may come from the environment, not the code.");
   }
-  double mem_pct = options.mem_tolerance_pct;
+  mem_pct = options.mem_tolerance_pct;
   if (base_envs.cpus.size() == 1 && cur_envs.cpus.size() == 1 &&
       *base_envs.cpus.begin() != *cur_envs.cpus.begin()) {
     mem_pct = std::max(mem_pct, options.mem_tolerance_other_cpu_pct);
@@ -463,133 +510,147 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
                            "): timings may differ, and memory is allowed " + format_full(mem_pct) +
                            "% (kernels may use other scratch sizes).");
   }
+  return true;
+}
 
-  const std::vector<PlanPart> parts = group_plan(spec, plan);
-  for (const PlanPart& part : parts) {
-    for (const ConfigGroup& group : part.groups) {
-      const std::string label = part.title.empty() ? group.label : part.title + ": " + group.label;
-      std::vector<const StoredRun*> base;
-      std::vector<const StoredRun*> cur;
-      for (size_t r = 0; r < group.run_ids.size(); ++r) {
-        const std::string& id = group.run_ids[r];
-        const auto b = base_runs.find(id);
-        const auto c = cur_runs.find(id);
-        const bool in_base = b != base_runs.end();
-        const bool in_cur = c != cur_runs.end();
-        const std::string name = label + " (repeat " +
-                                 std::to_string(in_base  ? b->second->repeat
-                                                : in_cur ? c->second->repeat
-                                                         : static_cast<int>(r)) +
-                                 ", run " + id + ")";
-        if (in_base && !in_cur) result.baseline_only.push_back(name);
-        if (in_cur && !in_base) result.current_only.push_back(name);
-        if (in_base && in_cur) {
-          base.push_back(b->second);
-          cur.push_back(c->second);
-        }
-      }
-      if (base.empty()) continue;
-      result.runs_checked += static_cast<int>(base.size());
+// One configuration's runs stored on both sides, in repeat order.
+struct RunPairs {
+  std::string label;  // GateCheck::run
+  std::vector<const StoredRun*> base, cur;
+};
 
-      // Status, run by run.
-      std::vector<std::string> base_status;
-      std::vector<std::string> cur_status;
-      int broke = 0;
-      int fixed = 0;
-      bool any_failure = false;
-      for (size_t i = 0; i < base.size(); ++i) {
-        base_status.push_back(base[i]->status);
-        cur_status.push_back(cur[i]->status);
-        if (base[i]->status == "ok" && is_failure(cur[i]->status)) ++broke;
-        if (base[i]->status != "ok" && cur[i]->status == "ok") ++fixed;
-        any_failure = any_failure || base[i]->status != "ok" || cur[i]->status != "ok";
-      }
-      if (any_failure) {
-        GateCheck check{
-            label,          "status", status_summary(base_status), status_summary(cur_status), "",
-            Verdict::kPass, ""};
-        if (broke > 0) {
-          check.verdict = Verdict::kRegression;
-          check.delta = std::to_string(broke) + " run(s) no longer ok";
-        } else if (fixed > 0) {
-          check.verdict = Verdict::kImproved;
-          check.delta = std::to_string(fixed) + " run(s) ok now";
-        } else {
-          check.delta = "unchanged";
-        }
-        result.checks.push_back(std::move(check));
-      }
-
-      // Memory: medians of the ok runs.
-      const std::vector<double> base_mem = ok_values(base, "peak_mem_mb");
-      const std::vector<double> cur_mem = ok_values(cur, "peak_mem_mb");
-      if (!base_mem.empty() && !cur_mem.empty()) {
-        const double b = median_of(base_mem);
-        const double c = median_of(cur_mem);
-        const auto [lo, hi] = std::minmax_element(base_mem.begin(), base_mem.end());
-        const double tolerance = std::max(
-            {b * mem_pct / 100, options.mem_tolerance_mb, options.mem_noise_factor * (*hi - *lo)});
-        const double delta = c - b;
-        GateCheck check{label,
-                        "peak_mem_mb",
-                        metric_value_text("peak_mem_mb", b),
-                        metric_value_text("peak_mem_mb", c),
-                        "",
-                        Verdict::kPass,
-                        ""};
-        char buffer[64];
-        std::snprintf(buffer, sizeof(buffer), "%+.1f MB", delta);
-        check.delta = buffer;
-        if (b != 0) check.delta += " (" + signed_percent(delta / b) + ")";
-        if (delta > tolerance) {
-          check.verdict = Verdict::kRegression;
-        } else if (delta < -tolerance) {
-          check.verdict = Verdict::kImproved;
-        }
-        result.checks.push_back(std::move(check));
-      }
-
-      // Times: the U test on the ok runs' values, and the change of the median.
-      for (const char* metric : kTimeMetrics) {
-        const std::vector<double> bv = ok_values(base, metric);
-        const std::vector<double> cv = ok_values(cur, metric);
-        if (bv.empty() || cv.empty()) continue;
-        const double b = median_of(bv);
-        const double c = median_of(cv);
-        const double change = b != 0 ? c / b - 1 : 0;
-        GateCheck check{label,
-                        metric,
-                        metric_value_text(metric, b) + " (n=" + std::to_string(bv.size()) + ")",
-                        metric_value_text(metric, c) + " (n=" + std::to_string(cv.size()) + ")",
-                        signed_percent(change),
-                        Verdict::kPass,
-                        ""};
-        const auto need = static_cast<size_t>(options.min_repeats);
-        if (bv.size() < need || cv.size() < need) {
-          check.verdict = Verdict::kNotTested;
-          check.note = "fewer than " + std::to_string(options.min_repeats) + " repeats";
-        } else {
-          const MannWhitney test = mann_whitney_u(bv, cv);
-          check.delta += ", " + p_text(test.p);
-          const double threshold = options.time_slowdown_pct / 100;
-          if (test.p < options.time_p && change > threshold) {
-            check.verdict = Verdict::kRegression;
-          } else if (test.p < options.time_p && change < -threshold) {
-            check.verdict = Verdict::kImproved;
-          }
-        }
-        result.checks.push_back(std::move(check));
-      }
+// Pairs a configuration's repeats; those stored on one side only are listed in `result`.
+RunPairs match_group(const std::string& label, const ConfigGroup& group, const RunIndex& index,
+                     GateResult& result) {
+  RunPairs pairs{label, {}, {}};
+  for (size_t r = 0; r < group.run_ids.size(); ++r) {
+    const std::string& id = group.run_ids[r];
+    const auto b = index.base.find(id);
+    const auto c = index.cur.find(id);
+    const bool in_base = b != index.base.end();
+    const bool in_cur = c != index.cur.end();
+    if (in_base && in_cur) {
+      pairs.base.push_back(b->second);
+      pairs.cur.push_back(c->second);
+      continue;
     }
+    if (!in_base && !in_cur) continue;
+    const int repeat = in_base ? b->second->repeat : c->second->repeat;
+    const std::string name = label + " (repeat " + std::to_string(repeat) + ", run " + id + ")";
+    (in_base ? result.baseline_only : result.current_only).push_back(name);
   }
-  // Baseline runs the plan does not have (the spec changed, or another spec's baseline).
-  for (const StoredRun& run : baseline) {
-    if (!planned.contains(run.run_id)) {
-      result.baseline_only.push_back("run " + run.run_id + " " + canonical_json(run.config) +
-                                     " (not in the spec's plan)");
-    }
-  }
+  return pairs;
+}
 
+// Status, run by run: shown when any run failed on either side.
+std::optional<GateCheck> status_check(const RunPairs& pairs) {
+  std::vector<std::string> base_status;
+  std::vector<std::string> cur_status;
+  int broke = 0;
+  int fixed = 0;
+  bool any_failure = false;
+  for (size_t i = 0; i < pairs.base.size(); ++i) {
+    const std::string& before = pairs.base[i]->status;
+    const std::string& now = pairs.cur[i]->status;
+    base_status.push_back(before);
+    cur_status.push_back(now);
+    if (before == "ok" && is_failure(now)) ++broke;
+    if (before != "ok" && now == "ok") ++fixed;
+    any_failure = any_failure || before != "ok" || now != "ok";
+  }
+  if (!any_failure) return std::nullopt;
+  GateCheck check{pairs.label,
+                  "status",
+                  status_summary(base_status),
+                  status_summary(cur_status),
+                  "unchanged",
+                  Verdict::kPass,
+                  ""};
+  if (broke > 0) {
+    check.verdict = Verdict::kRegression;
+    check.delta = std::to_string(broke) + " run(s) no longer ok";
+  } else if (fixed > 0) {
+    check.verdict = Verdict::kImproved;
+    check.delta = std::to_string(fixed) + " run(s) ok now";
+  }
+  return check;
+}
+
+// Memory (GateTest::kMemoryMargin): the medians of the ok runs against the margin.
+std::optional<GateCheck> memory_check(const RunPairs& pairs, const Field& field,
+                                      const GateOptions& options, double mem_pct) {
+  const std::string metric(field.name);
+  const std::vector<double> base = ok_values(pairs.base, metric);
+  const std::vector<double> cur = ok_values(pairs.cur, metric);
+  if (base.empty() || cur.empty()) return std::nullopt;
+  const double b = median_of(base);
+  const double c = median_of(cur);
+  const auto [lo, hi] = std::minmax_element(base.begin(), base.end());
+  const double tolerance = std::max(
+      {b * mem_pct / 100, options.mem_tolerance_mb, options.mem_noise_factor * (*hi - *lo)});
+  const double delta = c - b;
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%+.1f %s", delta, std::string(field.unit).c_str());
+  GateCheck check{
+      pairs.label,    metric, metric_value_text(metric, b), metric_value_text(metric, c), buffer,
+      Verdict::kPass, ""};
+  if (b != 0) check.delta += " (" + signed_percent(delta / b) + ")";
+  if (delta > tolerance) {
+    check.verdict = Verdict::kRegression;
+  } else if (delta < -tolerance) {
+    check.verdict = Verdict::kImproved;
+  }
+  return check;
+}
+
+// Time (GateTest::kTimeUTest): the U test on the ok runs' values and the change of the median.
+std::optional<GateCheck> time_check(const RunPairs& pairs, const Field& field,
+                                    const GateOptions& options) {
+  const std::string metric(field.name);
+  const std::vector<double> bv = ok_values(pairs.base, metric);
+  const std::vector<double> cv = ok_values(pairs.cur, metric);
+  if (bv.empty() || cv.empty()) return std::nullopt;
+  const double b = median_of(bv);
+  const double c = median_of(cv);
+  const double change = b != 0 ? c / b - 1 : 0;
+  GateCheck check{pairs.label,
+                  metric,
+                  metric_value_text(metric, b) + " (n=" + std::to_string(bv.size()) + ")",
+                  metric_value_text(metric, c) + " (n=" + std::to_string(cv.size()) + ")",
+                  signed_percent(change),
+                  Verdict::kPass,
+                  ""};
+  const auto need = static_cast<size_t>(options.min_repeats);
+  if (bv.size() < need || cv.size() < need) {
+    check.verdict = Verdict::kNotTested;
+    check.note = "fewer than " + std::to_string(options.min_repeats) + " repeats";
+    return check;
+  }
+  const MannWhitney test = mann_whitney_u(bv, cv);
+  check.delta += ", " + p_text(test.p);
+  const double threshold = options.time_slowdown_pct / 100;
+  if (test.p < options.time_p && change > threshold) {
+    check.verdict = Verdict::kRegression;
+  } else if (test.p < options.time_p && change < -threshold) {
+    check.verdict = Verdict::kImproved;
+  }
+  return check;
+}
+
+// The checks of one configuration: its status, then every gated metric of the field table.
+void check_pairs(const RunPairs& pairs, const GateOptions& options, double mem_pct,
+                 std::vector<GateCheck>& checks) {
+  if (auto check = status_check(pairs)) checks.push_back(std::move(*check));
+  for (const Field& field : kMetricFields) {
+    std::optional<GateCheck> check;
+    if (field.gate == GateTest::kMemoryMargin) check = memory_check(pairs, field, options, mem_pct);
+    if (field.gate == GateTest::kTimeUTest) check = time_check(pairs, field, options);
+    if (check.has_value()) checks.push_back(std::move(*check));
+  }
+}
+
+// The outcome: refused when no run was compared, else pass or regression by the verdicts.
+void conclude(const Spec& spec, const std::vector<StoredRun>& baseline, GateResult& result) {
   if (result.runs_checked == 0) {
     result.outcome = GateOutcome::kRefused;
     result.refusal = baseline.empty()
@@ -598,13 +659,51 @@ GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
                                spec.name +
                                "\"): was the baseline made from another spec, did the spec "
                                "change, or did `harness run` not run?";
-    return result;
+    return;
   }
   for (const GateCheck& check : result.checks) {
     if (check.verdict == Verdict::kRegression) ++result.regressions;
     if (check.verdict == Verdict::kImproved) ++result.improvements;
   }
   result.outcome = result.regressions > 0 ? GateOutcome::kRegression : GateOutcome::kPass;
+}
+
+// "peak_mem_mb" / "step_time_s, prefill_s, decode_s": the metrics `test` judges.
+std::string gated_names(GateTest test) {
+  std::vector<std::string> names;
+  for (const Field* field : gated_metrics(test)) names.emplace_back(field->name);
+  return join(names, ", ");
+}
+
+}  // namespace
+
+GateResult run_gate(const Spec& spec, const std::vector<RunConfig>& plan,
+                    const std::vector<StoredRun>& baseline, const std::vector<StoredRun>& current,
+                    const GateOptions& options) {
+  GateResult result;
+  result.options = options;
+  result.experiment = spec.name;
+  const RunIndex index = index_runs(plan, baseline, current);
+  double mem_pct = options.mem_tolerance_pct;
+  if (!check_environments(spec, baseline, index, options, result, mem_pct)) return result;
+
+  for (const PlanPart& part : group_plan(spec, plan)) {
+    for (const ConfigGroup& group : part.groups) {
+      const std::string label = part.title.empty() ? group.label : part.title + ": " + group.label;
+      const RunPairs pairs = match_group(label, group, index, result);
+      if (pairs.base.empty()) continue;
+      result.runs_checked += static_cast<int>(pairs.base.size());
+      check_pairs(pairs, options, mem_pct, result.checks);
+    }
+  }
+  // Baseline runs the plan does not have (the spec changed, or another spec's baseline).
+  for (const StoredRun& run : baseline) {
+    if (!index.planned.contains(run.run_id)) {
+      result.baseline_only.push_back("run " + run.run_id + " " + canonical_json(run.config) +
+                                     " (not in the spec's plan)");
+    }
+  }
+  conclude(spec, baseline, result);
   return result;
 }
 
@@ -632,15 +731,15 @@ std::string render_gate_markdown(const GateResult& result, const std::string& db
   out << "Experiment " << result.experiment << ": `" << db << "` (" << result.current_env
       << ") against baseline `" << baseline_path << "` (" << result.baseline_env << ").\n\n";
 
-  out << "| Run | Check | Baseline | Current | Delta | Verdict |\n";
-  out << "|---|---|---|---|---|---|\n";
+  TextTable table{{"Run", "Check", "Baseline", "Current", "Delta", "Verdict"}, {}, {}};
   for (const GateCheck& check : result.checks) {
     std::string verdict = verdict_text(check.verdict);
     if (check.verdict == Verdict::kRegression) verdict = "**" + verdict + "**";
     if (!check.note.empty()) verdict += " (" + check.note + ")";
-    out << "| " << check.run << " | " << check.check << " | " << check.baseline << " | "
-        << check.current << " | " << check.delta << " | " << verdict << " |\n";
+    table.rows.push_back(
+        {check.run, check.check, check.baseline, check.current, check.delta, verdict});
   }
+  out << markdown_table(table);
 
   const auto list = [&out](const std::string& title, const std::vector<std::string>& items) {
     if (items.empty()) return;
@@ -656,10 +755,12 @@ std::string render_gate_markdown(const GateResult& result, const std::string& db
 
   const GateOptions& o = result.options;
   out << "\nRules: values are medians over the repeats' ok runs. Memory regresses when "
-         "peak_mem_mb exceeds the baseline by more than the largest of "
-      << format_full(o.mem_tolerance_pct) << "% of it, " << format_full(o.mem_tolerance_mb)
-      << " MB and " << format_full(o.mem_noise_factor)
-      << " times the spread of the baseline's repeats. A time (step_time_s, prefill_s, decode_s) "
+      << gated_names(GateTest::kMemoryMargin)
+      << " exceeds the baseline by more than the largest of " << format_full(o.mem_tolerance_pct)
+      << "% of it, " << format_full(o.mem_tolerance_mb) << " MB and "
+      << format_full(o.mem_noise_factor) << " times the spread of the baseline's repeats. A time ("
+      << gated_names(GateTest::kTimeUTest)
+      << ") "
          "regresses when a two-sided "
          "Mann-Whitney U test rejects at p < "
       << format_full(o.time_p) << " (with at least " << o.min_repeats

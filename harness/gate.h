@@ -6,16 +6,18 @@
 // on both sides (matched by run id):
 // - status: a run that was ok in the baseline and now ends oom, crashed, timeout or error is a
 //   regression; the other way round is an improvement.
-// - memory: the median peak_mem_mb of the ok runs regresses when it exceeds the baseline's by
-//   more than the largest of mem_tolerance_pct % of it, mem_tolerance_mb, and mem_noise_factor
-//   times the spread (max - min) of the baseline's repeats; lower by as much is an improvement.
-//   Allocator peaks repeat to the byte for one build and input, so the margin fits the run: a
-//   1 MB regression of a 5 MB run fails, a 1% wobble of a 10 GB run passes. CPU runs on another
-//   CPU model than the baseline's get mem_tolerance_other_cpu_pct instead of mem_tolerance_pct.
-// - time (step_time_s, prefill_s, decode_s): with at least min_repeats ok runs on both sides, a
-//   two-sided Mann-Whitney U test at time_p and a change of the median beyond time_slowdown_pct %:
-//   slower is a regression, faster an improvement. With fewer repeats the change is shown and not
-//   judged.
+// - metrics: which are judged, and how, is the field table's `gate` column (fields.h GateTest).
+// - memory (kMemoryMargin: peak_mem_mb): the median of the ok runs regresses when it exceeds the
+//   baseline's by more than the largest of mem_tolerance_pct % of it, mem_tolerance_mb, and
+//   mem_noise_factor times the spread (max - min) of the baseline's repeats; lower by as much is
+//   an improvement. Allocator peaks repeat to the byte for one build and input, so the margin fits
+//   the run: a 1 MB regression of a 5 MB run fails, a 1% wobble of a 10 GB run passes. CPU runs
+//   on another CPU model than the baseline's get mem_tolerance_other_cpu_pct instead of
+//   mem_tolerance_pct.
+// - time (kTimeUTest: step_time_s, prefill_s, decode_s): with at least min_repeats ok runs on
+//   both sides, a two-sided Mann-Whitney U test at time_p and a change of the median beyond
+//   time_slowdown_pct %: slower is a regression, faster an improvement. With fewer repeats the
+//   change is shown and not judged.
 // - runs stored on one side only are listed, not judged; a baseline that matches no stored run,
 //   or (without `cross`) comes from another GPU or libtorch version, is refused.
 #include <optional>

@@ -4,11 +4,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
 #include "harness/json_io.h"
 #include "harness/process.h"
+#include "harness/stats.h"
 
 namespace hx {
 namespace fs = std::filesystem;
@@ -42,12 +45,6 @@ std::string quoted(const std::string& text) {
   return out + "\"";
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 std::string column_label(const ReportTable& table, size_t column) {
   std::string label;
   for (const auto& h : table.header) {
@@ -59,6 +56,65 @@ std::string column_label(const ReportTable& table, size_t column) {
 
 bool is_memory(const std::string& metric) {
   return metric.size() > 3 && metric.compare(metric.size() - 3, 3, "_mb") == 0;
+}
+
+double memory_limit(const Spec& spec, const PlotOptions& options) {
+  return options.limit_mb > 0 ? options.limit_mb : static_cast<double>(spec.memory_limit_mb);
+}
+
+std::string limit_line(double limit) {
+  std::ostringstream gp;
+  gp << "set arrow from graph 0, first " << limit << " to graph 1, first " << limit
+     << " nohead dt 2 lw 2 lc rgb 'red'\n"
+     << "set label " << quoted("limit " + std::to_string(static_cast<int64_t>(limit)) + " MB")
+     << " at graph 0.01, first " << limit * 1.03 << " tc rgb 'red'\n";
+  return gp.str();
+}
+
+// Runs gnuplot on <stem>.gp, which writes <stem>.svg.
+void run_gnuplot(const PlotOptions& options, const std::string& stem) {
+  ChildSpec child;
+  child.argv = {options.gnuplot, stem + ".gp"};
+  if (child.argv[0].find('/') == std::string::npos) {
+    // run_child does not search PATH.
+    for (const char* dir : {"/usr/bin", "/usr/local/bin", "/bin"}) {
+      if (fs::exists(fs::path(dir) / options.gnuplot)) {
+        child.argv[0] = (fs::path(dir) / options.gnuplot).string();
+        break;
+      }
+    }
+  }
+  if (!fs::exists(child.argv[0]))
+    throw std::runtime_error("gnuplot not found (" + options.gnuplot +
+                             "): install gnuplot-nox (scripts/install-deps.sh)");
+  child.stderr_path = stem + ".log";
+  child.timeout_s = 60;
+  const auto outcome = run_child(child);
+  if (outcome.exit_code != 0)
+    throw std::runtime_error("gnuplot failed on " + stem + ".gp: " + outcome.stderr_tail);
+  fs::remove(stem + ".log");
+}
+
+// "gc=on, lora=off": the axes of the run's part that take more than one value.
+std::string config_label(const Spec& spec, const RunConfig& run) {
+  std::string label;
+  if (run.part >= 0 && static_cast<size_t>(run.part) < spec.parts.size()) {
+    for (const auto& [key, values] : spec.parts[static_cast<size_t>(run.part)].axes) {
+      if (values.size() < 2 || !run.config.contains(key)) continue;
+      const Json& value = run.config.at(key);
+      label += (label.empty() ? "" : ", ") + key + "=" +
+               (value.is_string() ? value.get<std::string>() : value.dump());
+    }
+  }
+  return label.empty() ? "run " + run.run_id : label;
+}
+
+std::string number_or_nan(const std::optional<double>& value) {
+  if (!value || std::isnan(*value)) return "NaN";
+  std::ostringstream out;
+  out.precision(10);
+  out << *value;
+  return out.str();
 }
 
 }  // namespace
@@ -83,15 +139,14 @@ std::vector<std::string> plot_report(const Spec& spec, const std::vector<ReportT
       double top = 0;
       for (size_t c = 0; c < columns; ++c) {
         const auto& cell = row.cells[c];
-        const double value = cell.values.empty() ? NAN : median(cell.values);
+        const double value = cell.values.empty() ? NAN : median_of(cell.values);
         if (!std::isnan(value)) top = std::max(top, value);
         std::string verdict = cell.missing ? "-" : cell.verdict;
         data << c << ' ' << (std::isnan(value) ? 0.0 : value) << ' '
              << quoted(verdict.empty() ? "ok" : verdict) << ' ' << (std::isnan(value) ? 1 : 0)
              << '\n';
       }
-      const double limit = options.limit_mb > 0 ? options.limit_mb
-                                                : static_cast<double>(spec.memory_limit_mb);
+      const double limit = memory_limit(spec, options);
       const bool draw_limit = is_memory(row.metric) && limit > 0;
       if (draw_limit) top = std::max(top, limit);
       if (top <= 0) top = 1;
@@ -113,41 +168,135 @@ std::vector<std::string> plot_report(const Spec& spec, const std::vector<ReportT
       for (size_t c = 0; c < columns; ++c)
         gp << (c ? ", " : "") << quoted(column_label(table, c)) << ' ' << c;
       gp << ")\n";
-      if (draw_limit)
-        gp << "set arrow from graph 0, first " << limit << " to graph 1, first " << limit
-           << " nohead dt 2 lw 2 lc rgb 'red'\n"
-           << "set label " << quoted("limit " + std::to_string(static_cast<int64_t>(limit)) +
-                                     " MB")
-           << " at graph 0.01, first " << limit * 1.03 << " tc rgb 'red'\n";
+      if (draw_limit) gp << limit_line(limit);
       // Failed runs: their verdict written at the bottom of their slot, in red.
       gp << "plot " << quoted(stem.string() + ".dat")
          << " using 1:($4 == 1 ? 1/0 : $2) with boxes lc rgb '#4472c4', '' using 1:($4 == 1 ? "
             "1/0 : $2):(sprintf('%.3g', $2)) with labels offset 0,0.8, '' using 1:($4 == 1 ? "
          << top * 0.05 << " : 1/0):3 with labels tc rgb 'red' font ',12'\n";
       write_file_atomic(stem.string() + ".gp", gp.str());
-
-      ChildSpec child;
-      child.argv = {options.gnuplot, stem.string() + ".gp"};
-      if (child.argv[0].find('/') == std::string::npos) {
-        // run_child does not search PATH.
-        for (const char* dir : {"/usr/bin", "/usr/local/bin", "/bin"}) {
-          if (fs::exists(fs::path(dir) / options.gnuplot)) {
-            child.argv[0] = (fs::path(dir) / options.gnuplot).string();
-            break;
-          }
-        }
-      }
-      if (!fs::exists(child.argv[0]))
-        throw std::runtime_error("gnuplot not found (" + options.gnuplot +
-                                 "): install gnuplot-nox (scripts/install-deps.sh)");
-      child.stderr_path = stem.string() + ".log";
-      child.timeout_s = 60;
-      const auto outcome = run_child(child);
-      if (outcome.exit_code != 0)
-        throw std::runtime_error("gnuplot failed on " + stem.string() + ".gp: " +
-                                 outcome.stderr_tail);
-      fs::remove(stem.string() + ".log");
+      run_gnuplot(options, stem.string());
       written.push_back(stem.string() + ".svg");
+    }
+  }
+  return written;
+}
+
+std::vector<StepCurve> step_curves(const Spec& spec, const std::vector<RunConfig>& plan,
+                                   const std::vector<StoredRun>& runs, const Store& store) {
+  std::map<std::string, const StoredRun*> stored;
+  for (const StoredRun& run : runs) stored.emplace(run.run_id, &run);
+  std::vector<StepCurve> curves;
+  std::vector<int> repeats;                 // the repeat each curve shows
+  std::map<std::string, size_t> by_config;  // part + canonical config -> its curve
+  for (const RunConfig& run : plan) {
+    const auto it = stored.find(run.run_id);
+    if (it == stored.end()) continue;
+    std::vector<StepRow> steps = store.load_steps(run.run_id);
+    if (std::none_of(steps.begin(), steps.end(),
+                     [](const StepRow& s) { return s.loss.has_value() || s.mem_mb.has_value(); }))
+      continue;
+    const std::string key = std::to_string(run.part) + " " + canonical_json(run.config);
+    StepCurve curve;
+    curve.part = run.part;
+    curve.label = config_label(spec, run);
+    if (it->second->status != "ok") curve.label += " (" + it->second->status + ")";
+    curve.steps = std::move(steps);
+    const auto [pos, fresh] = by_config.emplace(key, curves.size());
+    if (fresh) {
+      curves.push_back(std::move(curve));
+      repeats.push_back(run.repeat);
+    } else if (run.repeat < repeats[pos->second]) {
+      curves[pos->second] = std::move(curve);
+      repeats[pos->second] = run.repeat;
+    }
+  }
+  return curves;
+}
+
+std::vector<std::string> plot_steps(const Spec& spec, const std::vector<StepCurve>& curves,
+                                    const PlotOptions& options) {
+  std::vector<int> parts;
+  for (const StepCurve& c : curves)
+    if (std::find(parts.begin(), parts.end(), c.part) == parts.end()) parts.push_back(c.part);
+  std::sort(parts.begin(), parts.end());
+  if (!parts.empty()) fs::create_directories(options.out_dir);
+
+  std::vector<std::string> written;
+  for (const int part : parts) {
+    std::string part_name;
+    if (spec.parts.size() > 1) {
+      const bool known = part >= 0 && static_cast<size_t>(part) < spec.parts.size();
+      const std::string label = known ? spec.parts[static_cast<size_t>(part)].label : "";
+      part_name = label.empty() ? std::to_string(part) : label;
+    }
+    const std::string base =
+        (fs::path(options.out_dir) /
+         (spec.name + "-steps" + (part_name.empty() ? "" : "-" + slug(part_name))))
+            .string();
+    // One block per curve (gnuplot's `index`): step, loss, memory; NaN where there is none.
+    std::ostringstream data;
+    std::vector<const StepCurve*> drawn;
+    for (const StepCurve& c : curves) {
+      if (c.part != part) continue;
+      data << "# " << c.label << "\n";
+      for (const StepRow& s : c.steps)
+        data << s.step << ' ' << number_or_nan(s.loss) << ' ' << number_or_nan(s.mem_mb) << '\n';
+      data << "\n\n";
+      drawn.push_back(&c);
+    }
+    write_file_atomic(base + ".dat", data.str());
+
+    struct Chart {
+      const char* suffix;
+      int column;
+      const char* title;
+      const char* ylabel;
+    };
+    int64_t last_step = 0;
+    for (const StepCurve* c : drawn)
+      for (const StepRow& s : c->steps) last_step = std::max(last_step, s.step);
+    for (const Chart chart : {Chart{"loss", 2, "loss", "loss"},
+                              Chart{"mem", 3, "peak memory", "peak memory of the step (MB)"}}) {
+      const std::string stem = base + "-" + chart.suffix;
+      std::ostringstream gp;
+      gp << "set terminal svg size 800,480 dynamic font 'sans,11'\n"
+         << "set output " << quoted(stem + ".svg") << "\n"
+         << "set title "
+         << quoted(spec.name + (part_name.empty() ? "" : " (part " + part_name + ")") + ": " +
+                   chart.title + " per step")
+         << "\n"
+         << "set xlabel " << quoted("step (from 0; warm-up steps included)") << "\n"
+         << "set ylabel " << quoted(chart.ylabel) << "\n"
+         << "set grid\nset key outside right top\nset datafile missing 'NaN'\n";
+      if (last_step <= 20) gp << "set xtics 1\n";  // whole steps
+      if (chart.column == 3) {
+        // From 0, and high enough for the limit line: how close each step comes to the limit.
+        double top = memory_limit(spec, options);
+        for (const StepCurve* c : drawn)
+          for (const StepRow& s : c->steps)
+            if (s.mem_mb && !std::isnan(*s.mem_mb)) top = std::max(top, *s.mem_mb);
+        gp << "set yrange [0:" << (top > 0 ? top * 1.15 : 1.0) << "]\n";
+        if (memory_limit(spec, options) > 0) gp << limit_line(memory_limit(spec, options));
+      }
+      // A curve without a single value in this column is left out (gnuplot refuses a plot with
+      // no defined point).
+      std::string plots;
+      for (size_t i = 0; i < drawn.size(); ++i) {
+        const auto& steps = drawn[i]->steps;
+        const bool any = std::any_of(steps.begin(), steps.end(), [&chart](const StepRow& s) {
+          return chart.column == 2 ? s.loss.has_value() : s.mem_mb.has_value();
+        });
+        if (!any) continue;
+        plots += std::string(plots.empty() ? "plot " : ", ") + quoted(base + ".dat") + " index " +
+                 std::to_string(i) + " using 1:" + std::to_string(chart.column) +
+                 " with linespoints title " + quoted(drawn[i]->label);
+      }
+      if (plots.empty()) continue;
+      gp << plots << "\n";
+      write_file_atomic(stem + ".gp", gp.str());
+      run_gnuplot(options, stem);
+      written.push_back(stem + ".svg");
     }
   }
   return written;

@@ -8,7 +8,9 @@
 #include <stdexcept>
 #include <utility>
 
+#include "harness/derived.h"
 #include "harness/pretokenize.h"
+#include "harness/stats.h"
 
 namespace hx {
 namespace {
@@ -29,18 +31,6 @@ std::string value_text(const Json& value) {
   if (value.is_null()) return "(none)";
   if (value.is_string()) return value.get<std::string>();
   return value.dump();
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-// Half the range: see the header's rules.
-double spread(const std::vector<double>& values) {
-  const auto [lo, hi] = std::minmax_element(values.begin(), values.end());
-  return (*hi - *lo) / 2;
 }
 
 std::string env_string(const Json& env, const char* key) {
@@ -148,12 +138,10 @@ std::string describe(const std::vector<std::string>& keys, const Combo& combo) {
   return join(parts, ", ");
 }
 
-ReportCell make_cell(const std::vector<const StoredRun*>& runs, const std::string& metric) {
-  return make_report_cell(runs, [&metric](const StoredRun& run) -> std::optional<double> {
-    const auto it = run.metrics.find(metric);
-    if (it == run.metrics.end() || std::isnan(it->second)) return std::nullopt;
-    return it->second;
-  });
+ReportCell make_cell(const std::vector<const StoredRun*>& runs, const std::string& metric,
+                     std::optional<int64_t> params) {
+  return make_report_cell(
+      runs, [&metric, params](const StoredRun& run) { return metric_value(run, metric, params); });
 }
 
 std::string part_name(const Spec& spec, int part) {
@@ -182,17 +170,21 @@ std::vector<Json> distinct_values(const std::vector<const RunConfig*>& plan,
   return seen;
 }
 
+// The part's matrix axes in spec order, their values added to `order` in spec order.
+std::vector<std::string> part_axes(const Spec& spec, int part, ValueOrder& order) {
+  std::vector<std::string> axes;
+  if (part < 0 || static_cast<size_t>(part) >= spec.parts.size()) return axes;
+  for (const auto& [key, values] : spec.parts[static_cast<size_t>(part)].axes) {
+    if (!contains(axes, key)) axes.push_back(key);
+    for (const Json& value : values) order.add(key, value);
+  }
+  return axes;
+}
+
 KeyRoles assign_key_roles(const Spec& spec, const TableSpec& table_spec, int part,
                           const std::vector<const RunConfig*>& plan) {
   KeyRoles roles;
-  // The part's matrix axes in spec order, with their values in spec order.
-  std::vector<std::string> axes;
-  if (part >= 0 && static_cast<size_t>(part) < spec.parts.size()) {
-    for (const auto& [key, values] : spec.parts[static_cast<size_t>(part)].axes) {
-      if (!contains(axes, key)) axes.push_back(key);
-      for (const Json& value : values) roles.order.add(key, value);
-    }
-  }
+  const std::vector<std::string> axes = part_axes(spec, part, roles.order);
   std::set<std::string> keys(table_spec.columns.begin(), table_spec.columns.end());
   for (const RunConfig* run : plan) {
     for (const auto& item : run->config.items()) keys.insert(item.key());
@@ -262,22 +254,22 @@ void collect_environments(const std::vector<const RunConfig*>& plan,
   }
 }
 
+// `params`: the model's parameter count, for the computed `mfu` (derived.h).
 std::vector<ReportRow> metric_rows(const std::vector<std::string>& metrics,
-                                   const std::vector<std::vector<const StoredRun*>>& cell_runs) {
+                                   const std::vector<std::vector<const StoredRun*>>& cell_runs,
+                                   std::optional<int64_t> params) {
   std::vector<ReportRow> rows;
   rows.reserve(metrics.size());
   for (const std::string& metric : metrics) {
     ReportRow row;
     row.metric = metric;
-    if (const Field* field = find_metric_field(metric)) {
-      row.label = std::string(field->label);
-      row.format = field->format;
-      row.digits = field->digits;
-    } else {
-      row.label = metric;  // stored but unknown to the field table: shown by its name
-    }
+    // A metric unknown to the field table is shown by its stored name.
+    const Field field = metric_field_or_raw(metric);
+    row.label = std::string(field.label);
+    row.format = field.format;
+    row.digits = field.digits;
     row.cells.reserve(cell_runs.size());
-    for (const auto& runs : cell_runs) row.cells.push_back(make_cell(runs, metric));
+    for (const auto& runs : cell_runs) row.cells.push_back(make_cell(runs, metric, params));
     rows.push_back(std::move(row));
   }
   return rows;
@@ -309,11 +301,11 @@ void mark_changes(std::vector<ReportRow>& rows) {
   for (ReportRow& row : rows) {
     const ReportCell& base = row.cells.front();
     if (base.values.empty()) continue;
-    const double reference = median(base.values);
+    const double reference = median_of(base.values);
     for (size_t c = 1; c < row.cells.size(); ++c) {
       ReportCell& cell = row.cells[c];
       if (cell.values.empty()) continue;
-      const double delta = median(cell.values) - reference;
+      const double delta = median_of(cell.values) - reference;
       if (std::fabs(delta) <= kNoise * std::fabs(reference)) {
         cell.change = "-";
       } else if (reference == 0) {
@@ -368,7 +360,7 @@ void build_table(const Spec& spec, const TableSpec& table_spec, int part, bool n
         cell_runs[static_cast<size_t>(column - columns.begin())].push_back(it->second);
       }
     }
-    table.rows = metric_rows(table_spec.rows, cell_runs);
+    table.rows = metric_rows(table_spec.rows, cell_runs, preset_param_count(spec));
     if (arrows) mark_changes(table.rows);
     out.push_back(std::move(table));
   }
@@ -379,9 +371,12 @@ bool has_spread(const ReportRow& row) {
                      [](const ReportCell& cell) { return cell.values.size() > 1; });
 }
 
-// The first part whose workload, fixed values and axis values admit the run's config (the
-// database does not record the part); 0 when none does.
+// The run's part: as stored, or for rows from before runs.part (or a part the spec no longer has)
+// the first part whose workload, fixed values and axis values admit the run's config; 0 when
+// none does.
 int infer_part(const Spec& spec, const StoredRun& run) {
+  if (run.part && *run.part >= 0 && static_cast<size_t>(*run.part) < spec.parts.size())
+    return *run.part;
   for (size_t p = 0; p < spec.parts.size(); ++p) {
     const PartSpec& part = spec.parts[p];
     if (!part.workload.empty() && !run.workload.empty() && part.workload != run.workload) {
@@ -407,9 +402,7 @@ std::vector<const RunConfig*> table_plan(const Spec& spec, const TableSpec& tabl
                                          const std::vector<RunConfig>& planned) {
   std::vector<const RunConfig*> plan;
   for (const RunConfig& run : planned) {
-    if (!table_spec.workload.empty() && run.workload != table_spec.workload) continue;
-    if (!table_spec.part.empty() && part_name(spec, run.part) != table_spec.part) continue;
-    plan.push_back(&run);
+    if (table_selects(spec, table_spec, run.part, run.workload)) plan.push_back(&run);
   }
   return plan;
 }
@@ -422,6 +415,12 @@ ReportTable note_table(const TableSpec& table_spec, const std::string& note) {
 }
 
 }  // namespace
+
+bool table_selects(const Spec& spec, const TableSpec& table, int part,
+                   const std::string& workload) {
+  if (!table.workload.empty() && workload != table.workload) return false;
+  return table.part.empty() || part_name(spec, part) == table.part;
+}
 
 ReportCell make_report_cell(const std::vector<const StoredRun*>& runs,
                             const std::function<std::optional<double>(const StoredRun&)>& value) {
@@ -457,24 +456,15 @@ ReportCell make_report_cell(const std::vector<const StoredRun*>& runs,
 
 // ---- Cell and field text (shared with compare and gate) ----
 
-std::string markdown_escape(const std::string& text) {
-  std::string out;
-  for (const char c : text) {
-    if (c == '|') out += '\\';
-    out += c;
-  }
-  return out;
-}
-
 std::string report_cell_markdown(const ReportCell& cell, NumberFormat format, int digits) {
   if (cell.missing) return "-";
   if (!cell.verdict.empty()) return cell.verdict;
   if (cell.not_measured) return "n/a";
-  const double mid = median(cell.values);
+  const double mid = median_of(cell.values);
   const Field field{"", "", "", "", format, digits};
   const int decimals = display_decimals(field, mid);
   std::string text = format_fixed(mid, decimals);
-  if (cell.values.size() > 1) text += " ± " + format_fixed(spread(cell.values), decimals);
+  if (cell.values.size() > 1) text += " ± " + format_fixed(half_range(cell.values), decimals);
   if (!cell.failed.empty()) {
     std::map<std::string, int> counts;
     for (const std::string& word : cell.failed) ++counts[word];
@@ -493,24 +483,7 @@ std::string report_cell_csv(const ReportCell& cell) {
   if (cell.missing) return "-";
   if (!cell.verdict.empty()) return cell.verdict;
   if (cell.not_measured) return "n/a";
-  return format_full(median(cell.values));
-}
-
-std::string csv_quote_field(const std::string& text) {
-  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + "\"";
-}
-
-void csv_line(std::ostringstream& out, const std::vector<std::string>& fields) {
-  std::vector<std::string> escaped;
-  escaped.reserve(fields.size());
-  for (const std::string& field : fields) escaped.push_back(csv_quote_field(field));
-  out << join(escaped, ",") << "\n";
+  return format_full(median_of(cell.values));
 }
 
 ReportFormat parse_report_format(const std::string& name) {
@@ -556,29 +529,31 @@ void MarkdownReporter::header(const ReportTable& table) {
   if (!table.subtitle.empty()) out_ << "\n### " << table.subtitle << "\n";
   out_ << "\n";
   for (const std::string& note : table.notes) out_ << note << "\n";
-  if (table.header.empty()) return;
+  // The first header row heads the table; the others are its first rows.
+  table_ = TextTable{};
   for (size_t h = 0; h < table.header.size(); ++h) {
     const ReportHeaderRow& header = table.header[h];
-    out_ << "| " << markdown_escape(header.label);
-    for (const std::string& value : header.values) out_ << " | " << markdown_escape(value);
-    out_ << " |\n";
+    std::vector<std::string> cells{header.label};
+    cells.insert(cells.end(), header.values.begin(), header.values.end());
     if (h == 0) {
-      out_ << "|---";
-      for (size_t i = 0; i < header.values.size(); ++i) out_ << "|---";
-      out_ << "|\n";
+      table_.header = std::move(cells);
+    } else {
+      table_.rows.push_back(std::move(cells));
     }
   }
 }
 
 void MarkdownReporter::row(const ReportTable& /*table*/, const ReportRow& row) {
-  out_ << "| " << markdown_escape(row.label);
-  for (const ReportCell& cell : row.cells)
-    out_ << " | " << markdown_escape(report_cell_markdown(cell, row.format, row.digits));
-  out_ << " |\n";
+  std::vector<std::string> cells{row.label};
+  for (const ReportCell& cell : row.cells) {
+    cells.push_back(report_cell_markdown(cell, row.format, row.digits));
+  }
+  table_.rows.push_back(std::move(cells));
 }
 
 void MarkdownReporter::footer(const ReportTable& table) {
   if (table.header.empty()) return;
+  out_ << markdown_table(table_);
   bool spread_shown = false;
   for (const ReportRow& row : table.rows) spread_shown = spread_shown || has_spread(row);
   if (spread_shown) out_ << "\nCells: median over repeats ± half their range, (max - min) / 2.\n";
@@ -615,7 +590,7 @@ void CsvReporter::row(const ReportTable& /*table*/, const ReportRow& row) {
   if (!has_spread(row)) return;
   std::vector<std::string> spreads{row.metric + " half_range"};
   for (const ReportCell& cell : row.cells) {
-    spreads.push_back(cell.values.size() > 1 ? format_full(spread(cell.values)) : "");
+    spreads.push_back(cell.values.size() > 1 ? format_full(half_range(cell.values)) : "");
   }
   csv_line(out_, spreads);
 }
@@ -699,15 +674,6 @@ std::string render_report(const Spec& spec, const std::vector<StoredRun>& runs,
   return render_report(spec, planned, runs, format);
 }
 
-std::string join(const std::vector<std::string>& parts, const std::string& separator) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += separator;
-    out += parts[i];
-  }
-  return out;
-}
-
 namespace {
 // One line of generated text as a Markdown code span: line breaks shown as ⏎, backticks as '.
 std::string code_span(const std::string& text) {
@@ -723,6 +689,30 @@ std::string code_span(const std::string& text) {
   }
   return out.empty() ? "(nothing)" : "`" + out + "`";
 }
+
+// One run's texts under "### <axes>": each prompt with the text before and after fine-tuning.
+void generations_of_run(const Spec& spec, const RunConfig& run,
+                        std::map<std::string, std::string>& texts, std::ostringstream& out) {
+  std::string label;
+  for (const auto& [key, values] : spec.parts[static_cast<size_t>(run.part)].axes) {
+    const auto& v = run.config.at(key);
+    label +=
+        (label.empty() ? "" : ", ") + key + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  if (spec.repeats > 1) label += " #" + std::to_string(run.repeat);
+  out << "\n### " << (label.empty() ? run.run_id : label) << "\n";
+  const auto& prompts = sample_prompts();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::string key = std::to_string(i);
+    if (!texts.contains("before/" + key) && !texts.contains("after/" + key)) continue;
+    out << "\n"
+        << i + 1 << ". " << prompts[i].instruction
+        << (prompts[i].input.empty() ? "" : " (" + prompts[i].input + ")") << "\n"
+        << "   - before: " << code_span(texts["before/" + key]) << "\n"
+        << "   - after: " << code_span(texts["after/" + key]) << "\n";
+  }
+}
+
 }  // namespace
 
 std::string render_generations(
@@ -740,24 +730,7 @@ std::string render_generations(
              "instructions (Alpaca prompt) before the first step and after the last.\n";
       any = true;
     }
-    std::string label;
-    for (const auto& [key, values] : spec.parts[static_cast<size_t>(run.part)].axes) {
-      const auto& v = run.config.at(key);
-      label += (label.empty() ? "" : ", ") + key + "=" +
-               (v.is_string() ? v.get<std::string>() : v.dump());
-    }
-    if (spec.repeats > 1) label += " #" + std::to_string(run.repeat);
-    out << "\n### " << (label.empty() ? run.run_id : label) << "\n";
-    const auto& prompts = sample_prompts();
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      const std::string key = std::to_string(i);
-      if (!texts.contains("before/" + key) && !texts.contains("after/" + key)) continue;
-      out << "\n"
-          << i + 1 << ". " << prompts[i].instruction
-          << (prompts[i].input.empty() ? "" : " (" + prompts[i].input + ")") << "\n"
-          << "   - before: " << code_span(texts["before/" + key]) << "\n"
-          << "   - after: " << code_span(texts["after/" + key]) << "\n";
-    }
+    generations_of_run(spec, run, texts, out);
   }
   return out.str();
 }

@@ -1,7 +1,7 @@
 #pragma once
 // Pivots stored runs into the tables a spec asks for (`tables:`), in the shape of the seed tables
-// (SEED_TABLES.md B): one column per combination of the table's `columns` axes, one header row
-// per axis, one row per metric.
+// (docs/seed-tables.md, B): one column per combination of the table's `columns` axes, one header
+// row per axis, one row per metric.
 //
 // Rules, so that a reader can trust a cell:
 // - A cell is the median over the repeats of its configuration. With more than one value it
@@ -17,7 +17,7 @@
 // - A cell whose runs all failed shows the verdict (OOM, timeout, crash, error, skipped); a cell
 //   with no stored run shows `-`; an ok run without the metric shows `n/a`. A cell where some
 //   repeats failed shows the median of the rest and, in Markdown, the failures: `(+1 OOM)`.
-// - A table of kind `arrows` (SEED_TABLES.md B, "effect of each technique alone") has one
+// - A table of kind `arrows` (docs/seed-tables.md B, "effect of each technique alone") has one
 //   baseline column (every `columns` axis at its first value) and one column per other value of
 //   each axis with the rest at baseline; Markdown cells read `value (down 30%)` against the
 //   baseline, `(-)` within 2%, which is below the run-to-run noise of this kind of measurement.
@@ -33,6 +33,7 @@
 #include "harness/fields.h"
 #include "harness/spec.h"
 #include "harness/store.h"
+#include "harness/table.h"
 
 namespace hx {
 
@@ -105,6 +106,9 @@ class MarkdownReporter : public Reporter {
   void header(const ReportTable& table) override;
   void row(const ReportTable& table, const ReportRow& row) override;
   void footer(const ReportTable& table) override;
+
+ private:
+  TextTable table_;  // the current table, printed by footer
 };
 
 // Pivot CSV with the same cells as the Markdown tables, numbers at full precision, stored names
@@ -121,20 +125,14 @@ std::unique_ptr<Reporter> make_reporter(ReportFormat format);
 
 // ---- Cell and field text, shared with `harness compare` and the gate ----
 
-// `|` escaped for a Markdown table cell.
-std::string markdown_escape(const std::string& text);
 // A cell as Markdown: `median ± s` with `digits` under `format`, failures `(+1 OOM)`, the
 // arrows change; `-`, the verdict or `n/a` without values.
 std::string report_cell_markdown(const ReportCell& cell, NumberFormat format, int digits);
 // A cell as CSV: the median at full precision; `-`, the verdict or `n/a` without values.
 std::string report_cell_csv(const ReportCell& cell);
-// parts[0] + separator + parts[1] + ...
-std::string join(const std::vector<std::string>& parts, const std::string& separator);
-
-// RFC 4180: quoted (with "" for a quote) when it holds a comma, quote or line break.
-std::string csv_quote_field(const std::string& text);
-// One CSV record of `fields`, quoted as needed, ending in a newline.
-void csv_line(std::ostringstream& out, const std::vector<std::string>& fields);
+// Whether a table of the spec shows the runs of part `part` (whose workload is `workload`): the
+// one rule for the report, compare and estimate.
+bool table_selects(const Spec& spec, const TableSpec& table, int part, const std::string& workload);
 
 // The tables of `spec` with cells from `runs` (Store::load_runs) for the runs of `planned`
 // (expand(spec)), matched by run id.

@@ -16,8 +16,9 @@
 #include <stdexcept>
 #include <thread>
 
-#include "harness/config_reader.h"
+#include "harness/config_keys.h"
 #include "harness/device_profiles.h"
+#include "harness/fields.h"
 #include "harness/hash.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
@@ -56,28 +57,33 @@ std::string axes_text(const Spec& spec, const RunConfig& run) {
   return out;
 }
 
+// The progress line's figures: for memory, then time, the first metric of the field table that
+// is marked for the progress line and that the run has.
 std::string key_metric_text(const RunRecord& record) {
-  auto find = [&](const char* name) -> const Metric* {
+  auto find = [&](std::string_view name) -> const Metric* {
     for (const auto& m : record.metrics)
       if (m.name == name) return &m;
     return nullptr;
   };
-  std::string out;
+  std::vector<std::string> parts;
   char buf[96];
-  if (const auto* m = find("peak_mem_mb")) {
-    std::snprintf(buf, sizeof buf, "peak %.1f MB", m->value);
-    out += buf;
-  }
-  for (const char* name : {"step_time_s", "decode_s"}) {
-    if (const auto* m = find(name)) {
-      std::snprintf(buf, sizeof buf, ", %s %.4g s", name, m->value);
-      out += buf;
+  for (const MetricRole role : {MetricRole::kMemory, MetricRole::kTime}) {
+    for (const Field& field : kMetricFields) {
+      const Metric* m = field.role == role && field.progress ? find(field.name) : nullptr;
+      if (m == nullptr) continue;
+      const std::string unit(field.unit);
+      if (role == MetricRole::kMemory) {
+        std::snprintf(buf, sizeof buf, "peak %.*f %s", field.digits, m->value, unit.c_str());
+      } else {
+        std::snprintf(buf, sizeof buf, "%s %.4g %s", m->name.c_str(), m->value, unit.c_str());
+      }
+      parts.emplace_back(buf);
       break;
     }
   }
-  if (record.status != "ok" && !record.error.empty()) {
-    out += (out.empty() ? "" : ", ") + record.error.substr(0, 100);
-  }
+  if (record.status != "ok" && !record.error.empty()) parts.push_back(record.error.substr(0, 100));
+  std::string out;
+  for (const std::string& part : parts) out += (out.empty() ? "" : ", ") + part;
   return out;
 }
 
@@ -91,9 +97,7 @@ const TextTokenizer& spec_tokenizer(const std::string& path) {
   return *slot;
 }
 
-bool wants_generations(const RunConfig& run) {
-  return ConfigReader{run.config}.on("generations", false);
-}
+bool wants_generations(const RunConfig& run) { return RunSettings::parse(run.config).generations; }
 
 Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::string& result,
               const std::string& tokens_path) {
@@ -214,9 +218,7 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
   for (const RunConfig* run : pending) {
     if (!pretokenized(spec, *run) || !run->skip_reason.empty()) continue;
     const auto& data = spec.parts[static_cast<size_t>(run->part)].data;
-    // The worker's default and precedence (workloads.cpp): config, then data, then 256.
-    const int64_t max_len =
-        run->config.value("max_seq_len", data.value("max_seq_len", int64_t{256}));
+    const int64_t max_len = RunSettings::parse(run->config, data).max_seq_len;
     const std::string path = data.at("path").get<std::string>();
     const int64_t samples = data.value("samples", int64_t{0});
     const std::string key = spec.tokenizer + "\n" + path + "\n" + std::to_string(samples) + "\n" +

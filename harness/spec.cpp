@@ -16,11 +16,13 @@
 #include <string_view>
 #include <system_error>
 
+#include "harness/config_keys.h"
 #include "harness/device_profiles.h"
 #include "harness/fields.h"
 #include "harness/hash.h"
 #include "harness/json_io.h"
 #include "harness/pretokenize.h"
+#include "harness/words.h"
 #include "model/config.h"
 
 namespace hx {
@@ -30,89 +32,12 @@ namespace fs = std::filesystem;
 
 // ---- What a spec may say ---------------------------------------------------------------------
 
-// The keys of a run's config (fixed, matrix axes, include, exclude), each with its type and
-// range: one table, so that every message can list what is allowed.
-enum class Kind { kInt, kNumber, kWord, kWordList };
-enum class Scope { kBoth, kFinetune, kGenerate };
-
-struct Bound {
-  double value;
-  bool open;  // true: the bound itself is not allowed
-};
-
-struct KeyRule {
-  std::string_view name;
-  Scope scope = Scope::kBoth;
-  Kind kind = Kind::kInt;
-  std::vector<std::string_view> words = {};  // kWord, kWordList: the allowed values
-  std::optional<Bound> lo = std::nullopt;
-  std::optional<Bound> hi = std::nullopt;
-};
+// The config keys are the registry's (config_keys.h); a rule is one of its rows.
+using KeyRule = ConfigKey;
 
 constexpr Bound kAtLeast0{0, false};
 constexpr Bound kAtLeast1{1, false};
 constexpr Bound kAbove0{0, true};
-
-const std::vector<KeyRule>& key_rules() {
-  static const std::vector<KeyRule> rules = {
-      {.name = "batch_size", .lo = kAtLeast1},
-      {.name = "seed"},
-      {.name = "dtype", .kind = Kind::kWord, .words = {"fp32", "fp16", "bf16"}},
-      {.name = "threads", .lo = kAtLeast1},
-      {.name = "attention", .kind = Kind::kWord, .words = {"sdpa", "math"}},
-
-      {.name = "ga", .scope = Scope::kFinetune, .lo = kAtLeast1},
-      {.name = "gc", .scope = Scope::kFinetune, .kind = Kind::kWord, .words = {"off", "on"}},
-      {.name = "gc_every", .scope = Scope::kFinetune, .lo = kAtLeast1},
-      {.name = "mp",
-       .scope = Scope::kFinetune,
-       .kind = Kind::kWord,
-       .words = {"off", "fp16", "bf16"}},
-      {.name = "lora", .scope = Scope::kFinetune, .kind = Kind::kWord, .words = {"off", "on"}},
-      {.name = "lora_r", .scope = Scope::kFinetune, .lo = kAtLeast1},
-      {.name = "lora_alpha", .scope = Scope::kFinetune, .kind = Kind::kNumber, .lo = kAbove0},
-      {.name = "lora_dropout",
-       .scope = Scope::kFinetune,
-       .kind = Kind::kNumber,
-       .lo = kAtLeast0,
-       .hi = Bound{1, true}},
-      {.name = "lora_targets",
-       .scope = Scope::kFinetune,
-       .kind = Kind::kWordList,
-       .words = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}},
-      {.name = "optimizer",
-       .scope = Scope::kFinetune,
-       .kind = Kind::kWord,
-       .words = {"sgd", "adamw"}},
-      {.name = "lr", .scope = Scope::kFinetune, .kind = Kind::kNumber, .lo = kAbove0},
-      {.name = "weight_decay", .scope = Scope::kFinetune, .kind = Kind::kNumber, .lo = kAtLeast0},
-      {.name = "max_steps", .scope = Scope::kFinetune, .lo = kAtLeast1},
-      {.name = "warmup_steps", .scope = Scope::kFinetune, .lo = kAtLeast0},
-      {.name = "max_seq_len", .scope = Scope::kFinetune, .lo = kAtLeast1},
-      {.name = "seq_len", .scope = Scope::kFinetune, .lo = kAtLeast1},
-      {.name = "generations",
-       .scope = Scope::kFinetune,
-       .kind = Kind::kWord,
-       .words = {"off", "on"}},
-      {.name = "generation_tokens", .scope = Scope::kFinetune, .lo = kAtLeast1},
-
-      {.name = "prompt_len", .scope = Scope::kGenerate, .lo = kAtLeast1},
-      {.name = "new_tokens", .scope = Scope::kGenerate, .lo = kAtLeast1},
-      {.name = "kv_cache", .scope = Scope::kGenerate, .kind = Kind::kWord, .words = {"on", "off"}},
-      {.name = "sampling",
-       .scope = Scope::kGenerate,
-       .kind = Kind::kWord,
-       .words = {"greedy", "sample"}},
-      {.name = "temperature", .scope = Scope::kGenerate, .kind = Kind::kNumber, .lo = kAbove0},
-      {.name = "top_k", .scope = Scope::kGenerate, .lo = kAtLeast0},
-      {.name = "top_p",
-       .scope = Scope::kGenerate,
-       .kind = Kind::kNumber,
-       .lo = kAbove0,
-       .hi = Bound{1, false}},
-  };
-  return rules;
-}
 
 // Keys of `data:`, checked like config keys (format and path are handled on their own).
 const std::vector<KeyRule>& data_rules() {
@@ -137,22 +62,12 @@ constexpr std::string_view kModelKeys[] = {"preset", "weights", "path", "seed"};
 
 template <typename Range>
 bool contains(const Range& range, std::string_view word) {
-  return std::find(std::begin(range), std::end(range), word) != std::end(range);
+  return contains_word(range, word);
 }
 
 template <typename Range>
 std::string join(const Range& range) {
-  std::string out;
-  for (const auto& item : range) {
-    if (!out.empty()) out += ", ";
-    out += item;
-  }
-  return out;
-}
-
-bool applies(Scope scope, std::string_view workload) {
-  return scope == Scope::kBoth || (scope == Scope::kFinetune && workload == "finetune") ||
-         (scope == Scope::kGenerate && workload == "generate");
+  return join_words(range);
 }
 
 const KeyRule* find_rule(const std::vector<KeyRule>& rules, std::string_view name) {
@@ -160,14 +75,6 @@ const KeyRule* find_rule(const std::vector<KeyRule>& rules, std::string_view nam
     if (rule.name == name) return &rule;
   }
   return nullptr;
-}
-
-std::string known_keys(std::string_view workload) {
-  std::vector<std::string_view> names;
-  for (const KeyRule& rule : key_rules()) {
-    if (applies(rule.scope, workload)) names.push_back(rule.name);
-  }
-  return join(names);
 }
 
 // Offset of the first byte that does not begin a well-formed UTF-8 sequence (overlongs,
@@ -202,68 +109,6 @@ std::string show_number(double value) {
   std::ostringstream out;
   out << value;
   return out.str();
-}
-
-// "an integer >= 1", "a number in [0, 1)", "one of off, fp16, bf16", ...
-std::string describe(const KeyRule& rule) {
-  switch (rule.kind) {
-    case Kind::kWord:
-      return "one of " + join(rule.words);
-    case Kind::kWordList:
-      return "a list of " + join(rule.words);
-    case Kind::kInt:
-    case Kind::kNumber:
-      break;
-  }
-  std::string out = rule.kind == Kind::kInt ? "an integer" : "a number";
-  if (rule.lo && rule.hi) {
-    out += std::string(" in ") + (rule.lo->open ? "(" : "[") + show_number(rule.lo->value) + ", " +
-           show_number(rule.hi->value) + (rule.hi->open ? ")" : "]");
-  } else if (rule.lo) {
-    out += (rule.lo->open ? " > " : " >= ") + show_number(rule.lo->value);
-  } else if (rule.hi) {
-    out += (rule.hi->open ? " < " : " <= ") + show_number(rule.hi->value);
-  }
-  return out;
-}
-
-bool in_bounds(const KeyRule& rule, double value) {
-  if (rule.lo && (rule.lo->open ? value <= rule.lo->value : value < rule.lo->value)) return false;
-  if (rule.hi && (rule.hi->open ? value >= rule.hi->value : value > rule.hi->value)) return false;
-  return true;
-}
-
-// The problem with `value` under `rule`, or "" when there is none.
-std::string check_value(const KeyRule& rule, const Json& value) {
-  switch (rule.kind) {
-    case Kind::kWord:
-      if (value.is_string() && contains(rule.words, value.get<std::string>())) return "";
-      return "unknown value " + show(value) + " (expected " + join(rule.words) + ")";
-    case Kind::kWordList: {
-      if (!value.is_array()) return "expected " + describe(rule) + ", got " + show(value);
-      if (value.empty()) return "the list is empty (expected some of " + join(rule.words) + ")";
-      std::set<std::string> seen;
-      for (const Json& item : value) {
-        if (!item.is_string() || !contains(rule.words, item.get<std::string>())) {
-          return "unknown value " + show(item) + " (expected " + join(rule.words) + ")";
-        }
-        if (!seen.insert(item.get<std::string>()).second) {
-          return "duplicate value " + show(item);
-        }
-      }
-      return "";
-    }
-    case Kind::kInt:
-      if (!value.is_number_integer()) return "expected " + describe(rule) + ", got " + show(value);
-      break;
-    case Kind::kNumber:
-      if (!value.is_number()) return "expected " + describe(rule) + ", got " + show(value);
-      break;
-  }
-  if (!in_bounds(rule, value.get<double>())) {
-    return "expected " + describe(rule) + ", got " + show(value);
-  }
-  return "";
 }
 
 // ---- YAML to JSON ----------------------------------------------------------------------------
@@ -457,6 +302,176 @@ struct PartNodes {
   std::map<std::string, Entry> keys;
 };
 
+// ---- Overrides from the command line (SpecOverrides) -----------------------------------------
+
+constexpr std::string_view kSettableTopKeys[] = {
+    "name",     "description",     "repeats",        "timeout_s", "device",
+    "workload", "memory_limit_mb", "device_profile", "tokenizer", "allow_special"};
+constexpr std::string_view kDottedTopKeys[] = {"model", "data"};
+
+[[noreturn]] void override_fail(const std::string& flag, const std::string& item,
+                                const std::string& message) {
+  throw std::invalid_argument(flag + " " + item + ": " + message);
+}
+
+std::pair<std::string, std::string> split_assignment(const std::string& flag,
+                                                     const std::string& item) {
+  const size_t eq = item.find('=');
+  if (eq == std::string::npos || eq == 0) override_fail(flag, item, "expected KEY=VALUE");
+  return {item.substr(0, eq), item.substr(eq + 1)};
+}
+
+YAML::Node override_value(const std::string& item, const std::string& text) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    override_fail("--set", item, "the value is not YAML: " + e.msg);
+  }
+}
+
+// The parts of a spec as nodes: `parts:` entries, or the spec itself for a single matrix.
+std::vector<YAML::Node> part_nodes(YAML::Node& root) {
+  std::vector<YAML::Node> parts;
+  if (root["parts"] && root["parts"].IsSequence()) {
+    for (YAML::Node part : root["parts"]) parts.push_back(part);
+  } else {
+    parts.push_back(root);
+  }
+  return parts;
+}
+
+std::string part_workload(const YAML::Node& root, const YAML::Node& part) {
+  if (part["workload"] && part["workload"].IsScalar()) return part["workload"].Scalar();
+  if (root["workload"] && root["workload"].IsScalar()) return root["workload"].Scalar();
+  return "";
+}
+
+// A config key's value (or each value of a list), checked against the registry.
+void check_override(const std::string& item, const ConfigKey& key, const YAML::Node& value) {
+  const bool list_key = key.kind == Kind::kWordList;
+  if (value.IsSequence() && !list_key) {
+    if (value.size() == 0) override_fail("--set", item, "an axis needs at least one value");
+    for (const YAML::Node& v : value) {
+      const std::string problem = check_value(key, to_json(v));
+      if (!problem.empty()) override_fail("--set", item, std::string(key.name) + ": " + problem);
+    }
+    return;
+  }
+  const std::string problem = check_value(key, to_json(value));
+  if (!problem.empty()) override_fail("--set", item, std::string(key.name) + ": " + problem);
+}
+
+// Sets a config key in every part whose workload has it: the axis's values when it is an axis
+// (a scalar makes it an axis of one value, so tables keep their columns), else a fixed value;
+// a list makes it an axis.
+void set_config_key(YAML::Node& root, const std::string& item, const ConfigKey& key,
+                    const YAML::Node& value) {
+  const std::string name(key.name);
+  const bool axis_value = value.IsSequence() && key.kind != Kind::kWordList;
+  int applied = 0;
+  for (YAML::Node part : part_nodes(root)) {
+    if (!applies(key.scope, part_workload(root, part))) continue;
+    ++applied;
+    // Clones: a yaml-cpp node assigned in two places is one node, and assigning to a handle
+    // rebinds what it aliases.
+    if (part["matrix"] && part["matrix"][name]) {
+      if (axis_value) {
+        part["matrix"][name] = YAML::Clone(value);
+      } else {
+        YAML::Node one(YAML::NodeType::Sequence);
+        one.push_back(YAML::Clone(value));
+        part["matrix"][name] = one;
+      }
+    } else if (axis_value) {
+      if (part["fixed"] && part["fixed"][name]) part["fixed"].remove(name);
+      part["matrix"][name] = YAML::Clone(value);
+    } else {
+      part["fixed"][name] = YAML::Clone(value);
+    }
+  }
+  // A default in the top-level fixed of a spec with parts.
+  if (root["parts"] && root["fixed"] && root["fixed"][name] && !axis_value) {
+    root["fixed"][name] = YAML::Clone(value);
+    ++applied;
+  }
+  if (applied == 0)
+    override_fail("--set", item,
+                  name + " is not a key of this spec's workloads (keys of finetune: " +
+                      known_keys("finetune") + "; generate: " + known_keys("generate") + ")");
+}
+
+void apply_set(YAML::Node& root, const std::string& item) {
+  const auto [key, text] = split_assignment("--set", item);
+  const YAML::Node value = override_value(item, text);
+  if (const size_t dot = key.find('.'); dot != std::string::npos) {
+    const std::string head = key.substr(0, dot);
+    if (!contains(kDottedTopKeys, head))
+      override_fail("--set", item, "only model.KEY and data.KEY take a dot");
+    root[head][key.substr(dot + 1)] = value;
+    return;
+  }
+  if (contains(kSettableTopKeys, key)) {
+    root[key] = value;
+    return;
+  }
+  if (const ConfigKey* config_key = find_config_key(key)) {
+    check_override(item, *config_key, value);
+    set_config_key(root, item, *config_key, value);
+    return;
+  }
+  override_fail("--set", item,
+                "unknown key " + key + " (top-level: " + join(kSettableTopKeys) +
+                    "; model.KEY, data.KEY; config keys: run `harness keys`)");
+}
+
+void apply_only(YAML::Node& root, const std::string& item) {
+  const auto [axis, list] = split_assignment("--only", item);
+  std::vector<std::string> wanted;
+  for (size_t start = 0; start <= list.size();) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    std::string value = list.substr(start, comma - start);
+    value.erase(0, value.find_first_not_of(' '));
+    value.erase(value.find_last_not_of(' ') + 1);
+    if (value.empty()) override_fail("--only", item, "an empty value");
+    wanted.push_back(value);
+    start = comma + 1;
+  }
+  std::set<std::string> found;
+  bool is_axis_anywhere = false;
+  for (YAML::Node part : part_nodes(root)) {
+    if (!part["matrix"] || !part["matrix"][axis] || !part["matrix"][axis].IsSequence()) continue;
+    is_axis_anywhere = true;
+    YAML::Node kept(YAML::NodeType::Sequence);
+    std::vector<std::string> had;
+    for (const YAML::Node& v : part["matrix"][axis]) {
+      const std::string text = v.IsScalar() ? v.Scalar() : YAML::Dump(v);
+      had.push_back(text);
+      if (contains(wanted, text)) {
+        kept.push_back(v);
+        found.insert(text);
+      }
+    }
+    if (kept.size() == 0)
+      override_fail("--only", item,
+                    "keeps no value of axis " + axis + " (its values: " + join(had) + ")");
+    part["matrix"][axis] = kept;
+  }
+  if (!is_axis_anywhere) override_fail("--only", item, axis + " is not a matrix axis of the spec");
+  for (const std::string& value : wanted)
+    if (!found.contains(value))
+      override_fail("--only", item, value + " is not a value of axis " + axis);
+}
+
+// What the stored spec text records of the overrides, as YAML comments.
+std::string overrides_comment(const SpecOverrides& overrides) {
+  if (overrides.empty()) return "";
+  std::string out = "\n# harness command-line overrides:\n";
+  for (const std::string& item : overrides.set) out += "#   --set " + item + "\n";
+  for (const std::string& item : overrides.only) out += "#   --only " + item + "\n";
+  return out;
+}
+
 class Parser {
  public:
   explicit Parser(std::string path) : path_(std::move(path)) {
@@ -465,7 +480,7 @@ class Parser {
     spec_dir_ = spec_path.parent_path();
   }
 
-  Spec parse(const std::string& text);
+  Spec parse(const std::string& text, const SpecOverrides& overrides);
 
  private:
   [[noreturn]] void fail(int line, const std::string& key, const std::string& message) const {
@@ -519,6 +534,8 @@ class Parser {
   std::string path_;
   fs::path spec_dir_;
   std::string device_ = "cpu";
+  // `--set device=...`: a GPU study run on the CPU keeps its fp16 cells, as skipped runs.
+  bool device_overridden_ = false;
   int repeats_ = 1;
 };
 
@@ -616,7 +633,7 @@ std::optional<fs::path> Parser::resolve(const std::string& written) const {
 
 const KeyRule& Parser::config_key(const Entry& entry, const std::string& key,
                                   const std::string& workload, const std::string& note) const {
-  const KeyRule* rule = find_rule(key_rules(), entry.key);
+  const KeyRule* rule = find_config_key(entry.key);
   if (rule == nullptr) {
     fail(
         entry.line, key,
@@ -636,7 +653,8 @@ Json Parser::config_value(const KeyRule& rule, const YAML::Node& node, int line,
   if (!problem.empty()) fail(line, key, problem);
   // fp16 matrix products do not exist on CPU (and CPU autocast takes bf16 only): such a run can
   // only fail, so it is refused before anything starts.
-  if ((rule.name == "mp" || rule.name == "dtype") && value == "fp16" && device_ == "cpu") {
+  if ((rule.name == "mp" || rule.name == "dtype") && value == "fp16" && device_ == "cpu" &&
+      !device_overridden_) {
     fail(line, key, "fp16 needs a CUDA device; use bf16 on CPU");
   }
   return value;
@@ -1172,10 +1190,10 @@ void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) co
   if (spec.parts.empty()) fail(parts->value_line, "parts", "the list is empty");
 }
 
-Spec Parser::parse(const std::string& text) {
+Spec Parser::parse(const std::string& text, const SpecOverrides& overrides) {
   Spec spec;
   spec.path = path_;
-  spec.text = text;
+  spec.text = text + overrides_comment(overrides);
 
   // YAML is Unicode text; a byte that is not UTF-8 would reach messages, JSON and the database
   // (nlohmann's dump throws on it), so it is refused here, where its place is known.
@@ -1196,6 +1214,11 @@ Spec Parser::parse(const std::string& text) {
     fail(e.mark.is_null() ? 1 : e.mark.line + 1, "YAML syntax error", e.msg);
   }
   if (!root.IsMap()) fail(1, "spec", "expected a mapping of keys (name, model, workload, ...)");
+  for (const std::string& item : overrides.set) {
+    apply_set(root, item);
+    if (item.rfind("device=", 0) == 0) device_overridden_ = true;
+  }
+  for (const std::string& item : overrides.only) apply_only(root, item);
   const auto top = keyed(root, "", "top-level", {std::begin(kTopKeys), std::end(kTopKeys)});
   parse_settings(top, spec);
   auto model = top.find("model");
@@ -1215,16 +1238,16 @@ Spec Parser::parse(const std::string& text) {
 
 }  // namespace
 
-Spec load_spec(const std::string& path) {
+Spec load_spec(const std::string& path, const SpecOverrides& overrides) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::invalid_argument(path + ": cannot open spec");
   std::ostringstream text;
   text << in.rdbuf();
-  return parse_spec(text.str(), path);
+  return parse_spec(text.str(), path, overrides);
 }
 
-Spec parse_spec(const std::string& text, const std::string& path) {
-  return Parser(path).parse(text);
+Spec parse_spec(const std::string& text, const std::string& path, const SpecOverrides& overrides) {
+  return Parser(path).parse(text, overrides);
 }
 
 namespace {
@@ -1383,6 +1406,9 @@ void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& vi
                                   ? std::string(profile->gpu_name) + " has no bf16 arithmetic"
                                   : "";
   auto is_bf16 = [](const Json* value) { return value != nullptr && *value == "bf16"; };
+  auto is_fp16 = [](const Json* value) { return value != nullptr && *value == "fp16"; };
+  static constexpr std::string_view kFp16OnCpu =
+      "fp16 needs a CUDA device (device cpu set on the command line)";
   // Sized for the runs before exclude, up to a million (16 MiB; it grows beyond that), so that
   // it seldom grows and a mostly excluded matrix does not take a big one.
   double most_runs = 0;
@@ -1418,6 +1444,10 @@ void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& vi
     std::string_view skip_reason;
     if (!no_bf16.empty() && (is_bf16(run.find("mp")) || is_bf16(run.find("dtype")))) {
       skip_reason = no_bf16;
+    }
+    // Only through `--set device=cpu` (a spec that says cpu is refused): fp16 needs CUDA.
+    if (spec.device == "cpu" && (is_fp16(run.find("mp")) || is_fp16(run.find("dtype")))) {
+      skip_reason = kFp16OnCpu;
     }
     for (int repeat = 0; repeat < spec.repeats; ++repeat) {
       char digits[16];

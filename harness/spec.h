@@ -4,7 +4,7 @@
 // A spec has one matrix (top-level workload, data, fixed, matrix, include, exclude) or several
 // (`parts:`, a list of mappings with those keys plus an optional `label`; top-level data and
 // fixed are then defaults merged under each part's). A table selects runs by `workload:` and/or
-// `part:` (a part's label). See DESIGN.md "The spec" and experiments/phase3.yaml.
+// `part:` (a part's label). See README.md "A spec" and experiments/phase3.yaml.
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -21,12 +21,12 @@ using Json = nlohmann::json;
 // One `tables:` entry of the spec.
 struct TableSpec {
   std::string title;
-  std::string kind = "pivot";          // pivot | arrows
-  std::vector<std::string> columns;    // axis names: one column per combination of their values
-  std::vector<std::string> rows;       // metric names
-  std::string workload;                // which part's runs the table uses ("" = all)
-  int line = 0;                        // where it was declared, for messages
-  std::string part;                    // label of the part whose runs the table uses ("" = all)
+  std::string kind = "pivot";        // pivot | arrows
+  std::vector<std::string> columns;  // axis names: one column per combination of their values
+  std::vector<std::string> rows;     // metric names
+  std::string workload;              // which part's runs the table uses ("" = all)
+  int line = 0;                      // where it was declared, for messages
+  std::string part;                  // label of the part whose runs the table uses ("" = all)
 };
 
 // One matrix of runs. A spec has one part (the top-level keys) or several (`parts:` list), each
@@ -34,17 +34,17 @@ struct TableSpec {
 // data["path"] is absolute (for the worker); data["path_as_written"] keeps the spec's text, which
 // is what run ids hash, so that they do not depend on where the checkout lives.
 struct PartSpec {
-  std::string workload;                                       // finetune | generate
-  Json data = Json::object();                                 // as in the spec, path made absolute
-  Json fixed = Json::object();                                // key -> value
+  std::string workload;         // finetune | generate
+  Json data = Json::object();   // as in the spec, path made absolute
+  Json fixed = Json::object();  // key -> value
   std::vector<std::pair<std::string, std::vector<Json>>> axes;  // in spec order
-  std::vector<Json> include, exclude;                         // objects key -> value
+  std::vector<Json> include, exclude;                           // objects key -> value
   std::string label;  // `parts[i].label`, "" when unnamed; tables select a part by it
 };
 
 struct Spec {
-  std::string path;        // as given on the command line
-  std::string text;        // the file's bytes, stored with the experiment
+  std::string path;  // as given on the command line
+  std::string text;  // the file's bytes, stored with the experiment
   std::string name;
   // A weights path is made absolute, with the spec's text in "weights_as_written" (hashed into
   // run ids instead, like data paths).
@@ -69,18 +69,33 @@ struct Spec {
 // configs would take gigabytes wherever the whole plan is held, as `harness run` does).
 inline constexpr int64_t kMaxRuns = 10'000'000;
 
-// Parses and validates; throws std::invalid_argument("FILE:LINE: KEY: message") on any error,
-// before any run starts.
-Spec load_spec(const std::string& path);
-Spec parse_spec(const std::string& text, const std::string& path);  // path only for messages
+// Changes to a spec from the command line, validated as if written in it (run, expand,
+// estimate, report, compare, check):
+//   --set KEY=VALUE   a top-level key (device, repeats, timeout_s, ...), a dotted model/data key
+//                     (model.preset=tiny), or a config key: a fixed value, or the axis's only
+//                     value when KEY is an axis; VALUE in YAML, so [a, b] makes or replaces an axis
+//   --only AXIS=V1,V2 keeps only these values of a matrix axis
+// The stored spec text records them.
+struct SpecOverrides {
+  std::vector<std::string> set;
+  std::vector<std::string> only;
+  bool empty() const { return set.empty() && only.empty(); }
+};
+
+// Parses and validates; throws std::invalid_argument("FILE:LINE: KEY: message") on any error
+// (an override's: "--set KEY=VALUE: message"), before any run starts.
+Spec load_spec(const std::string& path, const SpecOverrides& overrides = {});
+// `path` only for messages.
+Spec parse_spec(const std::string& text, const std::string& path,
+                const SpecOverrides& overrides = {});
 
 struct RunConfig {
-  std::string run_id;     // 16 hex digits
+  std::string run_id;  // 16 hex digits
   int repeat = 0;
   std::string workload;
-  Json config;            // fixed merged with this run's axis values, keys sorted
-  std::string canonical;  // canonical_json(config)
-  int part = 0;           // index into Spec::parts of the part this run came from
+  Json config;              // fixed merged with this run's axis values, keys sorted
+  std::string canonical;    // canonical_json(config)
+  int part = 0;             // index into Spec::parts of the part this run came from
   std::string skip_reason;  // not "": the device profile cannot run it (recorded as skipped)
 };
 

@@ -216,7 +216,8 @@ CREATE TABLE IF NOT EXISTS runs(
   stderr_tail TEXT,
   env_id TEXT REFERENCES environments(env_id),
   error TEXT,
-  workload TEXT);
+  workload TEXT,
+  part INTEGER);
 CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment);
 CREATE TABLE IF NOT EXISTS metrics(
   run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -321,6 +322,7 @@ RunRecord make_run_record(const std::string& experiment, const RunConfig& run) {
   record.experiment = experiment;
   record.workload = run.workload;
   record.repeat = run.repeat;
+  record.part = run.part;
   record.config = run.canonical.empty() ? run.config.dump() : run.canonical;
   return record;
 }
@@ -438,7 +440,9 @@ Store::Store(const std::string& path, Mode mode) : path_(path) {
       }
       create_schema();
     } else if (mode == Mode::kCreate) {
-      exec(claims_sql().c_str());  // a database from before claims
+      add_columns_since_version_1();
+    } else {
+      runs_have_part_ = runs_column_exists("part");
     }
     // In WAL mode NORMAL loses at most the last transactions on power loss, never consistency.
     exec("PRAGMA synchronous = NORMAL");
@@ -453,6 +457,22 @@ Store::~Store() { sqlite3_close(db_); }
 
 void Store::exec(const char* sql) const {
   if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(db_, path_, sql);
+}
+
+bool Store::runs_column_exists(const char* column) const {
+  Stmt stmt(db_, path_, "SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1");
+  stmt.bind(1, std::string(column));
+  return stmt.step();
+}
+
+// What version-1 databases written by older builds lack: the claims table and runs.part. Added
+// here, so the schema version stays and older builds keep reading the file (they ignore both).
+// In one write transaction: two runners opening the same old database add the column once.
+void Store::add_columns_since_version_1() {
+  Transaction tx(db_, path_);
+  exec(claims_sql().c_str());
+  if (!runs_column_exists("part")) exec("ALTER TABLE runs ADD COLUMN part INTEGER");
+  tx.commit();
 }
 
 void Store::create_schema() {
@@ -531,8 +551,8 @@ bool Store::ingest(const RunRecord& record, const Claimant* owner) {
   {
     Stmt stmt(db_, path_, R"(
 INSERT INTO runs(run_id, experiment, repeat, config, status, exit_code, signal, started_at,
-                 finished_at, stderr_tail, env_id, error, workload)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))");
+                 finished_at, stderr_tail, env_id, error, workload, part)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))");
     stmt.bind(1, record.run_id);
     stmt.bind(2, record.experiment);
     stmt.bind(3, record.repeat);
@@ -546,6 +566,7 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))");
     stmt.bind_text_or_null(11, env_id);
     stmt.bind_text_or_null(12, record.error);
     stmt.bind_text_or_null(13, record.workload);
+    stmt.bind(14, record.part);
     stmt.run();
   }
   {
@@ -738,10 +759,12 @@ std::vector<StoredRun> Store::load_runs(const std::string& experiment) const {
   std::vector<StoredRun> runs;
   std::map<std::string, size_t> index;
   {
-    Stmt stmt(db_, path_, R"(
+    const std::string sql = std::string(R"(
 SELECT run_id, experiment, workload, repeat, config, status, exit_code, signal, started_at,
-       finished_at, stderr_tail, error, env_id
-FROM runs WHERE experiment = ?1 ORDER BY started_at, run_id)");
+       finished_at, stderr_tail, error, env_id, )") +
+                            (runs_have_part_ ? "part" : "NULL") + R"(
+FROM runs WHERE experiment = ?1 ORDER BY started_at, run_id)";
+    Stmt stmt(db_, path_, sql);
     stmt.bind(1, experiment);
     while (stmt.step()) {
       StoredRun run;
@@ -763,6 +786,7 @@ FROM runs WHERE experiment = ?1 ORDER BY started_at, run_id)");
       run.stderr_tail = stmt.text(10);
       run.error = stmt.text(11);
       run.env_id = stmt.text(12);
+      run.part = stmt.optional_int<int>(13);
       run.env = Json::object();
       index.emplace(run.run_id, runs.size());
       runs.push_back(std::move(run));

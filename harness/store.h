@@ -1,7 +1,7 @@
 #pragma once
-// The run record: one SQLite database that the parent alone writes (DESIGN.md "The run record").
-// Every ingest is one transaction, so a reader never sees half a run, and a rerun replaces the
-// old record whole.
+// The run record: one SQLite database that the parent alone writes (docs/architecture.md, "The
+// run record"). Every ingest is one transaction, so a reader never sees half a run, and a rerun
+// replaces the old record whole.
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -37,6 +37,7 @@ struct StepRow {
 struct RunRecord {
   std::string run_id, experiment, workload;
   int repeat = 0;
+  std::optional<int> part;  // RunConfig::part; none only for a record that names no planned run
   std::string config;  // canonical JSON (RunConfig::canonical)
   std::string status;  // ok | oom | timeout | crashed | error | skipped
   std::optional<int> exit_code, signal;
@@ -52,6 +53,7 @@ struct RunRecord {
 struct StoredRun {
   std::string run_id, experiment, workload;
   int repeat = 0;
+  std::optional<int> part;  // runs.part: none in rows written before the column existed
   Json config;  // parsed runs.config
   std::string status;
   std::optional<int> exit_code, signal;
@@ -166,9 +168,12 @@ class Store {
  private:
   void exec(const char* sql) const;
   void create_schema();
+  bool runs_column_exists(const char* column) const;
+  void add_columns_since_version_1();
 
   std::string path_;
   sqlite3* db_ = nullptr;
+  bool runs_have_part_ = true;  // false: a database from before runs.part opened kExisting
   // The runner's threads share one connection; a transaction must not interleave with another
   // thread's statements.
   mutable std::recursive_mutex mutex_;

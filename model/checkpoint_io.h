@@ -10,8 +10,8 @@
 //   wo/w2 along dim 1 (row-parallel), tok_embeddings along dim 1 in Llama 2 (ParallelEmbedding)
 //   and dim 0 in Llama 3 (VocabParallelEmbedding; told apart by the shapes), norms replicated.
 //
-// Strict (STYLE.md "Loading is strict"): every parameter found exactly once with its shape; a
-// missing, extra, duplicate (same key in two files) or mis-shaped tensor is a
+// Strict (docs/architecture.md, "Loading is strict"): every parameter found exactly once with its
+// shape; a missing, extra, duplicate (same key in two files) or mis-shaped tensor is a
 // std::invalid_argument naming the key, the file(s) and the shapes. Explicitly ignored:
 // Meta's `rope.freqs` and HF's `model.layers.N.self_attn.rotary_emb.inv_freq` (buffers that some
 // old files carry). Values are converted to the model's dtype and device while copying.

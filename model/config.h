@@ -35,6 +35,10 @@ struct LlamaConfig {
   int64_t param_count() const;
 };
 
+// The projections of a block that LoRA can adapt (config key `lora_targets`), in Meta's names;
+// PEFT's are q_proj, k_proj, v_proj, o_proj, gate_proj, down_proj, up_proj.
+inline constexpr std::string_view kLoraTargetNames[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+
 // "tiny", "small", "llama3.2-1b", "llama2-7b"; throws std::invalid_argument listing the known
 // names otherwise.
 LlamaConfig config_from_name(std::string_view name);

@@ -15,13 +15,16 @@ Linear target_of(const TransformerBlock& block, const std::string& target) {
   if (target == "w1") return block->feed_forward->w1;
   if (target == "w2") return block->feed_forward->w2;
   if (target == "w3") return block->feed_forward->w3;
-  throw std::invalid_argument("unknown LoRA target \"" + target +
-                              "\" (expected wq, wk, wv, wo, w1, w2, w3)");
+  std::string known;
+  for (const std::string_view name : kLoraTargetNames)
+    known += (known.empty() ? "" : ", ") + std::string(name);
+  throw std::invalid_argument("unknown LoRA target \"" + target + "\" (expected " + known + ")");
 }
 }  // namespace
 
 const std::vector<std::string>& lora_target_names() {
-  static const std::vector<std::string> names{"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+  static const std::vector<std::string> names(std::begin(kLoraTargetNames),
+                                              std::end(kLoraTargetNames));
   return names;
 }
 

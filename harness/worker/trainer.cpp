@@ -96,7 +96,8 @@ StepStats Trainer::step(DataSource& data) {
         autocast.emplace(device.type(), options_.mp == "fp16" ? at::kHalf : at::kBFloat16);
       loss = lm_loss(model_->forward(tokens), labels);
     }
-    if (memory_now) stats.activation_bytes = std::max(stats.activation_bytes, memory_now() - before);
+    if (memory_now)
+      stats.activation_bytes = std::max(stats.activation_bytes, memory_now() - before);
     stats.loss += loss.item<double>() / static_cast<double>(options_.ga);
     stats.tokens += batch.real_tokens;
     auto scaled = loss / static_cast<double>(options_.ga);
@@ -112,6 +113,9 @@ StepStats Trainer::step(DataSource& data) {
     take_step = scaler_->unscale_and_check(params_);
     scaler_->update(take_step);
   }
+  // After unscaling, as torch.amp documents: the norm is that of the true gradients.
+  if (take_step && options_.max_grad_norm > 0)
+    torch::nn::utils::clip_grad_norm_(params_, options_.max_grad_norm);
   if (take_step) optimizer_->step();
   stats.skipped = !take_step;
   // Gradients are released, not zeroed (set_to_none): between steps they hold no memory.

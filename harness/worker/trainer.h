@@ -39,15 +39,16 @@ struct TrainOptions {
   std::string optimizer = "sgd";
   double lr = 1e-5;
   double weight_decay = 0.0;
+  double max_grad_norm = 0.0;  // > 0: clip the gradients' global L2 norm before each step
   // Dynamic loss scaling; by default on exactly for fp16.
   std::optional<bool> loss_scaling;
 };
 
 struct StepStats {
-  double loss = 0;          // mean over the micro-batches (unscaled)
-  int64_t tokens = 0;       // real (unpadded) tokens
-  bool skipped = false;     // fp16 overflow: no update
-  int64_t grad_bytes = 0;   // gradients held just before the optimizer ran
+  double loss = 0;         // mean over the micro-batches (unscaled)
+  int64_t tokens = 0;      // real (unpadded) tokens
+  bool skipped = false;    // fp16 overflow: no update
+  int64_t grad_bytes = 0;  // gradients held just before the optimizer ran
   // Bytes the forward pass left held for backward (activations, and the low-precision weight
   // copies of autocast), at the largest micro-batch: measured right after the loss, before
   // backward, so neither gradients nor optimizer temporaries are in it. 0 without a probe.

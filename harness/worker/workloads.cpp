@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "build_info.h"
-#include "harness/config_reader.h"
+#include "harness/config_keys.h"
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
@@ -43,7 +43,7 @@ std::string cpu_model() {
   return "unknown";
 }
 
-using Config = ConfigReader;
+using Config = RunSettings;
 
 torch::Dtype dtype_from(const std::string& name) {
   if (name == "fp32") return torch::kFloat32;
@@ -112,8 +112,7 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
   const std::string weights = m.value("weights", std::string("random"));
   const std::string preset = m.value("preset", std::string("tiny"));
   auto start = std::chrono::steady_clock::now();
-  ModelOptions options{device, dtype_from(cfg.get<std::string>("dtype", "fp32")),
-                       parse_attention_kind(cfg.get<std::string>("attention", "sdpa"))};
+  ModelOptions options{device, dtype_from(cfg.dtype), parse_attention_kind(cfg.attention)};
   Built built;
   if (weights == "random") {
     built.model = Transformer(config_from_name(preset), options);
@@ -152,16 +151,16 @@ Json run_generate(const Json& run, const Config& cfg, torch::Device device, Memo
   auto& model = built.model;
   model->eval();
   maybe_inject_fault(run);
-  const int64_t batch = cfg.get<int64_t>("batch_size", 1);
-  const int64_t prompt_len = cfg.get<int64_t>("prompt_len", 16);
-  const int64_t new_tokens = cfg.get<int64_t>("new_tokens", 16);
-  const bool use_cache = cfg.on("kv_cache", true);
+  const int64_t batch = cfg.batch_size;
+  const int64_t prompt_len = cfg.prompt_len;
+  const int64_t new_tokens = cfg.new_tokens;
+  const bool use_cache = cfg.kv_cache;
   SamplingOptions sampling;
-  sampling.greedy = cfg.get<std::string>("sampling", "greedy") == "greedy";
-  sampling.temperature = cfg.get<double>("temperature", 1.0);
-  sampling.top_k = cfg.get<int64_t>("top_k", 0);
-  sampling.top_p = cfg.get<double>("top_p", 1.0);
-  sampling.seed = static_cast<uint64_t>(cfg.get<int64_t>("seed", 0));
+  sampling.greedy = cfg.sampling == "greedy";
+  sampling.temperature = cfg.temperature;
+  sampling.top_k = cfg.top_k;
+  sampling.top_p = cfg.top_p;
+  sampling.seed = static_cast<uint64_t>(cfg.seed);
   auto gen = at::detail::createCPUGenerator(sampling.seed);
   auto prompt =
       torch::randint(3, model->config().vocab_size, {batch, prompt_len}, gen, torch::kInt64)
@@ -261,63 +260,63 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   auto built = build_model(run, cfg, device);
   auto& model = built.model;
   const int64_t total_params = model->param_count();
-  if (cfg.on("lora", false)) {
+  if (cfg.lora) {
     LoraOptions lora;
-    lora.r = cfg.get<int64_t>("lora_r", 16);
-    lora.alpha = cfg.get<double>("lora_alpha", 32.0);
-    lora.dropout = cfg.get<double>("lora_dropout", 0.05);
-    auto targets = cfg.get<std::vector<std::string>>("lora_targets", {"wq", "wv"});
-    apply_lora(model, targets, lora, run.at("model").value("seed", 0) + 1000);
+    lora.r = cfg.lora_r;
+    lora.alpha = cfg.lora_alpha;
+    lora.dropout = cfg.lora_dropout;
+    apply_lora(model, cfg.lora_targets, lora, run.at("model").value("seed", 0) + 1000);
   }
-  if (cfg.on("gc", false)) model->set_checkpointing(cfg.get<int64_t>("gc_every", 1));
+  if (cfg.gc) model->set_checkpointing(cfg.gc_every);
   model->train();
 
   // Data: tokenised before the measured region.
-  const int64_t batch = cfg.get<int64_t>("batch_size", 1);
+  const int64_t batch = cfg.batch_size;
   const auto& data = run.at("data");
   const int64_t vocab = model->config().vocab_size;
-  const uint64_t seed = static_cast<uint64_t>(cfg.get<int64_t>("seed", 0));
+  const uint64_t seed = static_cast<uint64_t>(cfg.seed);
   std::optional<DataSource> source;
   if (data.contains("tokens_path")) {
     // Pre-tokenised by the parent with the spec's tokenizer (the worker links no tokenizer).
-    const int64_t max_len = cfg.get<int64_t>("max_seq_len", data.value("max_seq_len", 256));
+    const int64_t max_len = cfg.max_seq_len;
     source.emplace(load_token_examples(data.at("tokens_path"), max_len, vocab), batch, 0);
   } else if (data.value("format", std::string("random")) == "alpaca") {
     ByteTokenizer tokenizer;
     if (vocab < tokenizer.vocab_size())
       throw std::invalid_argument("the byte tokenizer needs a vocabulary of at least 259");
-    const int64_t max_len = cfg.get<int64_t>("max_seq_len", data.value("max_seq_len", 256));
+    const int64_t max_len = cfg.max_seq_len;
     std::vector<Example> examples;
     for (const auto& r : read_alpaca(data.at("path"), data.value("samples", 0)))
       examples.push_back(make_example(r, tokenizer, max_len));
     source.emplace(std::move(examples), batch, tokenizer.pad_id());
   } else {
-    const int64_t seq_len = cfg.get<int64_t>("seq_len", data.value("seq_len", 64));
+    const int64_t seq_len = cfg.seq_len;
     source.emplace(DataSource::random(vocab, seq_len, batch, seed));
   }
 
   TrainOptions options;
-  options.ga = cfg.get<int64_t>("ga", 1);
-  options.mp = cfg.get<std::string>("mp", "off");
-  options.optimizer = cfg.get<std::string>("optimizer", "sgd");
-  options.lr = cfg.get<double>("lr", 1e-5);
-  options.weight_decay = cfg.get<double>("weight_decay", 0.0);
+  options.ga = cfg.ga;
+  options.mp = cfg.mp;
+  options.optimizer = cfg.optimizer;
+  options.lr = cfg.lr;
+  options.weight_decay = cfg.weight_decay;
+  options.max_grad_norm = cfg.max_grad_norm;
   Trainer trainer(model, options);
   trainer.memory_now = [&probe] { return probe.current(); };
   int64_t params_bytes = 0;  // the weights as trained: base and adapters, in their dtype
   for (const auto& p : model->parameters()) params_bytes += p.nbytes();
   maybe_inject_fault(run);
 
-  const int64_t max_steps = cfg.get<int64_t>("max_steps", 20);
-  const int64_t warmup = std::min(cfg.get<int64_t>("warmup_steps", 3), max_steps - 1);
+  const int64_t max_steps = cfg.max_steps;
+  const int64_t warmup = std::min(cfg.warmup_steps, max_steps - 1);
   const int64_t trainable = trainable_param_count(model);
 
   Json result = {{"status", "ok"},
                  {"metrics", Json::array()},
                  {"steps", Json::array()},
                  {"texts", Json::array()}};
-  const bool generations = cfg.on("generations", false);
-  const int64_t generation_tokens = cfg.get<int64_t>("generation_tokens", 32);
+  const bool generations = cfg.generations;
+  const int64_t generation_tokens = cfg.generation_tokens;
   std::vector<std::vector<int64_t>> prompts;
   if (generations) {
     prompts = generation_prompts(data, vocab);
@@ -431,7 +430,8 @@ Json run_workload(const Json& run) {
       CountingAllocator::set_cap(cap_mb * 1024 * 1024);
     }
   }
-  const Config cfg{run.at("config")};
+  // Parsed once; the registry (config_keys.h) gives every default.
+  const Config cfg = RunSettings::parse(run.at("config"), run.at("data"));
   const std::string workload = run.at("workload");
   Json result;
   if (workload == "generate") {

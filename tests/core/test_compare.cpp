@@ -116,6 +116,10 @@ void fill_a100(Store& store) {
   store.ingest(ok_run(plan[5], a100_env(), 10891.0, 0.04633, 11051));
 }
 
+TEST(CompareSpecFile, TheGoldensSpecExistsAndIsTheHandBuiltOne) {
+  testing::expect_spec_file_is("tests/specs/compare_small.yaml", compare_spec());
+}
+
 class CompareTest : public testing::TempDirTest {
  protected:
   CompareTest() : TempDirTest("compare") {}

@@ -121,6 +121,10 @@ void expect_golden(const std::string& actual, const std::string& name) {
   EXPECT_EQ(actual, read_file(path.string())) << "differs from " << path;
 }
 
+TEST(ReportSpecFile, TheGoldensSpecExistsAndIsTheHandBuiltOne) {
+  testing::expect_spec_file_is("tests/specs/report_small.yaml", small_spec());
+}
+
 TEST_F(ReportTest, ReportGoldenMarkdown) {
   const std::string md =
       render_report(small_spec(), small_plan(), small_runs(), ReportFormat::kMarkdown);
@@ -227,6 +231,27 @@ TEST_F(ReportTest, StoredRunsAsThePlan) {
             render_report(small_spec(), small_plan(), runs, ReportFormat::kMarkdown));
 }
 
+TEST_F(ReportTest, StoredPartIsUsedAndInferredOnlyForOldRows) {
+  // Two parts that admit the same configs: only the stored part tells them apart.
+  Spec spec = small_spec();
+  spec.parts.push_back(spec.parts[0]);
+  spec.parts[0].label = "alpaca";
+  spec.parts[1].label = "random";
+  spec.tables.resize(1);
+  spec.tables[0].part = "random";
+  std::vector<StoredRun> runs = small_runs();
+  for (const StoredRun& run : runs) EXPECT_EQ(run.part, 0) << run.run_id;  // as ingested
+  for (StoredRun& run : runs) run.part = 1;
+  const std::string md = render_report(spec, runs, ReportFormat::kMarkdown);
+  EXPECT_NE(md.find("| Peak Mem (MB) | 11954.0 ± 0.4 | 10395.0 | 8396.4 | OOM |"),
+            std::string::npos)
+      << md;
+  // Rows from before runs.part: the first part that admits the config (here: alpaca).
+  for (StoredRun& run : runs) run.part.reset();
+  const std::string old = render_report(spec, runs, ReportFormat::kMarkdown);
+  EXPECT_EQ(old.find("11954.0"), std::string::npos) << old;
+}
+
 TEST_F(ReportTest, TableSplitByPart) {
   // Two parts with the same configs (as if on different data): never merged into one cell.
   Spec spec = small_spec();
@@ -271,7 +296,7 @@ TEST(FieldsTest, NumberFormats) {
   EXPECT_EQ(find_metric_field("no_such_metric"), nullptr);
   EXPECT_EQ(axis_label("lora"), "LoRA");
   EXPECT_EQ(axis_label("something"), "something");
-  // Every metric of DESIGN.md has a row, with a label.
+  // Every metric of docs/metrics.md has a row, with a label.
   for (const char* name : {"peak_mem_mb", "peak_reserved_mb", "step_time_s", "step_time_p50_s",
                            "total_time_s", "tokens_per_s", "mfu", "loss_first", "loss_last",
                            "trainable_params", "trainable_pct", "mem_params_mb", "mem_grads_mb",

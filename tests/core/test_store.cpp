@@ -70,6 +70,7 @@ class StoreTest : public testing::TempDirTest {
     r.experiment = "quickstart";
     r.workload = "finetune";
     r.repeat = 0;
+    r.part = 1;
     r.config = R"({"gc":"off","mp":"off"})";
     r.status = "ok";
     r.exit_code = 0;
@@ -151,6 +152,7 @@ TEST_F(StoreTest, IngestRoundTrip) {
   EXPECT_EQ(run.experiment, "quickstart");
   EXPECT_EQ(run.workload, "finetune");
   EXPECT_EQ(run.repeat, 0);
+  EXPECT_EQ(run.part, 1);
   EXPECT_EQ(run.config, Json::parse(in.config));
   EXPECT_EQ(run.status, "ok");
   EXPECT_EQ(run.exit_code, 0);
@@ -181,6 +183,54 @@ TEST_F(StoreTest, IngestRoundTrip) {
   EXPECT_EQ(query_text("SELECT spec_path FROM experiments WHERE name = 'quickstart'"),
             "experiments/quickstart.yaml");
   EXPECT_EQ(store.integrity_check(), "ok");
+}
+
+// A database written before runs.part (and claims) existed: read as it is, with no part; opened
+// for writing, it gains the column, keeps its rows and the schema version, and new rows have a
+// part.
+TEST_F(StoreTest, ADatabaseFromBeforeRunsPartGainsTheColumnOnCreateOpen) {
+  {
+    Store store(db_path());
+    RunRecord old = record("00000000000000b1");
+    old.part.reset();
+    store.ingest(old);
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "ALTER TABLE runs DROP COLUMN part; DROP TABLE claims", nullptr,
+                         nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  const std::string has_part = "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'part'";
+  ASSERT_EQ(count(has_part), 0);
+
+  {
+    const Store reader(db_path(), Store::Mode::kExisting);  // reads, changes nothing
+    const auto runs = reader.load_runs("quickstart");
+    ASSERT_EQ(runs.size(), 1U);
+    EXPECT_FALSE(runs[0].part.has_value());
+    EXPECT_EQ(runs[0].status, "ok");
+  }
+  EXPECT_EQ(count(has_part), 0);
+
+  {
+    Store writer(db_path());
+    EXPECT_EQ(count(has_part), 1);
+    EXPECT_EQ(count("SELECT count(*) FROM sqlite_master WHERE name = 'claims'"), 1);
+    RunRecord fresh = record("00000000000000b2");
+    fresh.part = 2;
+    writer.ingest(fresh);
+    const auto runs = writer.load_runs("quickstart");
+    ASSERT_EQ(runs.size(), 2U);
+    for (const StoredRun& run : runs) {
+      if (run.run_id == "00000000000000b1") EXPECT_FALSE(run.part.has_value());
+      if (run.run_id == "00000000000000b2") EXPECT_EQ(run.part, 2);
+    }
+  }
+  Store again(db_path());  // the column is there: opening again adds nothing and does not fail
+  EXPECT_EQ(count("PRAGMA user_version"), kSchemaVersion);
+  EXPECT_EQ(again.integrity_check(), "ok");
 }
 
 TEST_F(StoreTest, ReingestReplacesTheRunAndItsRows) {

@@ -63,6 +63,9 @@ TEST_F(E2E, SmokeSpecRunsTheWholePath) {
   EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok' AND experiment = 'smoke'"), 6);
   EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE workload = 'finetune'"), 4);
   EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE workload = 'generate'"), 2);
+  // Each run's part (the index in the spec's `parts:`) is stored.
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE workload = 'finetune' AND part = 0"), 4);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE workload = 'generate' AND part = 1"), 2);
   EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE exit_code = 0 AND signal IS NULL AND "
                      "started_at <> '' AND finished_at >= started_at AND env_id IS NOT NULL"),
             6);
@@ -140,6 +143,23 @@ TEST_F(E2E, SmokeSpecRunsTheWholePath) {
       << csv.out;
   EXPECT_TRUE(std::regex_search(csv.out, std::regex("\ntokens_per_s,[0-9.]+,[0-9.]+\n")))
       << csv.out;
+
+  // `harness plot`: the tables' charts and, from the steps table, the fine-tuning part's loss and
+  // memory per step, one line per configuration (generation's decode steps have neither).
+  if (!fs::exists("/usr/bin/gnuplot")) GTEST_SKIP() << "gnuplot-nox not installed";
+  const fs::path plots = dir_ / "plots";
+  const Outcome plot = harness({"plot", spec, "--db", db_.string(), "--out", plots.string()});
+  ASSERT_EQ(plot.rc, 0) << dump(plot);
+  EXPECT_TRUE(contains(plot.err, "(2 of them per-step curves)")) << plot.err;
+  const std::string loss = slurp(plots / "smoke-steps-finetune-loss.svg");
+  const std::string mem = slurp(plots / "smoke-steps-finetune-mem.svg");
+  for (const char* config : {"gc=off, lora=off", "gc=off, lora=on", "gc=on, lora=off",
+                             "gc=on, lora=on"}) {
+    EXPECT_TRUE(contains(loss, config)) << config;
+    EXPECT_TRUE(contains(mem, config)) << config;
+  }
+  EXPECT_FALSE(fs::exists(plots / "smoke-steps-generate-loss.svg"));
+  EXPECT_TRUE(contains(slurp(plots / "smoke-plots.md"), "(smoke-steps-finetune-mem.svg)"));
 }
 
 // ---- 2. Faults in one run of four ----
@@ -470,6 +490,40 @@ TEST_F(E2E, ModelPresetIsForwardedToTheWorker) {
   EXPECT_TRUE(contains(bad.err, "nope")) << bad.err;
 }
 
+// `harness export` is forwarded too: an HF directory that the harness reads back to the same
+// logits, byte for byte (fp32, the same weights, q/k rows permuted to HF's rotary layout and back).
+TEST_F(E2E, ExportIsForwardedAndReadsBackToTheSameLogits) {
+  const fs::path out = dir_ / "tiny-hf";
+  const Outcome ok = harness({"export", "--model", "tiny", "--seed", "3", "--out", out.string()});
+  ASSERT_EQ(ok.rc, 0) << dump(ok);
+  EXPECT_TRUE(contains(ok.out, "config.json, model.safetensors (tiny, ")) << ok.out;
+  const Json config = Json::parse(slurp(out / "config.json"));
+  EXPECT_EQ(config.at("model_type"), "llama");
+  EXPECT_EQ(config.at("architectures"), Json::array({"LlamaForCausalLM"}));
+  EXPECT_EQ(config.at("torch_dtype"), "float32");
+  const std::string weights = slurp(out / "model.safetensors");
+  EXPECT_TRUE(contains(weights.substr(0, 4096), "\"model.layers.0.self_attn.q_proj.weight\""));
+
+  const std::string prompt = "1,2,3,4,5";
+  const Outcome a = harness({"logits", "--model", "tiny", "--seed", "3", "--prompt-ids", prompt,
+                             "--out", (dir_ / "preset.safetensors").string()});
+  const Outcome b = harness({"logits", "--model", out.string(), "--prompt-ids", prompt, "--out",
+                             (dir_ / "exported.safetensors").string()});
+  ASSERT_EQ(a.rc, 0) << dump(a);
+  ASSERT_EQ(b.rc, 0) << dump(b);
+  const std::string logits = slurp(dir_ / "preset.safetensors");
+  EXPECT_GT(logits.size(), 5U * 512 * 4);
+  EXPECT_EQ(logits, slurp(dir_ / "exported.safetensors"));
+
+  // The worker's options and errors, through the parent.
+  const Outcome help = harness({"export", "--help"});
+  EXPECT_EQ(help.rc, 0) << dump(help);
+  EXPECT_TRUE(contains(help.out, "--lora-merge")) << help.out;
+  const Outcome bad = harness({"export", "--model", "tiny", "--out", out.string(), "--bogus"});
+  EXPECT_EQ(bad.rc, 2) << dump(bad);
+  EXPECT_TRUE(contains(bad.err, "--bogus")) << bad.err;
+}
+
 }  // namespace
 
 // The gate on real runs: an unchanged rerun passes; a worker that holds 16 MB more (a test-only
@@ -633,7 +687,7 @@ TEST_F(E2E, EstimateEqualsMeasuredPeaks) {
     EXPECT_NEAR(estimated, measured, 0.01 * measured) << line;
     ++compared;
   }
-  EXPECT_EQ(compared, 22);
+  EXPECT_EQ(compared, 23);
 }
 
 TEST_F(E2E, GenerationsBeforeAndAfterFineTuningAreStoredAndShown) {

@@ -3,6 +3,8 @@
 // precision tracks fp32, the loss scaler skips a poisoned step, training learns.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
@@ -114,6 +116,42 @@ TEST(GradientAccumulation, EightMicroBatchesOfOneEqualOneBatchOfEight) {
   ASSERT_EQ(accumulated.size(), batched.size());
   for (const auto& [name, g] : accumulated)
     EXPECT_LE((g - batched.at(name)).abs().max().item<double>(), 1e-6) << name;
+}
+
+// SGD without weight decay moves the weights by lr x the (clipped) gradient: with clipping to
+// half the gradient's global L2 norm, the update is lr x half the gradient, exactly.
+TEST(GradientClipping, ScalesTheGlobalNormToTheLimit) {
+  auto step = [](double limit, std::map<std::string, torch::Tensor>* grads) {
+    auto model = make_model();
+    model->train();
+    std::map<std::string, torch::Tensor> before;
+    for (const auto& item : model->named_parameters()) before[item.key()] = item.value().clone();
+    TrainOptions options;
+    options.lr = 0.5;
+    options.max_grad_norm = limit;
+    Trainer trainer(model, options);
+    if (grads != nullptr) trainer.after_backward = [&] { *grads = grads_of(model); };
+    auto data = DataSource::random(512, 32, 2, 5, 8);
+    trainer.step(data);
+    std::map<std::string, torch::Tensor> delta;
+    for (const auto& item : model->named_parameters())
+      delta[item.key()] = item.value() - before.at(item.key());
+    return delta;
+  };
+  std::map<std::string, torch::Tensor> grads;
+  step(0.0, &grads);
+  double norm_sq = 0;
+  for (const auto& [name, g] : grads) norm_sq += g.pow(2).sum().item<double>();
+  const double norm = std::sqrt(norm_sq);
+  const auto clipped = step(norm / 2, nullptr);
+  // torch's clip coefficient: max_norm / (total_norm + 1e-6).
+  const double coefficient = (norm / 2) / (norm + 1e-6);
+  double delta_sq = 0;
+  for (const auto& [name, g] : grads) {
+    EXPECT_LE((clipped.at(name) + 0.5 * coefficient * g).abs().max().item<double>(), 1e-6) << name;
+    delta_sq += clipped.at(name).pow(2).sum().item<double>();
+  }
+  EXPECT_NEAR(std::sqrt(delta_sq), 0.5 * norm / 2, 1e-4 * norm);
 }
 
 TEST(Lora, TrainableCountsOfThePresets) {
