@@ -63,7 +63,7 @@ void print_table(const Spec& spec, const std::vector<RunConfig>& runs) {
       const std::string& label = spec.parts[run.part].label;
       row.push_back(label.empty() ? std::to_string(run.part) : label);
     }
-    row.push_back(run.workload);
+    row.emplace_back(to_string(run.workload));
     for (const std::string& key : keys) {
       row.push_back(run.config.contains(key) ? cell(run.config[key]) : "-");
     }

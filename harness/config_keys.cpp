@@ -300,12 +300,12 @@ const ConfigKey* find_config_key(std::string_view name) {
   return nullptr;
 }
 
-bool applies(Scope scope, std::string_view workload) {
-  return scope == Scope::kBoth || (scope == Scope::kFinetune && workload == "finetune") ||
-         (scope == Scope::kGenerate && workload == "generate");
+bool applies(Scope scope, Workload workload) {
+  return scope == Scope::kBoth || (scope == Scope::kFinetune && workload == Workload::kFinetune) ||
+         (scope == Scope::kGenerate && workload == Workload::kGenerate);
 }
 
-std::string known_keys(std::string_view workload) {
+std::string known_keys(Workload workload) {
   std::vector<std::string_view> names;
   for (const ConfigKey& key : config_keys())
     if (applies(key.scope, workload)) names.push_back(key.name);

@@ -1127,7 +1127,7 @@ std::string mb_full(int64_t bytes) { return format_full(static_cast<double>(byte
 // One table per part in Markdown: the columns of its workload.
 TextTable markdown_estimate_table(const PartSpec& part) {
   TextTable table;
-  if (part.workload == "generate") {
+  if (part.workload == Workload::kGenerate) {
     table.header = {"run id", "axes", "batch", "seq", "weights", "KV cache", "peak", "peak at"};
   } else {
     table.header = {"run id", "axes",      "batch",       "seq",  "trainable", "weights",
@@ -1152,7 +1152,7 @@ std::vector<std::string> markdown_cells(const Spec& spec, const PartSpec& part,
                     static_cast<double>(e.peak) / kMB > static_cast<double>(spec.memory_limit_mb);
   cells.push_back(std::to_string(e.batch));
   cells.push_back(std::to_string(e.seq_len));
-  if (part.workload == "generate") {
+  if (part.workload == Workload::kGenerate) {
     cells.insert(cells.end(), {mb(e.weights), mb(e.kv_cache)});
   } else {
     cells.insert(cells.end(), {std::to_string(e.trainable), mb(e.weights), mb(e.grads),
@@ -1170,7 +1170,8 @@ const std::vector<std::string> kEstimateCsvHeader = {
     "activations_mb", "kv_cache_mb", "peak_mb",          "peak_at"};
 
 std::vector<std::string> csv_cells(int part, const MemoryEstimate& e, const std::string& error) {
-  std::vector<std::string> cells{std::to_string(part + 1), e.run_id, e.workload, e.axes};
+  std::vector<std::string> cells{std::to_string(part + 1), e.run_id,
+                                 std::string(to_string(e.workload)), e.axes};
   if (!error.empty()) {
     cells.resize(kEstimateCsvHeader.size() - 1);  // the 11 numbers empty
     cells.push_back("error: " + error);
@@ -1287,8 +1288,8 @@ std::string default_libtorch_version() {
 MemoryEstimate estimate_memory(const Spec& spec, const RunConfig& run,
                                const EstimateOptions& options) {
   const LlamaConfig c = model_config(spec);
-  MemoryEstimate e = run.workload == "generate" ? estimate_generate(run, c)
-                                                : estimate_finetune(spec, run, c, options);
+  MemoryEstimate e = run.workload == Workload::kGenerate ? estimate_generate(run, c)
+                                                         : estimate_finetune(spec, run, c, options);
   e.run_id = run.run_id;
   e.part = run.part;
   e.workload = run.workload;

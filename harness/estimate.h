@@ -25,7 +25,7 @@ namespace hx {
 struct MemoryEstimate {
   std::string run_id;
   int part = 0;
-  std::string workload;  // finetune | generate
+  Workload workload = Workload::kFinetune;
   std::string axes;      // the run's matrix axis values, "gc=on, lora=off"
   int64_t batch = 0;
   int64_t seq_len = 0;      // finetune: tokens per sequence of the longest batch; generate: the

@@ -200,7 +200,8 @@ std::vector<StepCurve> step_curves(const Spec& spec, const std::vector<RunConfig
     StepCurve curve;
     curve.part = run.part;
     curve.label = config_label(spec, run);
-    if (it->second->status != "ok") curve.label += " (" + it->second->status + ")";
+    if (it->second->status != Status::kOk)
+      curve.label += " (" + std::string(to_string(it->second->status)) + ")";
     curve.steps = std::move(steps);
     const auto [pos, fresh] = by_config.emplace(key, curves.size());
     if (fresh) {

@@ -52,7 +52,8 @@ std::string axes_text(const Spec& spec, const RunConfig& run) {
     const auto& v = run.config.at(key);
     out += key + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
   }
-  if (spec.parts.size() > 1) out = run.workload + (out.empty() ? "" : " " + out);
+  if (spec.parts.size() > 1)
+    out = std::string(to_string(run.workload)) + (out.empty() ? "" : " " + out);
   if (spec.repeats > 1) out += " #" + std::to_string(run.repeat);
   return out;
 }
@@ -81,7 +82,8 @@ std::string key_metric_text(const RunRecord& record) {
       break;
     }
   }
-  if (record.status != "ok" && !record.error.empty()) parts.push_back(record.error.substr(0, 100));
+  if (record.status != Status::kOk && !record.error.empty())
+    parts.push_back(record.error.substr(0, 100));
   std::string out;
   for (const std::string& part : parts) out += (out.empty() ? "" : ", ") + part;
   return out;
@@ -165,7 +167,7 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
       // Generations as ids from a worker without the spec's tokenizer: decoded here.
       if (!spec.tokenizer.empty() && result.contains("texts")) decode_texts(spec, result, record);
     } catch (const std::exception& e) {
-      record.status = "crashed";
+      record.status = Status::kCrashed;
       record.error = std::string("unreadable result.json: ") + e.what();
     }
   }
@@ -175,25 +177,26 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
   record.signal = outcome.signal;
   record.stderr_tail = outcome.stderr_tail;
   if (outcome.timed_out) {
-    record.status = "timeout";
+    record.status = Status::kTimeout;
     char limit[64];
     std::snprintf(limit, sizeof limit, "killed after timeout_s = %g s", spec.timeout_s);
     record.error = limit;
   } else if (outcome.interrupted) {
-    record.status = "error";
+    record.status = Status::kError;
     record.error = "interrupted";
   } else if (outcome.signal) {
-    record.status = "crashed";
+    record.status = Status::kCrashed;
     record.error = "killed by signal " + std::to_string(*outcome.signal) + " (" +
                    strsignal(*outcome.signal) + ")";
     if (*outcome.signal == SIGKILL) record.error += "; the kernel's OOM killer sends this signal";
   } else if (!have_result) {
-    record.status = outcome.exit_code == 3 ? "oom" : "crashed";
+    record.status = outcome.exit_code == 3 ? Status::kOom : Status::kCrashed;
     if (record.error.empty())
       record.error = "exited with code " + std::to_string(outcome.exit_code.value_or(-1)) +
                      " without writing a result";
-  } else if (record.status == "ok" && outcome.exit_code != 0) {
-    record.status = "crashed";  // a result that claims ok from a child that failed afterwards
+  } else if (record.status == Status::kOk && outcome.exit_code != 0) {
+    record.status =
+        Status::kCrashed;  // a result that claims ok from a child that failed afterwards
     record.error = "exited with code " + std::to_string(outcome.exit_code.value_or(-1));
   }
   return record;
@@ -203,7 +206,7 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
 // tokenizer): the worker then reads token ids (data.tokens_path) and links no tokenizer.
 bool pretokenized(const Spec& spec, const RunConfig& run) {
   const auto& data = spec.parts[static_cast<size_t>(run.part)].data;
-  return !spec.tokenizer.empty() && run.workload == "finetune" &&
+  return !spec.tokenizer.empty() && run.workload == Workload::kFinetune &&
          data.value("format", std::string()) == "alpaca";
 }
 
@@ -244,20 +247,20 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
 
 RunRecord skipped_record(const Spec& spec, const RunConfig& run) {
   RunRecord record = make_run_record(spec.name, run);
-  record.status = "skipped";
+  record.status = Status::kSkipped;
   record.error = run.skip_reason;
   record.started_at = record.finished_at = utc_now_iso8601();
   return record;
 }
 
 std::vector<const RunConfig*> select_pending(const std::vector<RunConfig>& plan,
-                                             const std::map<std::string, std::string>& stored,
+                                             const std::map<std::string, Status>& stored,
                                              bool force, bool retry_failed, RunSummary& summary) {
   summary.planned = static_cast<int>(plan.size());
   std::vector<const RunConfig*> pending;
   for (const auto& run : plan) {
     auto it = stored.find(run.run_id);
-    const bool done = it != stored.end() && !(force || (retry_failed && it->second != "ok"));
+    const bool done = it != stored.end() && !(force || (retry_failed && it->second != Status::kOk));
     if (done) {
       ++summary.already_done;
     } else {
@@ -291,13 +294,14 @@ void Progress::finish(const RunConfig& run, const RunRecord& record, double seco
     std::fprintf(stderr,
                  "note: run %s (%s) was taken over by another runner while this one ran it: its "
                  "%s result is not stored\n",
-                 run.run_id.c_str(), axes_text(spec_, run).c_str(), record.status.c_str());
+                 run.run_id.c_str(), axes_text(spec_, run).c_str(),
+                 std::string(to_string(record.status)).c_str());
   }
-  if (record.status == "ok") {
+  if (record.status == Status::kOk) {
     ++summary_.ok;
-  } else if (record.status == "oom") {
+  } else if (record.status == Status::kOom) {
     ++summary_.oom;
-  } else if (record.status != "skipped") {
+  } else if (record.status != Status::kSkipped) {
     ++summary_.failed;
   }
   if (!print_) return;
@@ -305,7 +309,7 @@ void Progress::finish(const RunConfig& run, const RunRecord& record, double seco
   const double eta = elapsed / static_cast<double>(finished_) *
                      static_cast<double>(std::max<size_t>(total_, finished_) - finished_);
   std::fprintf(stderr, "[%zu/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished_, total_,
-               axes_text(spec_, run).c_str(), record.status.c_str(),
+               axes_text(spec_, run).c_str(), std::string(to_string(record.status)).c_str(),
                key_metric_text(record).c_str(), seconds, format_duration(elapsed).c_str(),
                format_duration(eta).c_str());
   std::fflush(stderr);
@@ -516,7 +520,7 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
               });
           !error.empty()) {
         RunRecord record = make_run_record(spec.name, run);
-        record.status = "error";
+        record.status = Status::kError;
         record.error = error;
         record.started_at = record.finished_at = utc_now_iso8601();
         finish(run, record, 0.0);
@@ -534,7 +538,7 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
       } catch (const std::exception& e) {
         // The worker could not be started (e.g. being rebuilt): this run failed, the rest go on.
         RunRecord record = make_run_record(spec.name, run);
-        record.status = "error";
+        record.status = Status::kError;
         record.error = e.what();
         record.started_at = started;
         record.finished_at = utc_now_iso8601();

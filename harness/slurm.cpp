@@ -117,26 +117,29 @@ SlurmVerdict slurm_verdict(const SlurmTaskState& task, const std::string& time_l
   const std::string where = task.node.empty() ? "" : " on node " + task.node;
   const std::string s = task.state;
   if (s == "OUT_OF_MEMORY")
-    return {"oom",
+    return {Status::kOom,
             "Slurm killed the task for exceeding the job's host memory limit (--mem; "
             "OUT_OF_MEMORY" +
                 where + ")"};
   if (s == "TIMEOUT" || s == "DEADLINE")
-    return {"timeout", "Slurm's time limit" +
-                           (time_limit.empty() ? "" : " (--time " + time_limit + ")") +
-                           " ended the task (" + s + where + ")"};
-  if (s == "NODE_FAIL" || s == "BOOT_FAIL") return {"crashed", "node failure (" + s + where + ")"};
+    return {Status::kTimeout, "Slurm's time limit" +
+                                  (time_limit.empty() ? "" : " (--time " + time_limit + ")") +
+                                  " ended the task (" + s + where + ")"};
+  if (s == "NODE_FAIL" || s == "BOOT_FAIL")
+    return {Status::kCrashed, "node failure (" + s + where + ")"};
   if (s == "CANCELLED" || s == "PREEMPTED" || s == "REVOKED")
-    return {"error", "cancelled in Slurm (" + s + where + ")"};
+    return {Status::kError, "cancelled in Slurm (" + s + where + ")"};
   if (s == "COMPLETED")
-    return {"crashed", "Slurm says COMPLETED" + where +
-                           ", but the task's outcome file never appeared (is the runs directory "
-                           "on a file system the nodes share?)"};
+    return {Status::kCrashed,
+            "Slurm says COMPLETED" + where +
+                ", but the task's outcome file never appeared (is the runs directory "
+                "on a file system the nodes share?)"};
   if (s.empty())
-    return {"error",
+    return {Status::kError,
             "Slurm no longer knows the task and it wrote no outcome (cancelled while "
             "pending, or purged from the queue)"};
-  return {"crashed", "the task failed in Slurm (" + s + where + ") before writing its outcome"};
+  return {Status::kCrashed,
+          "the task failed in Slurm (" + s + where + ") before writing its outcome"};
 }
 
 std::string slurm_time_limit(double timeout_s) {
@@ -571,14 +574,14 @@ class Follower {
     try {
       j = Json::parse(read_file(task.outcome));
     } catch (const std::exception& e) {
-      record.status = "crashed";
+      record.status = Status::kCrashed;
       record.error = std::string("unreadable outcome file: ") + e.what();
       record.finished_at = utc_now_iso8601();
       return record;
     }
     const std::string host = j.value("host", std::string("?"));
     if (j.contains("error")) {  // the task itself failed before or around the worker
-      record.status = "error";
+      record.status = Status::kError;
       record.error = "the Slurm task on " + host + ": " + j.value("error", std::string());
       record.started_at = j.value("started_at", "");
       record.finished_at = j.value("finished_at", utc_now_iso8601());
@@ -588,10 +591,11 @@ class Follower {
     *seconds = outcome.seconds;
     record = verdict(spec_, run, outcome, task.result, j.value("started_at", ""));
     record.finished_at = j.value("finished_at", record.finished_at);
-    if (record.status == "timeout") record.error += " (enforced by the Slurm task on " + host + ")";
+    if (record.status == Status::kTimeout)
+      record.error += " (enforced by the Slurm task on " + host + ")";
     // A cgroup OOM kill takes the worker with SIGKILL; Slurm names the cause.
     if (state != nullptr && state->state == "OUT_OF_MEMORY" && outcome.signal == SIGKILL) {
-      record.status = "oom";
+      record.status = Status::kOom;
       record.error = slurm_verdict(*state, "").error;
     }
     return record;

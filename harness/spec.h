@@ -7,9 +7,12 @@
 // `part:` (a part's label). See README.md "A spec" and experiments/phase3.yaml.
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "harness/vocabulary.h"
 
 namespace hx {
 
@@ -21,7 +24,7 @@ struct TableSpec {
   std::string kind = "pivot";        // pivot | arrows
   std::vector<std::string> columns;  // axis names: one column per combination of their values
   std::vector<std::string> rows;     // metric names
-  std::string workload;              // which part's runs the table uses ("" = all)
+  std::optional<Workload> workload;  // which part's runs the table uses (none = all)
   int line = 0;                      // where it was declared, for messages
   std::string part;                  // label of the part whose runs the table uses ("" = all)
 };
@@ -31,7 +34,7 @@ struct TableSpec {
 // data["path"] is absolute (for the worker); data["path_as_written"] keeps the spec's text, which
 // is what run ids hash, so that they do not depend on where the checkout lives.
 struct PartSpec {
-  std::string workload;         // finetune | generate
+  Workload workload = Workload::kFinetune;
   Json data = Json::object();   // as in the spec, path made absolute
   Json fixed = Json::object();  // key -> value
   std::vector<std::pair<std::string, std::vector<Json>>> axes;  // in spec order
@@ -83,7 +86,7 @@ Spec parse_spec(const std::string& text, const std::string& path,
 struct RunConfig {
   std::string run_id;  // 16 hex digits
   int repeat = 0;
-  std::string workload;
+  Workload workload = Workload::kFinetune;
   Json config;              // fixed merged with this run's axis values, keys sorted
   std::string canonical;    // canonical_json(config)
   int part = 0;             // index into Spec::parts of the part this run came from

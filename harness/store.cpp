@@ -22,9 +22,6 @@
 namespace hx {
 namespace {
 
-constexpr std::array<std::string_view, 6> kStatuses = {"ok",      "oom",   "timeout",
-                                                       "crashed", "error", "skipped"};
-
 // A writer holds the lock for one short transaction; readers (report, check) may overlap a
 // running `harness run`, so wait rather than fail on a busy database.
 constexpr int kBusyTimeoutMs = 30000;
@@ -153,9 +150,9 @@ class Transaction {
 
 std::string status_check_list() {
   std::string list;
-  for (const std::string_view status : kStatuses) {
+  for (const Status status : kAllStatuses) {
     if (!list.empty()) list += ", ";
-    list += "'" + std::string(status) + "'";
+    list += "'" + std::string(to_string(status)) + "'";
   }
   return list;
 }
@@ -298,14 +295,14 @@ const Json& optional_array(const Json& object, const char* key, const std::strin
   return *it;
 }
 
-}  // namespace
-
-bool is_valid_status(const std::string& status) {
-  for (const std::string_view s : kStatuses) {
-    if (s == status) return true;
-  }
-  return false;
+// runs.status as read back; the CHECK constraint admits only the status words.
+Status column_status(const std::string& word, const std::string& path) {
+  const std::optional<Status> status = parse_status(word);
+  if (!status) throw std::runtime_error(path + ": unknown run status \"" + word + "\"");
+  return *status;
 }
+
+}  // namespace
 
 std::string utc_now_iso8601() {
   const std::time_t now = std::time(nullptr);
@@ -333,11 +330,13 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
   if (!result.is_object()) throw std::runtime_error(where + ": expected an object");
   RunRecord record = make_run_record(experiment, run);
 
-  record.status = require_string(result, "status", where);
-  if (record.status != "ok" && record.status != "oom" && record.status != "error") {
-    throw std::runtime_error(where + ".status: \"" + record.status +
+  const std::string status = require_string(result, "status", where);
+  const std::optional<Status> parsed = parse_status(status);
+  if (parsed != Status::kOk && parsed != Status::kOom && parsed != Status::kError) {
+    throw std::runtime_error(where + ".status: \"" + status +
                              "\" (a worker reports ok, oom or error)");
   }
+  record.status = *parsed;
   if (const auto it = result.find("error"); it != result.end() && it->is_string()) {
     record.error = it->get<std::string>();
   }
@@ -557,7 +556,7 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))");
     stmt.bind(2, record.experiment);
     stmt.bind(3, record.repeat);
     stmt.bind(4, record.config);
-    stmt.bind(5, record.status);
+    stmt.bind(5, std::string(to_string(record.status)));
     stmt.bind(6, record.exit_code);
     stmt.bind(7, record.signal);
     stmt.bind_text_or_null(8, record.started_at);
@@ -565,7 +564,7 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))");
     stmt.bind_text_or_null(10, record.stderr_tail);
     stmt.bind_text_or_null(11, env_id);
     stmt.bind_text_or_null(12, record.error);
-    stmt.bind_text_or_null(13, record.workload);
+    stmt.bind(13, std::string(to_string(record.workload)));
     stmt.bind(14, record.part);
     stmt.run();
   }
@@ -683,7 +682,7 @@ WHERE run_id = ?1)");
   if (result.takeover.empty()) {
     Stmt stmt(db_, path_, "SELECT status FROM runs WHERE run_id = ?1");
     stmt.bind(1, run_id);
-    if (stmt.step() && !(force || (retry_failed && stmt.text(0) != "ok"))) {
+    if (stmt.step() && !(force || (retry_failed && stmt.text(0) != to_string(Status::kOk)))) {
       result.outcome = ClaimOutcome::kStored;
       return result;
     }
@@ -747,11 +746,11 @@ WHERE run_id = ?1 AND runner = ?2 AND state = 'held')");
   tx.commit();
 }
 
-std::map<std::string, std::string> Store::run_statuses(const std::string& experiment) const {
-  std::map<std::string, std::string> statuses;
+std::map<std::string, Status> Store::run_statuses(const std::string& experiment) const {
+  std::map<std::string, Status> statuses;
   Stmt stmt(db_, path_, "SELECT run_id, status FROM runs WHERE experiment = ?1");
   stmt.bind(1, experiment);
-  while (stmt.step()) statuses.emplace(stmt.text(0), stmt.text(1));
+  while (stmt.step()) statuses.emplace(stmt.text(0), column_status(stmt.text(1), path_));
   return statuses;
 }
 
@@ -770,7 +769,7 @@ FROM runs WHERE experiment = ?1 ORDER BY started_at, run_id)";
       StoredRun run;
       run.run_id = stmt.text(0);
       run.experiment = stmt.text(1);
-      run.workload = stmt.text(2);
+      run.workload = parse_workload(stmt.text(2));  // none for NULL
       run.repeat = static_cast<int>(stmt.int64(3));
       try {
         run.config = Json::parse(stmt.text(4));
@@ -778,7 +777,7 @@ FROM runs WHERE experiment = ?1 ORDER BY started_at, run_id)";
         throw std::runtime_error(path_ + ": run " + run.run_id +
                                  ": config is not JSON: " + e.what());
       }
-      run.status = stmt.text(5);
+      run.status = column_status(stmt.text(5), path_);
       run.exit_code = stmt.optional_int<int>(6);
       run.signal = stmt.optional_int<int>(7);
       run.started_at = stmt.text(8);

@@ -121,7 +121,7 @@ TEST_F(E2E, SmokeSpecRunsTheWholePath) {
   ASSERT_EQ(runs.size(), 6U);
   for (const auto& r : runs) {
     SCOPED_TRACE(r.run_id);
-    EXPECT_EQ(r.status, "ok");
+    EXPECT_EQ(r.status, hx::Status::kOk);
     EXPECT_FALSE(r.env.value("libtorch", std::string()).empty()) << r.env.dump();
     EXPECT_TRUE(r.metrics.count("peak_mem_mb")) << r.run_id;
   }
