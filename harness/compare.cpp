@@ -592,12 +592,12 @@ Figures figures_of(const std::vector<RunConfig>& plan, Comparison& c) {
   });
   // With CPU runs only, the tables of GPU figures would hold nothing but n/a.
   if (!figures.any_gpu && !c.envs.empty()) {
-    c.notes.push_back(
+    c.notes.emplace_back(
         "CPU runs only: no share of device memory and no MFU (the peak table lists GPUs).");
   }
   figures.with_mfu = figures.any_gpu && any_finetune && c.params.has_value();
   if (figures.any_gpu && any_finetune && !c.params.has_value()) {
-    c.notes.push_back(
+    c.notes.emplace_back(
         "MFU: not computed: the spec names no model preset, so the parameter "
         "count N is unknown.");
   }
@@ -660,7 +660,7 @@ CompareTable compare_table(const PlanPart& part, const MetricPlan& metric,
   table.keys = part.keys;
   if (metric.name == "mem_share_pct" &&
       std::any_of(c.envs.begin(), c.envs.end(), [](const CompareEnv& e) { return e.cpu; })) {
-    table.notes.push_back("No share of device memory for CPU runs.");
+    table.notes.emplace_back("No share of device memory for CPU runs.");
   }
   std::set<std::string> mfu_notes;
   const RunValue value = value_of(metric, c, mfu_notes);

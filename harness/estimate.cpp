@@ -253,6 +253,30 @@ class Timeline {
     bool rg = false;
   };
 
+  // The gradient of input `t` of a generic node: the output's gradient itself when the node
+  // shares it or passes it through unchanged (same bytes and element size), else a new storage.
+  void input_grad(const Node& n, int t) {
+    const int o = n.outputs.front();
+    const int go = pending(o);
+    if (go >= 0 && (n.share || (n.pass && bytes(t) == bytes(o) && elem(t) == elem(o)))) {
+      ref(go);
+      deliver(t, go);
+    } else {
+      deliver(t, storage(bytes(t), n.what + " (input grad)"));
+    }
+  }
+
+  // A node without a custom backward: scratch, input gradients, parameter gradients.
+  void generic_backward(const Node& n) {
+    const std::string saved_where = where;
+    where.clear();
+    const int temp = n.temp > 0 ? storage(n.temp, n.what + " (scratch)") : -1;
+    for (int t : n.inputs) input_grad(n, t);
+    for (int id : n.params) param_grad(id, n.what);
+    if (temp >= 0) unref(temp);
+    where = saved_where;
+  }
+
   void run(Node& n) {
     bool reached = false;
     for (int o : n.outputs) reached = reached || pending(o) >= 0;
@@ -260,22 +284,7 @@ class Timeline {
       if (n.custom) {
         n.custom();
       } else {
-        const std::string saved_where = where;
-        where.clear();
-        const int temp = n.temp > 0 ? storage(n.temp, n.what + " (scratch)") : -1;
-        for (int t : n.inputs) {
-          const int o = n.outputs.front();
-          const int go = pending(o);
-          if (go >= 0 && (n.share || (n.pass && bytes(t) == bytes(o) && elem(t) == elem(o)))) {
-            ref(go);
-            deliver(t, go);
-          } else {
-            deliver(t, storage(bytes(t), n.what + " (input grad)"));
-          }
-        }
-        for (int id : n.params) param_grad(id, n.what);
-        if (temp >= 0) unref(temp);
-        where = saved_where;
+        generic_backward(n);
       }
     }
     for (int o : n.outputs) {

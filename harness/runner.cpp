@@ -429,6 +429,130 @@ void require_cuda_worker(const std::string& worker, const Spec& spec) {
   }
 }
 
+// A record of a run that failed before or at its start (`started` "" = now), with `error`.
+RunRecord failed_start(const Spec& spec, const RunConfig& run, const std::string& error,
+                       const std::string& started) {
+  RunRecord record = make_run_record(spec.name, run);
+  record.status = Status::kError;
+  record.error = error;
+  record.finished_at = utc_now_iso8601();
+  record.started_at = started.empty() ? record.finished_at : started;
+  return record;
+}
+
+// The local backend's runs of one experiment: the pending runs, taken in turn by `jobs` threads,
+// each claimed in the store, run in a child and recorded through `progress`.
+class LocalRuns {
+ public:
+  LocalRuns(const Spec& spec, const RunOptions& options, Store& store, const Claimant& me,
+            Progress& progress, const std::vector<const RunConfig*>& pending)
+      : spec_(spec),
+        options_(options),
+        store_(store),
+        me_(me),
+        progress_(progress),
+        pending_(pending) {}
+
+  std::string worker;
+  fs::path runs_dir;
+  std::map<std::string, std::string> tokens;  // run id -> pre-tokenised data
+  int threads = 1;                            // per child
+
+  // Takes pending runs until none is left or the user interrupts.
+  void loop() {
+    for (;;) {
+      const size_t index = next_.fetch_add(1);
+      if (index >= pending_.size() || interrupted()) return;
+      if (!run_one(*pending_[index])) return;
+    }
+  }
+
+ private:
+  void finish(const RunConfig& run, const RunRecord& record, double seconds) {
+    progress_.finish(run, record, seconds, &me_);
+  }
+
+  // Claims, runs and records one run; false when interrupted (the claim released).
+  bool run_one(const RunConfig& run) {
+    const ClaimResult claim =
+        store_.claim_run(spec_.name, run.run_id, me_, options_.force, options_.retry_failed);
+    if (claim.outcome != ClaimOutcome::kClaimed) {
+      progress_.not_ours(run, claim);
+      return true;
+    }
+    if (!claim.takeover.empty())
+      std::fprintf(stderr, "taking over run %s: %s\n", run.run_id.c_str(), claim.takeover.c_str());
+    if (!run.skip_reason.empty()) {
+      // Nothing runs that the profiled hardware cannot do; the reason is stored instead.
+      finish(run, skipped_record(spec_, run), 0.0);
+      return true;
+    }
+    // Each attempt has its own directory: no other runner or stale child touches its files.
+    const fs::path dir = attempt_dir(runs_dir, run.run_id, claim.attempt);
+    const std::string result = (dir / "result.json").string();
+    // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
+    if (const std::string error = write_run_file(
+            (dir / "run.json").string(),
+            [&] {
+              return run_file(spec_, run, threads, result,
+                              tokens.contains(run.run_id) ? tokens.at(run.run_id) : "");
+            });
+        !error.empty()) {
+      finish(run, failed_start(spec_, run, error, ""), 0.0);
+      return true;
+    }
+    ChildSpec child;
+    child.argv = {worker, "run", (dir / "run.json").string()};
+    child.stderr_path = (dir / "stderr.log").string();
+    child.stdout_path = (dir / "stdout.log").string();
+    child.timeout_s = spec_.timeout_s;
+    const std::string started = utc_now_iso8601();
+    ChildOutcome outcome;
+    try {
+      outcome = run_child(child);
+    } catch (const std::exception& e) {
+      // The worker could not be started (e.g. being rebuilt): this run failed, the rest go on.
+      finish(run, failed_start(spec_, run, e.what(), started), 0.0);
+      return true;
+    }
+    if (outcome.interrupted) {
+      store_.release_claim(run.run_id, me_);  // not recorded: the run reruns on resume
+      return false;
+    }
+    finish(run, verdict(spec_, run, outcome, result, started), outcome.seconds);
+    return true;
+  }
+
+  const Spec& spec_;
+  const RunOptions& options_;
+  Store& store_;
+  const Claimant& me_;
+  Progress& progress_;
+  const std::vector<const RunConfig*>& pending_;
+  std::atomic<size_t> next_{0};
+};
+
+// The runs at once: --jobs, except one at a time on a GPU. Throws on bad options.
+int local_jobs(const Spec& spec, const RunOptions& options) {
+  if (options.backend != "local")
+    throw std::invalid_argument("--backend " + options.backend + ": expected local or slurm");
+  if (options.jobs < 1) throw std::invalid_argument("--jobs must be at least 1");
+  const int jobs = spec.device == "cuda" ? 1 : options.jobs;  // one GPU: one run at a time
+  if (spec.device == "cuda" && options.jobs > 1 && options.progress)
+    std::fprintf(stderr, "note: device cuda: runs go one at a time (--jobs ignored)\n");
+  return jobs;
+}
+
+// The worker executable to start, checked to exist (and to have CUDA for a cuda spec).
+std::string checked_worker(const Spec& spec, const RunOptions& options) {
+  std::string worker = options.worker_path.empty() ? default_worker_path() : options.worker_path;
+  if (::access(worker.c_str(), X_OK) != 0)
+    throw std::runtime_error("worker executable not found: " + worker +
+                             " (build the harness-worker target, or set HARNESS_WORKER)");
+  if (spec.device == "cuda") require_cuda_worker(worker, spec);
+  return worker;
+}
+
 }  // namespace
 
 std::string executable_dir() {
@@ -444,19 +568,8 @@ std::string default_worker_path() {
 
 RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
   if (options.backend == "slurm") return run_experiment_slurm(spec, options);
-  if (options.backend != "local")
-    throw std::invalid_argument("--backend " + options.backend + ": expected local or slurm");
-  if (options.jobs < 1) throw std::invalid_argument("--jobs must be at least 1");
-  const int jobs = spec.device == "cuda" ? 1 : options.jobs;  // one GPU: one run at a time
-  if (spec.device == "cuda" && options.jobs > 1 && options.progress)
-    std::fprintf(stderr, "note: device cuda: runs go one at a time (--jobs ignored)\n");
-  const std::string worker =
-      options.worker_path.empty() ? default_worker_path() : options.worker_path;
-  if (::access(worker.c_str(), X_OK) != 0)
-    throw std::runtime_error("worker executable not found: " + worker +
-                             " (build the harness-worker target, or set HARNESS_WORKER)");
-
-  if (spec.device == "cuda") require_cuda_worker(worker, spec);
+  const int jobs = local_jobs(spec, options);
+  const std::string worker = checked_worker(spec, options);
 
   const auto plan = expand(spec);
   Store store(options.db_path, Store::Mode::kCreate);
@@ -478,84 +591,21 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
                  options.db_path.c_str(), jobs, jobs == 1 ? "" : "s");
   }
   // Before any run starts: a data file the tokenizer cannot encode fails the experiment at once.
-  const std::map<std::string, std::string> tokens =
+  std::map<std::string, std::string> tokens =
       pretokenize_runs(spec, pending, runs_dir, options.progress);
   install_interrupt_handler();
 
-  const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
-  const int threads = std::max(1, static_cast<int>(cores) / jobs);
-  std::atomic<size_t> next{0};
   Progress progress(spec, store, summary, pending.size(), options.progress);
-  auto finish = [&](const RunConfig& run, const RunRecord& record, double seconds) {
-    progress.finish(run, record, seconds, &me);
-  };
-  auto worker_loop = [&] {
-    for (;;) {
-      const size_t index = next.fetch_add(1);
-      if (index >= pending.size() || interrupted()) return;
-      const RunConfig& run = *pending[index];
-      const ClaimResult claim =
-          store.claim_run(spec.name, run.run_id, me, options.force, options.retry_failed);
-      if (claim.outcome != ClaimOutcome::kClaimed) {
-        progress.not_ours(run, claim);
-        continue;
-      }
-      if (!claim.takeover.empty())
-        std::fprintf(stderr, "taking over run %s: %s\n", run.run_id.c_str(),
-                     claim.takeover.c_str());
-      if (!run.skip_reason.empty()) {
-        // Nothing runs that the profiled hardware cannot do; the reason is stored instead.
-        finish(run, skipped_record(spec, run), 0.0);
-        continue;
-      }
-      // Each attempt has its own directory: no other runner or stale child touches its files.
-      const fs::path dir = attempt_dir(runs_dir, run.run_id, claim.attempt);
-      const std::string result = (dir / "result.json").string();
-      // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
-      if (const std::string error = write_run_file(
-              (dir / "run.json").string(),
-              [&] {
-                return run_file(spec, run, threads, result,
-                                tokens.contains(run.run_id) ? tokens.at(run.run_id) : "");
-              });
-          !error.empty()) {
-        RunRecord record = make_run_record(spec.name, run);
-        record.status = Status::kError;
-        record.error = error;
-        record.started_at = record.finished_at = utc_now_iso8601();
-        finish(run, record, 0.0);
-        continue;
-      }
-      ChildSpec child;
-      child.argv = {worker, "run", (dir / "run.json").string()};
-      child.stderr_path = (dir / "stderr.log").string();
-      child.stdout_path = (dir / "stdout.log").string();
-      child.timeout_s = spec.timeout_s;
-      const std::string started = utc_now_iso8601();
-      ChildOutcome outcome;
-      try {
-        outcome = run_child(child);
-      } catch (const std::exception& e) {
-        // The worker could not be started (e.g. being rebuilt): this run failed, the rest go on.
-        RunRecord record = make_run_record(spec.name, run);
-        record.status = Status::kError;
-        record.error = e.what();
-        record.started_at = started;
-        record.finished_at = utc_now_iso8601();
-        finish(run, record, 0.0);
-        continue;
-      }
-      if (outcome.interrupted) {
-        store.release_claim(run.run_id, me);  // not recorded: the run reruns on resume
-        return;
-      }
-      finish(run, verdict(spec, run, outcome, result, started), outcome.seconds);
-    }
-  };
+  LocalRuns runs(spec, options, store, me, progress, pending);
+  runs.worker = worker;
+  runs.runs_dir = runs_dir;
+  runs.tokens = std::move(tokens);
+  const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
+  runs.threads = std::max(1, static_cast<int>(cores) / jobs);
   std::vector<std::thread> pool;
   for (int i = 1; i < std::min<int>(jobs, static_cast<int>(pending.size())); ++i)
-    pool.emplace_back(worker_loop);
-  worker_loop();
+    pool.emplace_back([&runs] { runs.loop(); });
+  runs.loop();
   for (auto& t : pool) t.join();
   summary.interrupted = interrupted();
   return summary;

@@ -457,6 +457,8 @@ class Parser {
   void parse_tokenizer(const std::map<std::string, Entry>& top, Spec& spec) const;
   void parse_parts(const std::map<std::string, Entry>& top, Spec& spec) const;
   PartSpec parse_part(const PartNodes& part, const PartNodes& defaults) const;
+  // The label of the last part of `spec` (parsed from `part`) is no earlier part's.
+  void check_label_is_new(const PartNodes& part, const Spec& spec) const;
   Workload parse_workload(const PartNodes& part) const;
   void parse_matrix(const PartNodes& part, PartSpec& out) const;
   // `default_for` is the part that top-level defaults are merged into ("" for a part's own).
@@ -1050,6 +1052,16 @@ void Parser::parse_settings(const std::map<std::string, Entry>& top, Spec& spec)
   }
 }
 
+void Parser::check_label_is_new(const PartNodes& part, const Spec& spec) const {
+  const std::string& label = spec.parts.back().label;
+  for (size_t i = 0; i + 1 < spec.parts.size() && !label.empty(); ++i) {
+    if (spec.parts[i].label == label) {
+      fail(part.keys.at("label").value_line, dotted(part.prefix, "label"),
+           "\"" + label + "\" is already the label of " + indexed("parts", i));
+    }
+  }
+}
+
 void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) const {
   auto find = [&top](const std::string& key) -> const Entry* {
     auto it = top.find(key);
@@ -1089,13 +1101,7 @@ void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) co
     if (!node.IsMap()) fail(part.line, part.prefix, "expected a mapping (workload, matrix, ...)");
     part.keys = keyed(node, part.prefix, "part", {std::begin(kPartKeys), std::end(kPartKeys)});
     spec.parts.push_back(parse_part(part, defaults));
-    const std::string& label = spec.parts.back().label;
-    for (size_t i = 0; i + 1 < spec.parts.size() && !label.empty(); ++i) {
-      if (spec.parts[i].label == label) {
-        fail(part.keys.at("label").value_line, dotted(part.prefix, "label"),
-             "\"" + label + "\" is already the label of " + indexed("parts", i));
-      }
-    }
+    check_label_is_new(part, spec);
   }
   if (spec.parts.empty()) fail(parts->value_line, "parts", "the list is empty");
 }

@@ -495,6 +495,103 @@ ON CONFLICT(name) DO UPDATE SET spec_path = excluded.spec_path, spec_text = excl
   stmt.run();
 }
 
+namespace {
+
+// The environment row of a run (`env_id` not ""), unless it is stored already.
+void insert_environment(sqlite3* db, const std::string& path, const std::string& env_id,
+                        const Json& env) {
+  std::string columns = "env_id";
+  std::string params = "?1";
+  for (size_t i = 0; i < kEnvFields.size(); ++i) {
+    columns += ", " + std::string(kEnvFields[i].name);
+    params += ", ?" + std::to_string(i + 2);
+  }
+  const std::string sql =
+      "INSERT OR IGNORE INTO environments(" + columns + ") VALUES (" + params + ")";
+  Stmt stmt(db, path, sql);
+  stmt.bind(1, env_id);
+  for (size_t i = 0; i < kEnvFields.size(); ++i) {
+    const auto it = env.find(std::string(kEnvFields[i].name));
+    bind_env_value(stmt, static_cast<int>(i + 2), kEnvFields[i],
+                   it == env.end() ? Json(nullptr) : *it);
+  }
+  stmt.run();
+}
+
+// The run's row in `runs`, replacing an earlier one.
+void replace_run_row(sqlite3* db, const std::string& path, const RunRecord& record,
+                     const std::string& env_id) {
+  // Deleting first cascades to the old metrics, steps and texts: a rerun leaves no stale rows.
+  {
+    Stmt stmt(db, path, "DELETE FROM runs WHERE run_id = ?1");
+    stmt.bind(1, record.run_id);
+    stmt.run();
+  }
+  {
+    Stmt stmt(db, path, R"(
+INSERT INTO runs(run_id, experiment, repeat, config, status, exit_code, signal, started_at,
+                 finished_at, stderr_tail, env_id, error, workload, part)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))");
+    stmt.bind(1, record.run_id);
+    stmt.bind(2, record.experiment);
+    stmt.bind(3, record.repeat);
+    stmt.bind(4, record.config);
+    stmt.bind(5, std::string(to_string(record.status)));
+    stmt.bind(6, record.exit_code);
+    stmt.bind(7, record.signal);
+    stmt.bind_text_or_null(8, record.started_at);
+    stmt.bind_text_or_null(9, record.finished_at);
+    stmt.bind_text_or_null(10, record.stderr_tail);
+    stmt.bind_text_or_null(11, env_id);
+    stmt.bind_text_or_null(12, record.error);
+    stmt.bind(13, std::string(to_string(record.workload)));
+    stmt.bind(14, record.part);
+    stmt.run();
+  }
+}
+
+// The run's metrics, steps and texts.
+void insert_run_rows(sqlite3* db, const std::string& path, const RunRecord& record) {
+  {
+    Stmt stmt(db, path, "INSERT INTO metrics(run_id, name, value, unit) VALUES (?1, ?2, ?3, ?4)");
+    for (const Metric& metric : record.metrics) {
+      std::string unit = metric.unit;
+      if (unit.empty()) {
+        if (const Field* field = find_metric_field(metric.name)) unit = field->unit;
+      }
+      stmt.bind(1, record.run_id);
+      stmt.bind(2, metric.name);
+      stmt.bind(3, metric.value);  // SQLite stores NaN as NULL
+      stmt.bind(4, unit);
+      stmt.run();
+    }
+  }
+  {
+    Stmt stmt(db, path, R"(
+INSERT INTO steps(run_id, step, seconds, loss, tokens, mem_mb) VALUES (?1, ?2, ?3, ?4, ?5, ?6))");
+    for (const StepRow& row : record.steps) {
+      stmt.bind(1, record.run_id);
+      stmt.bind(2, row.step);
+      stmt.bind(3, row.seconds);
+      stmt.bind(4, row.loss);
+      stmt.bind(5, row.tokens);
+      stmt.bind(6, row.mem_mb);
+      stmt.run();
+    }
+  }
+  {
+    Stmt stmt(db, path, "INSERT INTO texts(run_id, name, text) VALUES (?1, ?2, ?3)");
+    for (const auto& [name, text] : record.texts) {
+      stmt.bind(1, record.run_id);
+      stmt.bind(2, name);
+      stmt.bind(3, text);
+      stmt.run();
+    }
+  }
+}
+
+}  // namespace
+
 bool Store::ingest(const RunRecord& record, const Claimant* owner) {
   if (record.run_id.empty()) throw std::runtime_error(path_ + ": ingest: a run without run_id");
   const std::lock_guard<std::recursive_mutex> lock(mutex_);
@@ -522,88 +619,10 @@ bool Store::ingest(const RunRecord& record, const Claimant* owner) {
   }
 
   const std::string env_id = environment_id(record.env);
-  if (!env_id.empty()) {
-    std::string columns = "env_id";
-    std::string params = "?1";
-    for (size_t i = 0; i < kEnvFields.size(); ++i) {
-      columns += ", " + std::string(kEnvFields[i].name);
-      params += ", ?" + std::to_string(i + 2);
-    }
-    const std::string sql =
-        "INSERT OR IGNORE INTO environments(" + columns + ") VALUES (" + params + ")";
-    Stmt stmt(db_, path_, sql);
-    stmt.bind(1, env_id);
-    for (size_t i = 0; i < kEnvFields.size(); ++i) {
-      const auto it = record.env.find(std::string(kEnvFields[i].name));
-      bind_env_value(stmt, static_cast<int>(i + 2), kEnvFields[i],
-                     it == record.env.end() ? Json(nullptr) : *it);
-    }
-    stmt.run();
-  }
+  if (!env_id.empty()) insert_environment(db_, path_, env_id, record.env);
 
-  // Deleting first cascades to the old metrics, steps and texts: a rerun leaves no stale rows.
-  {
-    Stmt stmt(db_, path_, "DELETE FROM runs WHERE run_id = ?1");
-    stmt.bind(1, record.run_id);
-    stmt.run();
-  }
-  {
-    Stmt stmt(db_, path_, R"(
-INSERT INTO runs(run_id, experiment, repeat, config, status, exit_code, signal, started_at,
-                 finished_at, stderr_tail, env_id, error, workload, part)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))");
-    stmt.bind(1, record.run_id);
-    stmt.bind(2, record.experiment);
-    stmt.bind(3, record.repeat);
-    stmt.bind(4, record.config);
-    stmt.bind(5, std::string(to_string(record.status)));
-    stmt.bind(6, record.exit_code);
-    stmt.bind(7, record.signal);
-    stmt.bind_text_or_null(8, record.started_at);
-    stmt.bind_text_or_null(9, record.finished_at);
-    stmt.bind_text_or_null(10, record.stderr_tail);
-    stmt.bind_text_or_null(11, env_id);
-    stmt.bind_text_or_null(12, record.error);
-    stmt.bind(13, std::string(to_string(record.workload)));
-    stmt.bind(14, record.part);
-    stmt.run();
-  }
-  {
-    Stmt stmt(db_, path_, "INSERT INTO metrics(run_id, name, value, unit) VALUES (?1, ?2, ?3, ?4)");
-    for (const Metric& metric : record.metrics) {
-      std::string unit = metric.unit;
-      if (unit.empty()) {
-        if (const Field* field = find_metric_field(metric.name)) unit = field->unit;
-      }
-      stmt.bind(1, record.run_id);
-      stmt.bind(2, metric.name);
-      stmt.bind(3, metric.value);  // SQLite stores NaN as NULL
-      stmt.bind(4, unit);
-      stmt.run();
-    }
-  }
-  {
-    Stmt stmt(db_, path_, R"(
-INSERT INTO steps(run_id, step, seconds, loss, tokens, mem_mb) VALUES (?1, ?2, ?3, ?4, ?5, ?6))");
-    for (const StepRow& row : record.steps) {
-      stmt.bind(1, record.run_id);
-      stmt.bind(2, row.step);
-      stmt.bind(3, row.seconds);
-      stmt.bind(4, row.loss);
-      stmt.bind(5, row.tokens);
-      stmt.bind(6, row.mem_mb);
-      stmt.run();
-    }
-  }
-  {
-    Stmt stmt(db_, path_, "INSERT INTO texts(run_id, name, text) VALUES (?1, ?2, ?3)");
-    for (const auto& [name, text] : record.texts) {
-      stmt.bind(1, record.run_id);
-      stmt.bind(2, name);
-      stmt.bind(3, text);
-      stmt.run();
-    }
-  }
+  replace_run_row(db_, path_, record, env_id);
+  insert_run_rows(db_, path_, record);
   tx.commit();
   return true;
 }
