@@ -366,7 +366,7 @@ fs::path attempt_dir(const fs::path& runs_dir, const std::string& run_id, int at
   const fs::path run_dir = runs_dir / run_id;
   fs::create_directories(run_dir);
   for (int n = std::max(1, attempt);; ++n) {
-    const fs::path dir = run_dir / std::to_string(n);
+    fs::path dir = run_dir / std::to_string(n);
     if (fs::create_directory(dir)) return dir;  // false: it exists (not ours)
   }
 }
