@@ -102,8 +102,31 @@ size_t invalid_utf8_at(std::string_view text) {
   return std::string_view::npos;
 }
 
+// yaml-cpp (0.7) writes the escapes "\N" and "\_" of a double-quoted scalar as the single bytes
+// 0x85 and 0xA0, not as UTF-8 (found by fuzzing: nlohmann's dump() then threw on the value). Any
+// such byte of a scalar becomes the UTF-8 of the code point it stands for.
+std::string utf8_scalar(const std::string& text) {
+  size_t at = invalid_utf8_at(text);
+  if (at == std::string_view::npos) return text;
+  std::string out;
+  size_t from = 0;
+  while (at != std::string_view::npos) {
+    out.append(text, from, at - from);
+    const auto byte = static_cast<unsigned char>(text[at]);
+    out += static_cast<char>(0xC0 | (byte >> 6));
+    out += static_cast<char>(0x80 | (byte & 0x3F));
+    from = at + 1;
+    const size_t next = invalid_utf8_at(std::string_view(text).substr(from));
+    at = next == std::string_view::npos ? next : from + next;
+  }
+  out.append(text, from, std::string::npos);
+  return out;
+}
+
 // A value as a message shows it: strings quoted, so that `"16"` and `16` read differently.
-std::string show(const Json& value) { return value.dump(); }
+std::string show(const Json& value) {
+  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
 
 std::string show_number(double value) {
   std::ostringstream out;
@@ -117,7 +140,7 @@ std::string show_number(double value) {
 // `gc: off` must keep the value "off" as written (yaml-cpp would also read off/on/yes/no as
 // booleans). Quoted scalars are always strings, so `"16"` is not the integer 16.
 Json scalar_to_json(const YAML::Node& node) {
-  const std::string& text = node.Scalar();
+  const std::string text = utf8_scalar(node.Scalar());
   if (node.Tag() == "!") return text;  // quoted
   if (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL") {
     return nullptr;
@@ -581,7 +604,7 @@ std::string Parser::string_value(const Entry& entry, const std::string& key) con
 
 std::string Parser::word(const Entry& entry, const std::string& key) const {
   if (!entry.value.IsScalar()) fail(entry.value_line, key, "expected a word");
-  return entry.value.Scalar();
+  return utf8_scalar(entry.value.Scalar());
 }
 
 const YAML::Node& Parser::sequence(const Entry& entry, const std::string& key) const {
@@ -1197,7 +1220,14 @@ Spec Parser::parse(const std::string& text, const SpecOverrides& overrides) {
 
   // YAML is Unicode text; a byte that is not UTF-8 would reach messages, JSON and the database
   // (nlohmann's dump throws on it), so it is refused here, where its place is known.
-  if (const size_t at = invalid_utf8_at(text); at != std::string::npos) {
+  // Nor may it hold control characters other than tab and line breaks (YAML's c-printable):
+  // yaml-cpp read a NUL as the start of an escape.
+  const size_t control = text.find_first_of(std::string_view(
+      "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0B\x0C\x0E\x0F\x10\x11\x12\x13\x14\x15\x16\x17"
+      "\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F\x7F",
+      30));
+  const size_t utf8 = invalid_utf8_at(text);
+  if (const size_t at = std::min(control, utf8); at != std::string::npos) {
     const size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
     const size_t column = line_start == std::string::npos || at == 0 ? at + 1 : at - line_start;
     char byte[8];
@@ -1205,7 +1235,8 @@ Spec Parser::parse(const std::string& text, const SpecOverrides& overrides) {
     fail(1 + static_cast<int>(std::count(text.begin(), text.begin() + static_cast<long>(at), '\n')),
          "spec",
          std::string("byte ") + byte + " in column " + std::to_string(column) +
-             " is not UTF-8 (a spec is UTF-8 text)");
+             (at == utf8 ? " is not UTF-8 (a spec is UTF-8 text)"
+                         : " is a control character (not allowed in YAML)"));
   }
   YAML::Node root;
   try {

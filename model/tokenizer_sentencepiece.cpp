@@ -12,9 +12,14 @@
 namespace hx {
 namespace {
 
+// Letters, digits, punctuation, whitespace runs, Latin-1, CJK and an emoji.
+constexpr const char* kProbe =
+    "Hello, world! 123 4567  tabs\tand\nnewlines caf\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC "
+    "\xF0\x9F\x99\x82";
+
 class SentencePieceTokenizer final : public TextTokenizer {
  public:
-  explicit SentencePieceTokenizer(const std::string& path) {
+  explicit SentencePieceTokenizer(const std::string& path) : path_(path) {
     sentencepiece::util::Status status;
     try {
       status = sp_.Load(path);
@@ -31,6 +36,20 @@ class SentencePieceTokenizer final : public TextTokenizer {
       throw std::invalid_argument(path + ": the SentencePiece model has no " +
                                   (sp_.bos_id() < 0 ? "BOS" : "EOS") +
                                   " piece (LLaMA 2's are <s> and </s>)");
+    // libsentencepiece loads some models it then cannot encode with (found by fuzzing: a piece
+    // repeated under another type made Encode fail "all normalized characters are not consumed"):
+    // such a model is refused here, where the file is known. Every piece once, and one probe text.
+    for (int id = 0; id < sp_.GetPieceSize(); ++id) {
+      const std::string& piece = sp_.IdToPiece(id);
+      if (const int first = sp_.PieceToId(piece); first != id)
+        throw std::invalid_argument(path + ": the SentencePiece model has the piece \"" + piece +
+                                    "\" twice (ids " + std::to_string(std::min(first, id)) +
+                                    " and " + std::to_string(std::max(first, id)) + ")");
+    }
+    std::vector<int> probe;
+    if (const auto probed = sp_.Encode(kProbe, &probe); !probed.ok())
+      throw std::invalid_argument(
+          path + ": the SentencePiece model cannot encode text: " + probed.ToString());
     for (int id = 0; id < sp_.GetPieceSize(); ++id)
       if (sp_.IsControl(id) && !sp_.IdToPiece(id).empty())
         controls_.emplace_back(sp_.IdToPiece(id), id);
@@ -82,7 +101,8 @@ class SentencePieceTokenizer final : public TextTokenizer {
     }
     std::string out;
     const auto status = sp_.Decode(sp_ids, &out);
-    if (!status.ok()) throw std::runtime_error("SentencePiece decode: " + status.ToString());
+    if (!status.ok())
+      throw std::runtime_error(path_ + ": SentencePiece decode: " + status.ToString());
     return out;
   }
 
@@ -111,10 +131,12 @@ class SentencePieceTokenizer final : public TextTokenizer {
     if (text.empty()) return;
     std::vector<int> out;
     const auto status = sp_.Encode(text, &out);
-    if (!status.ok()) throw std::runtime_error("SentencePiece encode: " + status.ToString());
+    if (!status.ok())
+      throw std::runtime_error(path_ + ": SentencePiece encode: " + status.ToString());
     ids.insert(ids.end(), out.begin(), out.end());
   }
 
+  std::string path_;  // names the file in errors
   sentencepiece::SentencePieceProcessor sp_;
   std::vector<std::pair<std::string, int>> controls_;
 };

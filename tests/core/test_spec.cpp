@@ -157,6 +157,28 @@ TEST(Spec, ValuesAsWritten) {
   EXPECT_EQ(part.data, (Json{{"format", "random"}, {"seq_len", 16}}));
 }
 
+// Found by fuzzing (tests/fuzz/corpus/fuzz_spec/crash-yaml-escape.yaml): yaml-cpp writes the
+// escapes \_ and \N of a double-quoted scalar as the single bytes 0xA0 and 0x85, not UTF-8, and
+// nlohmann's dump() threw on them while the message about the value was formatted (exit 1, no
+// file). Those bytes are re-encoded; a spec with a control character is refused where it is.
+TEST(Spec, YamlEscapesGiveUtf8AndControlCharactersAreRefused) {
+  const std::string head = "name: t\nmodel: {preset: tiny}\nworkload: finetune\ndevice: cpu\n";
+  EXPECT_EQ(error_of([&] { load_text(head + "data: {format: \"a\\_b\\Nc\", seq_len: 16}\n"); }),
+            (scratch_dir() / "spec.yaml").string() +
+                ":5: data.format: unknown value \"a\u00A0b\u0085c\" (expected alpaca, random)");
+  const Spec spec =
+      load_text(head + "data: {format: random, seq_len: 16}\n" + "matrix: {gc: [off, on]}\n" +
+                "tables: [{title: \"x\\_y\", columns: [gc], rows: [peak_mem_mb]}]\n");
+  EXPECT_EQ(spec.tables.at(0).title, "x\u00A0y");
+  EXPECT_EQ(error_of([&] {
+              load_text(head +
+                        "data: {format: ran\x1F"
+                        "dom, seq_len: 16}\n");
+            }),
+            (scratch_dir() / "spec.yaml").string() +
+                ":5: spec: byte 0x1F in column 19 is a control character (not allowed in YAML)");
+}
+
 TEST(Spec, CanonicalJson) {
   EXPECT_EQ(canonical_json(Json{{"mp", "fp16"}, {"lora", "off"}, {"gc", "on"}}),
             R"({"gc":"on","lora":"off","mp":"fp16"})");

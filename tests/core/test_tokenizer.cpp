@@ -328,16 +328,23 @@ TEST_F(TokenizerTest, SentencePieceModels) {
 // Found by fuzzing: a unigram model with an empty piece made libsentencepiece throw its trie
 // builder's exception (Darts: "failed to insert key: zero-length key") out of Load, past the
 // loader: `harness` printed it without the file and exited 1.
+// And (crash-cannot-encode.model) a model with a piece repeated under another type loaded, then
+// failed to encode any text with an "a" ("all normalized characters are not consumed"): now
+// refused at load.
 TEST_F(TokenizerTest, SentencePieceLibraryExceptionsNameTheFile) {
-  const std::string path =
-      std::string(HX_SOURCE_DIR) +
-      "/tests/fuzz/corpus/fuzz_tokenizer_sentencepiece/crash-empty-piece.model";
-  try {
-    load_sentencepiece_tokenizer(path);
-    ADD_FAILURE() << path << " loaded";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_EQ(std::string(e.what()).rfind(path + ": not a loadable SentencePiece model: ", 0), 0U)
-        << e.what();
+  const std::string corpus =
+      std::string(HX_SOURCE_DIR) + "/tests/fuzz/corpus/fuzz_tokenizer_sentencepiece/";
+  for (const auto& [file, message] :
+       {std::pair{"crash-empty-piece.model", ": not a loadable SentencePiece model: "},
+        std::pair{"crash-cannot-encode.model",
+                  ": the SentencePiece model has the piece \"\u2581a\" twice (ids 3 and 5)"}}) {
+    const std::string path = corpus + file;
+    try {
+      load_sentencepiece_tokenizer(path);
+      ADD_FAILURE() << path << " loaded";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(path + message, 0), 0U) << e.what();
+    }
   }
 }
 
