@@ -12,6 +12,7 @@
 #include <ctime>
 #include <filesystem>
 #include <limits>
+#include <set>
 #include <stdexcept>
 #include <string_view>
 #include <thread>
@@ -342,10 +343,15 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     record.error = it->get<std::string>();
   }
 
+  // Duplicates would fail the store's primary keys mid-ingest: refused here, with the run.
+  std::set<std::string> metric_names;
+  std::set<int64_t> step_indices;
   for (const Json& metric : optional_array(result, "metrics", where)) {
     const std::string at = where + ".metrics[]";
     Metric m;
     m.name = require_string(metric, "name", at);
+    if (!metric_names.insert(m.name).second)
+      throw std::runtime_error(at + ".name: \"" + m.name + "\" twice");
     m.value =
         optional_number(metric, "value", at).value_or(std::numeric_limits<double>::quiet_NaN());
     if (const auto it = metric.find("unit"); it != metric.end() && it->is_string()) {
@@ -360,9 +366,14 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     if (!index.is_number_integer()) throw std::runtime_error(at + ".step: expected an integer");
     StepRow row;
     row.step = index.get<int64_t>();
+    if (!step_indices.insert(row.step).second)
+      throw std::runtime_error(at + ".step: " + std::to_string(row.step) + " twice");
     row.seconds = optional_number(step, "seconds", at).value_or(std::nan(""));
     row.loss = optional_number(step, "loss", at);
     if (const auto tokens = optional_number(step, "tokens", at)) {
+      // A count: a value outside int64 (1e300) has no conversion.
+      if (!(*tokens >= 0 && *tokens < 9.2e18))
+        throw std::runtime_error(at + ".tokens: not a token count");
       row.tokens = static_cast<int64_t>(*tokens);
     }
     row.mem_mb = optional_number(step, "mem_mb", at);
@@ -371,6 +382,12 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
 
   if (const auto it = result.find("env"); it != result.end() && !it->is_null()) {
     if (!it->is_object()) throw std::runtime_error(where + ".env: expected an object");
+    // Scalars only (worker-protocol.md): a value nested 200,000 deep overflowed the stack when
+    // copied.
+    for (const auto& [key, value] : it->items()) {
+      if (value.is_structured())
+        throw std::runtime_error(where + ".env." + key + ": expected a string or a number");
+    }
     record.env = *it;
   }
 
