@@ -275,32 +275,32 @@ class E2E : public ::testing::Test {
     return ids;
   }
 
-  // How many attempts of each run wrote a result (<runs>/<run id>/<attempt>/result.json).
-  std::map<std::string, int> result_files() const {
+  // Per run (<runs>/<run id>/), how many of its attempt directories satisfy `counts`.
+  template <typename Predicate>
+  std::map<std::string, int> count_attempts(Predicate counts) const {
     std::map<std::string, int> out;
     if (!fs::exists(runs_)) return out;
     for (const auto& run_dir : fs::directory_iterator(runs_)) {
       if (!run_dir.is_directory() || run_dir.path().filename() == "tokens") continue;
       int n = 0;
       for (const auto& attempt : fs::directory_iterator(run_dir.path()))
-        if (fs::exists(attempt.path() / "result.json")) ++n;
+        if (counts(attempt)) ++n;
       out[run_dir.path().filename().string()] = n;
     }
     return out;
   }
 
+  // How many attempts of each run wrote a result (<runs>/<run id>/<attempt>/result.json).
+  std::map<std::string, int> result_files() const {
+    return count_attempts([](const fs::directory_entry& attempt) {
+      return fs::exists(attempt.path() / "result.json");
+    });
+  }
+
   // How many attempt directories each run has (one per start of its worker).
   std::map<std::string, int> attempts() const {
-    std::map<std::string, int> out;
-    if (!fs::exists(runs_)) return out;
-    for (const auto& run_dir : fs::directory_iterator(runs_)) {
-      if (!run_dir.is_directory() || run_dir.path().filename() == "tokens") continue;
-      int n = 0;
-      for (const auto& attempt : fs::directory_iterator(run_dir.path()))
-        if (attempt.is_directory()) ++n;
-      out[run_dir.path().filename().string()] = n;
-    }
-    return out;
+    return count_attempts(
+        [](const fs::directory_entry& attempt) { return attempt.is_directory(); });
   }
 
   fs::path dir_, db_, runs_;
