@@ -10,6 +10,7 @@
 #   HARNESS_WITH_CUDA  AUTO (default: CUDA when the toolkit is installed) | ON | OFF
 #   HARNESS_DEPS_ROOT  a folder of Debian packages unpacked with `dpkg -x` (made from the .deb files
 #                      of `scripts/install-deps.sh --download-debs DIR`), used instead of /usr
+#   BUILD_TARGETS      space-separated targets to build (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${BUILD_DIR:-build}"
@@ -55,5 +56,7 @@ cmake -S . -B "$build" "${args[@]}" > "$build/configure.log" 2>&1 || {
   exit 1
 }
 grep -E "^-- (Found Torch|libtorch|PyTorch: CUDA detected)" "$build/configure.log" || true
-cmake --build "$build" -j"$(nproc)"
+targets=()
+for t in ${BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+cmake --build "$build" -j"$(nproc)" "${targets[@]}"
 echo "build: $build ($(grep -o 'HX_WITH_CUDA [01]' "$build/generated/torch_features.h"), torch from $python)"
