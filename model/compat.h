@@ -80,7 +80,13 @@ struct CudaMemory {
 // every call below checks this first. Asked once: the answer does not change in a process.
 inline bool cuda_usable() {
 #if HX_WITH_CUDA
-  static const bool usable = torch::cuda::is_available();
+  // Initialises CUDA here, not at the first allocation: the caching allocator's stats and caps
+  // below assert "did you call init?" before that.
+  static const bool usable = [] {
+    if (!torch::cuda::is_available()) return false;
+    at::globalContext().lazyInitDevice(at::kCUDA);
+    return true;
+  }();
   return usable;
 #else
   return false;

@@ -19,6 +19,8 @@ if [ -z "$python" ]; then
   venv=$(realpath -m "${HARNESS_VENV:-.venv}")
   if [ -x "$venv/bin/python" ]; then python="$venv/bin/python"; else python="$(command -v python3)"; fi
 fi
+# CMake resolves a bare name like `python3` against the source folder: give it the path.
+python=$(command -v "$python" || echo "$python")
 
 args=(-DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" -DHARNESS_PYTHON="$python"
       -DHARNESS_WITH_CUDA="${HARNESS_WITH_CUDA:-AUTO}")

@@ -372,7 +372,7 @@ int main(int argc, char** argv) {
     nlohmann::json j = {{"libtorch", TORCH_VERSION},
                         {"cuda_compiled", hx::compat::kWithCuda},
                         {"cuda_version", hx::compat::cuda_version()},
-                        {"cuda", hx::compat::kWithCuda && torch::cuda::is_available()},
+                        {"cuda", hx::compat::cuda_usable()},
                         {"cuda_devices", hx::compat::kWithCuda ? torch::cuda::device_count() : 0}};
     if (j["cuda"].get<bool>()) {
       j["gpu_mem_mb"] = hx::compat::cuda_memory().total / (1024 * 1024);

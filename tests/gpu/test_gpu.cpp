@@ -21,7 +21,7 @@ namespace {
 class Gpu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!torch::cuda::is_available())
+    if (!hx::compat::cuda_usable())
       GTEST_SKIP() << "no CUDA device visible (torch::cuda::is_available() is false): skipped";
   }
 };
