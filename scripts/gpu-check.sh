@@ -91,7 +91,7 @@ python=${HARNESS_PYTHON:-python3}
 if "$python" -c 'import transformers, peft' 2> /dev/null; then
   step peers 90 "$python" tests/bench/peers.py --device cuda --preset small --mp bf16 \
     --optimizers adamw --steps 6 --warmup 2 --gen-repeats 3 \
-    --harness "$BUILD_DIR/harness" --worker "$BUILD_DIR/harness-worker" \
+    --harness "$(realpath "$BUILD_DIR/harness")" --worker "$(realpath "$BUILD_DIR/harness-worker")" \
     --out "$out/reports/peers-gpu.md"
 else
   log "peers: skipped ($python has no transformers/peft)"
