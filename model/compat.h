@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <string>
 
@@ -163,6 +164,25 @@ inline std::string cuda_version() {
 #endif
 }
 
+// The driver version in a line of /proc/driver/nvidia/version: its first token made of digits
+// and dots. The proprietary module writes "...Kernel Module  580.65.06  Sun Jul 27 ...", the open
+// one "...Open Kernel Module for x86_64  580.159.04  Release Build ..."; empty if there is none.
+inline std::string driver_version_from_proc_line(const std::string& line) {
+  size_t pos = 0;
+  while (pos < line.size()) {
+    const auto begin = line.find_first_not_of(' ', pos);
+    if (begin == std::string::npos) break;
+    const auto end = std::min(line.find(' ', begin), line.size());
+    const std::string token = line.substr(begin, end - begin);
+    const bool version = std::isdigit(static_cast<unsigned char>(token.front())) &&
+                         token.find('.') != std::string::npos &&
+                         token.find_first_not_of("0123456789.") == std::string::npos;
+    if (version) return token;
+    pos = end;
+  }
+  return "";
+}
+
 // The NVIDIA driver's version ("580.65.06"), from the kernel module (what nvidia-smi shows);
 // where that file is missing (containers without /proc/driver), the CUDA version the driver
 // supports ("CUDA 13.0 driver API"); empty without CUDA.
@@ -171,13 +191,7 @@ inline std::string cuda_driver_version() {
   std::ifstream in("/proc/driver/nvidia/version");
   std::string line;
   if (std::getline(in, line)) {
-    // "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 ..."
-    const auto module = line.find("Module");
-    if (module != std::string::npos) {
-      const auto begin = line.find_first_not_of(' ', module + 6);
-      const auto end = line.find(' ', begin);
-      if (begin != std::string::npos) return line.substr(begin, end - begin);
-    }
+    if (auto version = driver_version_from_proc_line(line); !version.empty()) return version;
   }
   int api = 0;
   if (cudaDriverGetVersion(&api) == cudaSuccess && api > 0)

@@ -26,14 +26,18 @@ LossScaler::LossScaler(double init_scale, double growth_factor, double backoff_f
 
 bool LossScaler::unscale_and_check(const std::vector<torch::Tensor>& params) {
   torch::NoGradGuard no_grad;
-  bool finite = true;
-  for (const auto& p : params) {
-    if (!p.grad().defined()) continue;
-    auto g = p.mutable_grad();
-    g.mul_(1.0 / scale_);
-    if (finite && !torch::isfinite(g).all().item<bool>()) finite = false;
-  }
-  return finite;
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.mutable_grad());
+  if (grads.empty()) return true;
+  // GradScaler's fused kernel: one pass and one device sync per step, not one per parameter
+  // (146 syncs made an fp16 step on a GPU slower than an fp32 one).
+  const auto device = grads.front().device();
+  auto found_inf = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  const auto inv_scale =
+      torch::full({1}, 1.0 / scale_, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale);
+  return found_inf.item<float>() == 0.0F;
 }
 
 void LossScaler::update(bool step_taken) {

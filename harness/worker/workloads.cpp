@@ -408,7 +408,7 @@ Json environment_json(bool cuda) {
               {"git_commit", build::git_commit()},
               {"threads", at::get_num_threads()}};
   if (cuda) {
-    env["gpu_mem_mb"] = compat::cuda_memory().total / kMB;
+    env["gpu_mem_mb"] = compat::cuda_memory().total / (1024 * 1024);  // whole MB, as caps
     env["gpu_name"] = compat::cuda_device_name();
     env["cuda"] = compat::cuda_version();
     env["driver"] = compat::cuda_driver_version();

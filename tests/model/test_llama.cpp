@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "model/compat.h"
 #include "model/generate.h"
 #include "model/llama.h"
 
@@ -198,6 +199,21 @@ TEST(Model, DtypesBuildAndRun) {
     EXPECT_EQ(logits.scalar_type(), torch::kFloat32);
     EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
   }
+}
+
+// Both kernel modules' first line of /proc/driver/nvidia/version; the open one's (an H200 node)
+// once gave "for" as the version.
+TEST(Environment, DriverVersionFromEitherKernelModule) {
+  EXPECT_EQ(compat::driver_version_from_proc_line(
+                "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 07:09:25 UTC "
+                "2025"),
+            "580.65.06");
+  EXPECT_EQ(compat::driver_version_from_proc_line(
+                "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release "
+                "Build  (dvs-builder@U16-I3-B03-4-3)  Thu Oct 30 2025"),
+            "580.159.04");
+  EXPECT_EQ(compat::driver_version_from_proc_line("NVRM version: unknown"), "");
+  EXPECT_EQ(compat::driver_version_from_proc_line(""), "");
 }
 
 }  // namespace

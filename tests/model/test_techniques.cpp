@@ -291,6 +291,9 @@ TEST(MixedPrecision, LossScalerSkipsPoisonedStepAndBacksOff) {
   p.mutable_grad() = torch::tensor({2048.0F, 1024.0F, 0.0F});
   EXPECT_TRUE(scaler.unscale_and_check({p}));
   EXPECT_TRUE(torch::equal(p.grad(), torch::tensor({2.0F, 1.0F, 0.0F})));
+  auto q = torch::ones({2}, torch::requires_grad());
+  q.mutable_grad() = torch::tensor({1024.0F, std::numeric_limits<float>::quiet_NaN()});
+  EXPECT_FALSE(scaler.unscale_and_check({p, q}));
   scaler.update(false);
   EXPECT_EQ(scaler.scale(), 512.0);
 }
