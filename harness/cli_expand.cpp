@@ -140,7 +140,8 @@ void print_table(const Spec& spec) {
       key_widths[group].assign(run.keys.size(), 0);
       slots[group].assign(run.keys.size(), {});
       if (several_parts) widths[3] = std::max(widths[3], part_cells[run.part].size());
-      widths[fixed_columns - 1] = std::max(widths[fixed_columns - 1], run.workload.size());
+      widths[fixed_columns - 1] =
+          std::max(widths[fixed_columns - 1], to_string(run.workload).size());
       widths[1] = std::max(widths[1], run.run_id.size());  // 16
     }
     for (size_t k = 0; k < run.keys.size(); ++k) {
@@ -206,7 +207,7 @@ void print_table(const Spec& spec) {
     append_number(number, static_cast<size_t>(run.repeat));
     add_cell(2, number);
     if (several_parts) add_cell(3, part_cells[run.part]);
-    add_cell(fixed_columns - 1, run.workload);
+    add_cell(fixed_columns - 1, to_string(run.workload));
     for (size_t c = 0; c < keys.size(); ++c) {
       const size_t k = key_index[group][c];
       add_cell(fixed_columns + c, k == std::string::npos
@@ -255,7 +256,7 @@ void print_json(const Spec& spec) {
     out += run.run_id;
     out += "\",\n    \"workload\": ";
     out += '"';
-    out += run.workload;  // a word: finetune | generate
+    out += to_string(run.workload);  // a word: finetune | generate
     out += '"';
     out += "\n  }";
     if (out.size() >= (1 << 16)) {
