@@ -76,26 +76,33 @@ const KeyRule* find_rule(const std::vector<KeyRule>& rules, std::string_view nam
   return nullptr;
 }
 
-// Offset of the first byte that does not begin a well-formed UTF-8 sequence (overlongs,
-// surrogates and code points above U+10FFFF are not), or npos.
+// The length of the well-formed UTF-8 sequence that begins at text[i] (overlongs, surrogates and
+// code points above U+10FFFF are not), or 0.
+size_t utf8_sequence_at(std::string_view text, size_t i) {
+  const auto c = static_cast<unsigned char>(text[i]);
+  const size_t len = c < 0x80             ? 1
+                     : (c & 0xE0) == 0xC0 ? 2
+                     : (c & 0xF0) == 0xE0 ? 3
+                     : (c & 0xF8) == 0xF0 ? 4
+                                          : 0;
+  if (len == 0 || i + len > text.size()) return 0;
+  uint32_t cp = len == 1 ? c : c & (0x7FU >> len);
+  for (size_t k = 1; k < len; ++k) {
+    const auto b = static_cast<unsigned char>(text[i + k]);
+    if ((b & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b & 0x3FU);
+  }
+  constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return len;
+}
+
+// Offset of the first byte that does not begin a well-formed UTF-8 sequence, or npos.
 size_t invalid_utf8_at(std::string_view text) {
   size_t i = 0;
   while (i < text.size()) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    const size_t len = c < 0x80             ? 1
-                       : (c & 0xE0) == 0xC0 ? 2
-                       : (c & 0xF0) == 0xE0 ? 3
-                       : (c & 0xF8) == 0xF0 ? 4
-                                            : 0;
-    if (len == 0 || i + len > text.size()) return i;
-    uint32_t cp = len == 1 ? c : c & (0x7FU >> len);
-    for (size_t k = 1; k < len; ++k) {
-      const auto b = static_cast<unsigned char>(text[i + k]);
-      if ((b & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (b & 0x3FU);
-    }
-    constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    const size_t len = utf8_sequence_at(text, i);
+    if (len == 0) return i;
     i += len;
   }
   return std::string_view::npos;
@@ -1443,35 +1450,64 @@ Json RunRef::config() const {
   return config;
 }
 
-void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& visit) {
-  const DeviceProfile* profile = find_device_profile(spec.device_profile);
-  const std::string no_bf16 = profile != nullptr && !profile_has_bf16(*profile)
-                                  ? std::string(profile->gpu_name) + " has no bf16 arithmetic"
-                                  : "";
+namespace {
+
+// Why the runs of a config are skipped on the spec's device ("" when they are not): `no_bf16` is
+// the profile's reason for bf16 ("" when it has bf16).
+std::string_view skip_reason_of(const Spec& spec, const std::string& no_bf16, const RunRef& run) {
   auto is_bf16 = [](const Json* value) { return value != nullptr && *value == "bf16"; };
   auto is_fp16 = [](const Json* value) { return value != nullptr && *value == "fp16"; };
   static constexpr std::string_view kFp16OnCpu =
       "fp16 needs a CUDA device (device cpu set on the command line)";
-  // Sized for the runs before exclude, up to a million (16 MiB; it grows beyond that), so that
-  // it seldom grows and a mostly excluded matrix does not take a big one.
+  std::string_view skip_reason;
+  if (!no_bf16.empty() && (is_bf16(run.find("mp")) || is_bf16(run.find("dtype")))) {
+    skip_reason = no_bf16;
+  }
+  // Only through `--set device=cpu` (a spec that says cpu is refused): fp16 needs CUDA.
+  if (spec.device == "cpu" && (is_fp16(run.find("mp")) || is_fp16(run.find("dtype")))) {
+    skip_reason = kFp16OnCpu;
+  }
+  return skip_reason;
+}
+
+// "" when the spec's device profile has bf16 arithmetic (or the spec has no profile).
+std::string no_bf16_reason(const Spec& spec) {
+  const DeviceProfile* profile = find_device_profile(spec.device_profile);
+  return profile != nullptr && !profile_has_bf16(*profile)
+             ? std::string(profile->gpu_name) + " has no bf16 arithmetic"
+             : "";
+}
+
+// for_each_run's set of ids is sized for the runs before exclude, up to a million (16 MiB; it
+// grows beyond that), so that it seldom grows and a mostly excluded matrix does not take a big one.
+size_t id_set_size(const Spec& spec) {
   double most_runs = 0;
   for (const PartSpec& part : spec.parts) most_runs += planned_runs(part, spec.repeats);
-  IdSet ids(static_cast<size_t>(std::min(most_runs, 1e6)));
+  return static_cast<size_t>(std::min(most_runs, 1e6));
+}
+
+// A run of for_each_run waiting for the next one to be hashed (see there).
+struct PendingRun {
+  RunRef run;
+  std::string canonical;
+  std::vector<const Json*> values;
+  uint64_t hash = 0;
+  char id[16] = {};
+  bool waiting = false;
+};
+
+}  // namespace
+
+void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& visit) {
+  const std::string no_bf16 = no_bf16_reason(spec);
+  IdSet ids(id_set_size(spec));
 
   // Each run waits for the next one to be hashed before its id is looked up in the set (and it
   // is visited), so that the look-up's cache miss is prefetched meanwhile: with millions of runs
   // it would otherwise cost as much as the rest together.
-  struct Pending {
-    RunRef run;
-    std::string canonical;
-    std::vector<const Json*> values;
-    uint64_t hash = 0;
-    char id[16] = {};
-    bool waiting = false;
-  };
-  std::array<Pending, 2> pending;
+  std::array<PendingRun, 2> pending;
   size_t next = 0;
-  auto settle = [&](Pending& waiting) {
+  auto settle = [&](PendingRun& waiting) {
     if (!std::exchange(waiting.waiting, false)) return;
     // The id is the database's primary key: a run that two parts share is one run.
     if (!ids.insert(waiting.hash)) return;
@@ -1484,18 +1520,11 @@ void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& vi
   // Every repeat of one config: the hash continues from the prefix's over the canonical text.
   auto add_repeats = [&](const RunRef& run, uint64_t prefix_hash) {
     const uint64_t config_hash = fnv1a64_update(fnv1a64_update(prefix_hash, run.canonical), "\n");
-    std::string_view skip_reason;
-    if (!no_bf16.empty() && (is_bf16(run.find("mp")) || is_bf16(run.find("dtype")))) {
-      skip_reason = no_bf16;
-    }
-    // Only through `--set device=cpu` (a spec that says cpu is refused): fp16 needs CUDA.
-    if (spec.device == "cpu" && (is_fp16(run.find("mp")) || is_fp16(run.find("dtype")))) {
-      skip_reason = kFp16OnCpu;
-    }
+    const std::string_view skip_reason = skip_reason_of(spec, no_bf16, run);
     for (int repeat = 0; repeat < spec.repeats; ++repeat) {
       char digits[16];
       const auto end = std::to_chars(digits, digits + sizeof(digits), repeat).ptr;
-      Pending& added = pending[next];
+      PendingRun& added = pending[next];
       added.hash = fnv1a64_update(config_hash, std::string_view(digits, end - digits));
       ids.prefetch(added.hash);
       added.run = run;

@@ -325,26 +325,12 @@ RunRecord make_run_record(const std::string& experiment, const RunConfig& run) {
   return record;
 }
 
-RunRecord record_from_result_json(const Json& result, const std::string& experiment,
-                                  const RunConfig& run) {
-  const std::string where = "result.json of run " + run.run_id;
-  if (!result.is_object()) throw std::runtime_error(where + ": expected an object");
-  RunRecord record = make_run_record(experiment, run);
+namespace {
 
-  const std::string status = require_string(result, "status", where);
-  const std::optional<Status> parsed = parse_status(status);
-  if (parsed != Status::kOk && parsed != Status::kOom && parsed != Status::kError) {
-    throw std::runtime_error(where + ".status: \"" + status +
-                             "\" (a worker reports ok, oom or error)");
-  }
-  record.status = *parsed;
-  if (const auto it = result.find("error"); it != result.end() && it->is_string()) {
-    record.error = it->get<std::string>();
-  }
-
+// record_from_result_json's steps: the metrics, steps and env of a result.json.
+void read_metrics(const Json& result, const std::string& where, RunRecord& record) {
   // Duplicates would fail the store's primary keys mid-ingest: refused here, with the run.
   std::set<std::string> metric_names;
-  std::set<int64_t> step_indices;
   for (const Json& metric : optional_array(result, "metrics", where)) {
     const std::string at = where + ".metrics[]";
     Metric m;
@@ -358,7 +344,10 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     }
     record.metrics.push_back(std::move(m));
   }
+}
 
+void read_steps(const Json& result, const std::string& where, RunRecord& record) {
+  std::set<int64_t> step_indices;  // duplicates refused, as metric names are
   for (const Json& step : optional_array(result, "steps", where)) {
     const std::string at = where + ".steps[]";
     const Json& index = require(step, "step", at);
@@ -378,7 +367,9 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     row.mem_mb = optional_number(step, "mem_mb", at);
     record.steps.push_back(row);
   }
+}
 
+void read_env(const Json& result, const std::string& where, RunRecord& record) {
   if (const auto it = result.find("env"); it != result.end() && !it->is_null()) {
     if (!it->is_object()) throw std::runtime_error(where + ".env: expected an object");
     // Scalars only (worker-protocol.md): a value nested 200,000 deep overflowed the stack when
@@ -389,6 +380,30 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     }
     record.env = *it;
   }
+}
+
+}  // namespace
+
+RunRecord record_from_result_json(const Json& result, const std::string& experiment,
+                                  const RunConfig& run) {
+  const std::string where = "result.json of run " + run.run_id;
+  if (!result.is_object()) throw std::runtime_error(where + ": expected an object");
+  RunRecord record = make_run_record(experiment, run);
+
+  const std::string status = require_string(result, "status", where);
+  const std::optional<Status> parsed = parse_status(status);
+  if (parsed != Status::kOk && parsed != Status::kOom && parsed != Status::kError) {
+    throw std::runtime_error(where + ".status: \"" + status +
+                             "\" (a worker reports ok, oom or error)");
+  }
+  record.status = *parsed;
+  if (const auto it = result.find("error"); it != result.end() && it->is_string()) {
+    record.error = it->get<std::string>();
+  }
+
+  read_metrics(result, where, record);
+  read_steps(result, where, record);
+  read_env(result, where, record);
 
   for (const Json& text : optional_array(result, "texts", where)) {
     const std::string at = where + ".texts[]";
