@@ -20,7 +20,7 @@ enum ExitCode : int {
 };
 
 // A subcommand's action returns the process exit code.
-using CommandSetup = std::function<void(CLI::App& app, std::function<void(int)> set_exit)>;
+using CommandSetup = std::function<void(CLI::App& app, const std::function<void(int)>& set_exit)>;
 
 struct CommandRegistrar {
   CommandRegistrar(std::string name, CommandSetup setup);

@@ -51,7 +51,7 @@ int run_baseline(const BaselineOptions& options) {
 }
 
 const CommandRegistrar kRegistrar{
-    "baseline", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "baseline", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto options = std::make_shared<BaselineOptions>();
       CLI::App* sub = app.add_subcommand(
           "baseline", "Save the spec's stored runs as a baseline file for `harness check`");

@@ -51,7 +51,7 @@ int run_check(const CheckOptions& options) {
 }
 
 const CommandRegistrar kRegistrar{
-    "check", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "check", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto options = std::make_shared<CheckOptions>();
       CLI::App* sub = app.add_subcommand(
           "check",

@@ -31,7 +31,7 @@ int collect_command(CollectArgs& args) {
 }
 
 const CommandRegistrar kRegistrar{
-    "collect", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "collect", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto args = std::make_shared<CollectArgs>();
       args->options.slurm.wait = false;
       auto* sub = app.add_subcommand(

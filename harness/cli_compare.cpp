@@ -49,7 +49,7 @@ int run_compare(const CompareOptions& options) {
 }
 
 const CommandRegistrar kRegistrar{
-    "compare", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "compare", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto options = std::make_shared<CompareOptions>();
       CLI::App* sub = app.add_subcommand(
           "compare", "Put the spec's runs from one or more databases side by side per GPU");

@@ -27,7 +27,7 @@ int run_estimate(const EstimateArgs& args) {
 }
 
 const CommandRegistrar kRegistrar{
-    "estimate", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "estimate", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto args = std::make_shared<EstimateArgs>();
       CLI::App* sub = app.add_subcommand(
           "estimate",

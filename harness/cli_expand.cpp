@@ -105,117 +105,159 @@ void append_number(std::string& out, size_t number) {
   out.append(digits, std::to_chars(digits, digits + sizeof(digits), number).ptr);
 }
 
-void print_table(const Spec& spec) {
-  const bool several_parts = spec.parts.size() > 1;
-  std::vector<std::string> header = {"#", "run id", "repeat"};
-  if (several_parts) header.emplace_back("part");
-  header.emplace_back("workload");
-  const size_t fixed_columns = header.size();
-
-  std::vector<std::string> part_cells;  // a part's label, or its index
-  for (size_t p = 0; p < spec.parts.size(); ++p) {
-    part_cells.push_back(spec.parts[p].label.empty() ? std::to_string(p) : spec.parts[p].label);
+// The runs table, in two passes over the runs: measure() each (the count, each group's first
+// config, the widest text of each key per group), then columns(), the header, and row() each.
+class TablePrinter {
+ public:
+  explicit TablePrinter(const Spec& spec)
+      : spec_(spec),
+        several_parts_(spec.parts.size() > 1),
+        groups_(spec),
+        texts_([](const std::string&, const Json& value) { return cell(value); }),
+        seen_(groups_.count(), false),
+        group_keys_(groups_.count()),
+        key_widths_(groups_.count()),
+        slots_(groups_.count()),
+        key_index_(groups_.count()) {
+    header_ = {"#", "run id", "repeat"};
+    if (several_parts_) header_.emplace_back("part");
+    header_.emplace_back("workload");
+    fixed_columns_ = header_.size();
+    for (size_t p = 0; p < spec.parts.size(); ++p) {
+      part_cells_.push_back(spec.parts[p].label.empty() ? std::to_string(p) : spec.parts[p].label);
+    }
+    for (const std::string& name : header_) widths_.push_back(name.size());
   }
 
-  // Pass 1: the count, each group's first config, and the widest text of each key per group.
-  const Groups groups(spec);
-  ValueTexts texts([](const std::string&, const Json& value) { return cell(value); });
-  std::vector<Json> firsts;
-  std::vector<bool> seen(groups.count(), false);  // the group has a run
-  std::vector<std::vector<std::string>> group_keys(groups.count());
-  std::vector<std::vector<size_t>> key_widths(groups.count());
-  std::vector<std::vector<ValueTexts::Slot>> slots(groups.count());
-  std::vector<size_t> widths(header.size());
-  for (size_t c = 0; c < header.size(); ++c) widths[c] = header[c].size();
-  size_t count = 0;
-  int last_repeat = 0;
-  for_each_run(spec, [&](const RunRef& run) {
-    ++count;
-    last_repeat = std::max(last_repeat, run.repeat);
-    const size_t group = groups.of(run);
-    if (!seen[group]) {  // what is the same for all runs of a group
-      seen[group] = true;
-      firsts.push_back(run.config());
-      group_keys[group].assign(run.keys.begin(), run.keys.end());
-      key_widths[group].assign(run.keys.size(), 0);
-      slots[group].assign(run.keys.size(), {});
-      if (several_parts) widths[3] = std::max(widths[3], part_cells[run.part].size());
-      widths[fixed_columns - 1] = std::max(widths[fixed_columns - 1], run.workload.size());
-      widths[1] = std::max(widths[1], run.run_id.size());  // 16
-    }
+  // Pass 1.
+  void measure(const RunRef& run) {
+    ++count_;
+    last_repeat_ = std::max(last_repeat_, run.repeat);
+    const size_t group = groups_.of(run);
+    if (!seen_[group]) first_of_group(run, group);
     for (size_t k = 0; k < run.keys.size(); ++k) {
-      ValueTexts::Slot& slot = slots[group][k];
+      ValueTexts::Slot& slot = slots_[group][k];
       if (slot.value == run.values[k]) continue;
-      const std::string& text = texts.text(slot, run.keys[k], run.values[k]);
-      key_widths[group][k] = std::max(key_widths[group][k], text.size());
-    }
-  });
-  widths[2] = std::max(widths[2], std::to_string(last_repeat).size());
-  if (count > 0) widths[0] = std::max(widths[0], std::to_string(count - 1).size());
-
-  const std::vector<std::string> keys = columns_of(spec, firsts);
-  header.insert(header.end(), keys.begin(), keys.end());
-  // Per group, the index of each column's key in the group's keys (npos: the cell is "-").
-  std::vector<std::vector<size_t>> key_index(groups.count());
-  for (size_t g = 0; g < groups.count(); ++g) {
-    for (const std::string& key : keys) {
-      const auto it = std::find(group_keys[g].begin(), group_keys[g].end(), key);
-      key_index[g].push_back(it == group_keys[g].end() ? std::string::npos
-                                                       : it - group_keys[g].begin());
+      const std::string& text = texts_.text(slot, run.keys[k], run.values[k]);
+      key_widths_[group][k] = std::max(key_widths_[group][k], text.size());
     }
   }
-  for (size_t c = 0; c < keys.size(); ++c) {
-    size_t width = keys[c].size();
-    for (size_t g = 0; g < groups.count(); ++g) {
-      if (!seen[g]) continue;
-      const size_t k = key_index[g][c];
-      width = std::max(width, k == std::string::npos ? 1 : key_widths[g][k]);
+
+  // After pass 1: the key columns and every column's width.
+  void columns() {
+    widths_[2] = std::max(widths_[2], std::to_string(last_repeat_).size());
+    if (count_ > 0) widths_[0] = std::max(widths_[0], std::to_string(count_ - 1).size());
+    keys_ = columns_of(spec_, firsts_);
+    header_.insert(header_.end(), keys_.begin(), keys_.end());
+    // Per group, the index of each column's key in the group's keys (npos: the cell is "-").
+    for (size_t g = 0; g < groups_.count(); ++g) {
+      for (const std::string& key : keys_) {
+        const auto it = std::find(group_keys_[g].begin(), group_keys_[g].end(), key);
+        key_index_[g].push_back(it == group_keys_[g].end() ? std::string::npos
+                                                           : it - group_keys_[g].begin());
+      }
     }
-    widths.push_back(width);
+    for (size_t c = 0; c < keys_.size(); ++c) widths_.push_back(key_column_width(c));
   }
 
-  std::string line;
-  auto add_cell = [&](size_t c, std::string_view text) {
-    line += text;
-    if (c + 1 < widths.size()) line.append(widths[c] - text.size() + 2, ' ');
-  };
-  auto end_line = [&line] {
-    line += '\n';
-    if (line.size() >= (1 << 16)) {
-      std::cout.write(line.data(), static_cast<std::streamsize>(line.size()));
-      line.clear();
-    }
-  };
+  void print_header() {
+    std::cout << spec_.name << ": " << count_ << (count_ == 1 ? " run" : " runs") << ", device "
+              << spec_.device << ", model "
+              << spec_.model.value("preset", spec_.model.value("weights", std::string("?")))
+              << "\n\n";
+    for (size_t c = 0; c < header_.size(); ++c) add_cell(c, header_[c]);
+    end_line();
+  }
 
-  std::cout << spec.name << ": " << count << (count == 1 ? " run" : " runs") << ", device "
-            << spec.device << ", model "
-            << spec.model.value("preset", spec.model.value("weights", std::string("?"))) << "\n\n";
-  for (size_t c = 0; c < header.size(); ++c) add_cell(c, header[c]);
-  end_line();
-
-  // Pass 2: the rows.
-  size_t index = 0;
-  std::string number;
-  for_each_run(spec, [&](const RunRef& run) {
-    const size_t group = groups.of(run);
-    number.clear();
-    append_number(number, index++);
-    add_cell(0, number);
+  // Pass 2.
+  void row(const RunRef& run) {
+    const size_t group = groups_.of(run);
+    number_.clear();
+    append_number(number_, index_++);
+    add_cell(0, number_);
     add_cell(1, run.run_id);
-    number.clear();
-    append_number(number, static_cast<size_t>(run.repeat));
-    add_cell(2, number);
-    if (several_parts) add_cell(3, part_cells[run.part]);
-    add_cell(fixed_columns - 1, run.workload);
-    for (size_t c = 0; c < keys.size(); ++c) {
-      const size_t k = key_index[group][c];
-      add_cell(fixed_columns + c, k == std::string::npos
-                                      ? "-"
-                                      : texts.text(slots[group][k], run.keys[k], run.values[k]));
+    number_.clear();
+    append_number(number_, static_cast<size_t>(run.repeat));
+    add_cell(2, number_);
+    if (several_parts_) add_cell(3, part_cells_[run.part]);
+    add_cell(fixed_columns_ - 1, to_string(run.workload));
+    for (size_t c = 0; c < keys_.size(); ++c) {
+      const size_t k = key_index_[group][c];
+      add_cell(fixed_columns_ + c, k == std::string::npos
+                                       ? "-"
+                                       : texts_.text(slots_[group][k], run.keys[k], run.values[k]));
     }
     end_line();
-  });
-  std::cout.write(line.data(), static_cast<std::streamsize>(line.size()));
+  }
+
+  void flush() {
+    std::cout.write(line_.data(), static_cast<std::streamsize>(line_.size()));
+    line_.clear();
+  }
+
+ private:
+  // What is the same for all runs of a group.
+  void first_of_group(const RunRef& run, size_t group) {
+    seen_[group] = true;
+    firsts_.push_back(run.config());
+    group_keys_[group].assign(run.keys.begin(), run.keys.end());
+    key_widths_[group].assign(run.keys.size(), 0);
+    slots_[group].assign(run.keys.size(), {});
+    if (several_parts_) widths_[3] = std::max(widths_[3], part_cells_[run.part].size());
+    widths_[fixed_columns_ - 1] =
+        std::max(widths_[fixed_columns_ - 1], to_string(run.workload).size());
+    widths_[1] = std::max(widths_[1], run.run_id.size());  // 16
+  }
+
+  size_t key_column_width(size_t c) const {
+    size_t width = keys_[c].size();
+    for (size_t g = 0; g < groups_.count(); ++g) {
+      if (!seen_[g]) continue;
+      const size_t k = key_index_[g][c];
+      width = std::max(width, k == std::string::npos ? 1 : key_widths_[g][k]);
+    }
+    return width;
+  }
+
+  void add_cell(size_t c, std::string_view text) {
+    line_ += text;
+    if (c + 1 < widths_.size()) line_.append(widths_[c] - text.size() + 2, ' ');
+  }
+
+  void end_line() {
+    line_ += '\n';
+    if (line_.size() >= (1 << 16)) flush();
+  }
+
+  const Spec& spec_;
+  const bool several_parts_;
+  const Groups groups_;
+  ValueTexts texts_;
+  std::vector<std::string> header_;
+  size_t fixed_columns_ = 0;
+  std::vector<std::string> part_cells_;  // a part's label, or its index
+  std::vector<Json> firsts_;
+  std::vector<bool> seen_;  // the group has a run
+  std::vector<std::vector<std::string>> group_keys_;
+  std::vector<std::vector<size_t>> key_widths_;
+  std::vector<std::vector<ValueTexts::Slot>> slots_;
+  std::vector<std::vector<size_t>> key_index_;
+  std::vector<std::string> keys_;
+  std::vector<size_t> widths_;
+  size_t count_ = 0;
+  int last_repeat_ = 0;
+  size_t index_ = 0;
+  std::string number_;
+  std::string line_;
+};
+
+void print_table(const Spec& spec) {
+  TablePrinter table(spec);
+  for_each_run(spec, [&table](const RunRef& run) { table.measure(run); });
+  table.columns();
+  table.print_header();
+  for_each_run(spec, [&table](const RunRef& run) { table.row(run); });
+  table.flush();
 }
 
 // What Json::dump(2) of the array of {run_id, repeat, workload, config} objects prints, one run
@@ -255,7 +297,7 @@ void print_json(const Spec& spec) {
     out += run.run_id;
     out += "\",\n    \"workload\": ";
     out += '"';
-    out += run.workload;  // a word: finetune | generate
+    out += to_string(run.workload);  // a word: finetune | generate
     out += '"';
     out += "\n  }";
     if (out.size() >= (1 << 16)) {

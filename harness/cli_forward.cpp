@@ -22,6 +22,7 @@ namespace {
   std::vector<std::string> args{worker, command};
   args.insert(args.end(), rest.begin(), rest.end());
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   ::execv(worker.c_str(), argv.data());
@@ -37,17 +38,17 @@ void forward(CLI::App& app, const std::string& name, const std::string& help) {
 }
 
 const CommandRegistrar kModel{
-    "model", [](CLI::App& app, std::function<void(int)>) {
+    "model", [](CLI::App& app, const std::function<void(int)>&) {
       forward(app, "model", "print a preset's config, parameter count and weight bytes");
     }};
 
 const CommandRegistrar kExport{
-    "export", [](CLI::App& app, std::function<void(int)>) {
+    "export", [](CLI::App& app, const std::function<void(int)>&) {
       forward(app, "export", "write a model (preset or checkpoint directory) as an HF directory");
     }};
 
 const CommandRegistrar kLogits{
-    "logits", [](CLI::App& app, std::function<void(int)>) {
+    "logits", [](CLI::App& app, const std::function<void(int)>&) {
       forward(app, "logits", "the logits of a prompt (token ids) into a safetensors file");
     }};
 

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -90,29 +91,32 @@ std::string json_text(const std::string& text) {
   return Json(text).dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
-int run_generate(const GenerateOptions& o, bool sampling) {
-  std::unique_ptr<TextTokenizer> tokenizer;
-  if (!o.tokenizer.empty()) tokenizer = load_tokenizer(o.tokenizer);
-  if (!o.prompt.empty() && !tokenizer)
+// The prompt's token ids: --prompt encoded with the tokenizer, --prompt-ids as given, or none
+// (the worker then makes a prompt of --prompt-len ids).
+std::vector<int64_t> prompt_ids(const GenerateOptions& o, const TextTokenizer* tokenizer) {
+  if (!o.prompt.empty() && tokenizer == nullptr)
     throw std::invalid_argument("--prompt needs --tokenizer (or give --prompt-ids)");
-
-  std::vector<int64_t> prompt;
   if (!o.prompt.empty()) {
-    prompt = tokenizer->encode(o.prompt, /*bos=*/true, /*eos=*/false, o.allow_special);
-  } else if (!o.prompt_ids.empty()) {
-    prompt = parse_id_list(o.prompt_ids);
+    return tokenizer->encode(o.prompt, /*bos=*/true, /*eos=*/false, o.allow_special);
   }
-  // A preset's vocabulary is known here; a checkpoint's is checked by the worker.
-  if (tokenizer && !fs::is_directory(o.model)) {
-    const int64_t vocab = config_from_name(o.model).vocab_size;  // throws on an unknown preset
-    if (vocab < tokenizer->vocab_size())
-      throw std::invalid_argument("--tokenizer " + o.tokenizer + ": its vocabulary (" +
-                                  std::to_string(tokenizer->vocab_size()) +
-                                  " tokens) does not fit model " + o.model + " (vocab_size " +
-                                  std::to_string(vocab) + ")");
-  }
+  if (!o.prompt_ids.empty()) return parse_id_list(o.prompt_ids);
+  return {};
+}
 
-  const std::string worker = default_worker_path();
+// A preset's vocabulary is known here; a checkpoint's is checked by the worker.
+void check_vocabulary(const GenerateOptions& o, const TextTokenizer& tokenizer) {
+  if (fs::is_directory(o.model)) return;
+  const int64_t vocab = config_from_name(o.model).vocab_size;  // throws on an unknown preset
+  if (vocab < tokenizer.vocab_size())
+    throw std::invalid_argument("--tokenizer " + o.tokenizer + ": its vocabulary (" +
+                                std::to_string(tokenizer.vocab_size()) +
+                                " tokens) does not fit model " + o.model + " (vocab_size " +
+                                std::to_string(vocab) + ")");
+}
+
+// `harness-worker generate ... --json` for these options.
+std::vector<std::string> worker_argv(const std::string& worker, const GenerateOptions& o,
+                                     const std::vector<int64_t>& prompt, bool sampling) {
   std::vector<std::string> argv = {worker,
                                    "generate",
                                    "--model",
@@ -148,7 +152,16 @@ int run_generate(const GenerateOptions& o, bool sampling) {
     std::snprintf(buf, sizeof buf, "%.17g", o.top_p);
     argv.insert(argv.end(), {"--top-p", buf, "--top-k", std::to_string(o.top_k)});
   }
+  return argv;
+}
 
+// What the worker printed on stdout and how it ended.
+struct WorkerRun {
+  ChildOutcome outcome;
+  std::string out;
+};
+
+WorkerRun run_worker(const std::vector<std::string>& argv) {
   const fs::path tmp =
       fs::temp_directory_path() / ("harness-generate." + std::to_string(::getpid()));
   ChildSpec child;
@@ -156,70 +169,74 @@ int run_generate(const GenerateOptions& o, bool sampling) {
   child.stdout_path = tmp.string() + ".out";
   child.stderr_path = tmp.string() + ".err";
   install_interrupt_handler();
-  const ChildOutcome outcome = run_child(child);
-  std::string out;
+  WorkerRun run;
+  run.outcome = run_child(child);
   try {
-    out = read_file(child.stdout_path);
+    run.out = read_file(child.stdout_path);
   } catch (const std::exception&) {
   }
   fs::remove(child.stdout_path);
   fs::remove(child.stderr_path);
+  return run;
+}
+
+// The exit code for a worker that did not end well; none when it did.
+std::optional<int> failed_exit_code(const ChildOutcome& outcome, const std::string& worker) {
   if (outcome.interrupted) return 128 + interrupt_signal();
-  if (outcome.exit_code != 0) {
-    std::fprintf(stderr, "%s", outcome.stderr_tail.c_str());
-    if (outcome.signal) {
-      std::fprintf(stderr, "error: %s died by signal %d\n", worker.c_str(), *outcome.signal);
-      return kExitRunError;
-    }
-    return outcome.exit_code.value_or(kExitRunError);
+  if (outcome.exit_code == 0) return std::nullopt;
+  std::fprintf(stderr, "%s", outcome.stderr_tail.c_str());
+  if (outcome.signal) {
+    std::fprintf(stderr, "error: %s died by signal %d\n", worker.c_str(), *outcome.signal);
+    return kExitRunError;
   }
-  Json result;
-  try {
-    result = Json::parse(out);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(worker + " generate printed no JSON: " + e.what());
-  }
-  const auto ids = result.at("new_ids").get<std::vector<int64_t>>();
-  const auto per_row = static_cast<size_t>(o.max_new_tokens);
+  return outcome.exit_code.value_or(kExitRunError);
+}
 
-  // The text of each batch row, cut at the first stop id (<|eot_id|>, <|end_of_text|>, </s>).
+// The text of each batch row, cut at the first stop id (<|eot_id|>, <|end_of_text|>, </s>).
+std::vector<std::string> row_texts(const std::vector<int64_t>& ids, size_t per_row,
+                                   const TextTokenizer& tokenizer, bool keep_stop) {
   std::vector<std::string> texts;
-  if (tokenizer) {
-    const std::vector<int64_t> stops = tokenizer->stop_ids();
-    for (size_t row = 0; row * per_row < ids.size(); ++row) {
-      std::vector<int64_t> part;
-      for (size_t i = row * per_row; i < std::min(ids.size(), (row + 1) * per_row); ++i) {
-        const bool stop = std::find(stops.begin(), stops.end(), ids[i]) != stops.end();
-        if (stop && !o.keep_stop) break;
-        part.push_back(ids[i]);
-      }
-      texts.push_back(tokenizer->decode(part));
+  const std::vector<int64_t> stops = tokenizer.stop_ids();
+  for (size_t row = 0; row * per_row < ids.size(); ++row) {
+    std::vector<int64_t> part;
+    for (size_t i = row * per_row; i < std::min(ids.size(), (row + 1) * per_row); ++i) {
+      const bool stop = std::find(stops.begin(), stops.end(), ids[i]) != stops.end();
+      if (stop && !keep_stop) break;
+      part.push_back(ids[i]);
     }
+    texts.push_back(tokenizer.decode(part));
   }
+  return texts;
+}
 
-  if (o.json) {
-    if (!prompt.empty()) result["prompt_ids"] = prompt;
-    result["sampling"] = sampling ? "sample" : "greedy";
-    if (tokenizer) {
-      result["tokenizer"] = o.tokenizer;
-      // Through json_text: decoded bytes that are not UTF-8 become U+FFFD.
-      std::string dump = result.dump(-1, ' ', false, Json::error_handler_t::replace);
-      dump.pop_back();  // the closing brace
-      dump += ",\"text\":" + json_text(texts.empty() ? "" : texts[0]);
-      if (texts.size() > 1) {
-        dump += ",\"texts\":[";
-        for (size_t i = 0; i < texts.size(); ++i) dump += (i ? "," : "") + json_text(texts[i]);
-        dump += "]";
-      }
-      dump += "}";
-      std::printf("%s\n", dump.c_str());
-    } else {
-      std::printf("%s\n", result.dump().c_str());
-    }
-    return kExitOk;
+// --json: the worker's result with the prompt, the sampling mode and (with a tokenizer) the texts.
+void print_json(Json result, const GenerateOptions& o, const std::vector<int64_t>& prompt,
+                bool sampling, bool with_tokenizer, const std::vector<std::string>& texts) {
+  if (!prompt.empty()) result["prompt_ids"] = prompt;
+  result["sampling"] = sampling ? "sample" : "greedy";
+  if (!with_tokenizer) {
+    std::printf("%s\n", result.dump().c_str());
+    return;
   }
+  result["tokenizer"] = o.tokenizer;
+  // Through json_text: decoded bytes that are not UTF-8 become U+FFFD.
+  std::string dump = result.dump(-1, ' ', false, Json::error_handler_t::replace);
+  dump.pop_back();  // the closing brace
+  dump += ",\"text\":" + json_text(texts.empty() ? "" : texts[0]);
+  if (texts.size() > 1) {
+    dump += ",\"texts\":[";
+    for (size_t i = 0; i < texts.size(); ++i) dump += (i ? "," : "") + json_text(texts[i]);
+    dump += "]";
+  }
+  dump += "}";
+  std::printf("%s\n", dump.c_str());
+}
 
-  if (tokenizer) {
+// Plain output: the texts (or the ids without a tokenizer), then the timings on stderr.
+void print_text(const Json& result, const GenerateOptions& o, bool sampling, bool with_tokenizer,
+                const std::vector<int64_t>& ids, const std::vector<std::string>& texts) {
+  const auto per_row = static_cast<size_t>(o.max_new_tokens);
+  if (with_tokenizer) {
     for (size_t i = 0; i < texts.size(); ++i) {
       if (texts.size() > 1) std::printf("[%zu] ", i);
       std::printf("%s\n", texts[i].c_str());
@@ -239,11 +256,38 @@ int run_generate(const GenerateOptions& o, bool sampling) {
                static_cast<long long>(o.max_new_tokens), sampling ? "sampled" : "greedy",
                o.kv_cache.c_str(), result.value("prefill_s", 0.0),
                result.value("decode_token_s", 0.0), result.value("threads", 0));
+}
+
+int run_generate(const GenerateOptions& o, bool sampling) {
+  std::unique_ptr<TextTokenizer> tokenizer;
+  if (!o.tokenizer.empty()) tokenizer = load_tokenizer(o.tokenizer);
+  const std::vector<int64_t> prompt = prompt_ids(o, tokenizer.get());
+  if (tokenizer) check_vocabulary(o, *tokenizer);
+
+  const std::string worker = default_worker_path();
+  const WorkerRun run = run_worker(worker_argv(worker, o, prompt, sampling));
+  if (const std::optional<int> code = failed_exit_code(run.outcome, worker)) return *code;
+  Json result;
+  try {
+    result = Json::parse(run.out);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(worker + " generate printed no JSON: " + e.what());
+  }
+  const auto ids = result.at("new_ids").get<std::vector<int64_t>>();
+  std::vector<std::string> texts;
+  if (tokenizer) {
+    texts = row_texts(ids, static_cast<size_t>(o.max_new_tokens), *tokenizer, o.keep_stop);
+  }
+  if (o.json) {
+    print_json(std::move(result), o, prompt, sampling, tokenizer != nullptr, texts);
+  } else {
+    print_text(result, o, sampling, tokenizer != nullptr, ids, texts);
+  }
   return kExitOk;
 }
 
 const CommandRegistrar kGenerate{
-    "generate", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "generate", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto o = std::make_shared<GenerateOptions>();
       CLI::App* sub = app.add_subcommand(
           "generate",

@@ -44,7 +44,7 @@ int run_plot(const PlotArgs& args) {
 }
 
 const CommandRegistrar kRegistrar{
-    "plot", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "plot", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto args = std::make_shared<PlotArgs>();
       auto* sub = app.add_subcommand(
           "plot", "draw SVG charts of the spec's tables and per-step curves with gnuplot");

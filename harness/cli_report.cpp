@@ -61,7 +61,7 @@ int run_report(const ReportOptions& options) {
 }
 
 const CommandRegistrar kRegistrar{
-    "report", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "report", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       // The callback runs after this function returns: the options live as long as it does.
       auto options = std::make_shared<ReportOptions>();
       CLI::App* sub = app.add_subcommand(

@@ -69,7 +69,7 @@ int run_command(const RunArgs& args) {
 }
 
 const CommandRegistrar kRegistrar{
-    "run", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "run", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto args = std::make_shared<RunArgs>();
       auto* sub =
           app.add_subcommand("run", "run every planned run of a spec (resumes), then report");

@@ -27,7 +27,7 @@ int task_command(const TaskArgs& args) {
 }
 
 const CommandRegistrar kRegistrar{
-    "task", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "task", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto args = std::make_shared<TaskArgs>();
       auto* sub = app.add_subcommand(
           "task", "(inside a Slurm array task) run one run of a submission and write its outcome");

@@ -102,6 +102,39 @@ std::vector<int64_t> parse_ids(const std::string& text, const std::string& where
   return ids;
 }
 
+// One line of --jsonl output for one line of input (`where`: file:line, for messages).
+std::string jsonl_output_line(const TokenizeOptions& o, const TextTokenizer& tokenizer,
+                              const std::string& line, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(where + ": not JSON: " + e.what());
+  }
+  if (o.decode) return json_string(tokenizer.decode(ids_from_json(j, where))) + "\n";
+  if (!j.is_string()) throw std::invalid_argument(where + ": expected a JSON string");
+  try {
+    return ids_line(
+        tokenizer.encode(j.get_ref<const std::string&>(), o.bos, o.eos, o.allow_special), true);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(where + ": " + e.what());
+  }
+}
+
+// --jsonl: one JSON value per line in, one per line out, written in chunks of about 1 MiB.
+void tokenize_jsonl(const TokenizeOptions& o, const TextTokenizer& tokenizer) {
+  std::istringstream in(read_input(o.jsonl));
+  std::string line, out;
+  size_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    out += jsonl_output_line(o, tokenizer, line, o.jsonl + ":" + std::to_string(line_no));
+    if (out.size() > (1 << 20)) write_out(out), out.clear();
+  }
+  write_out(out);
+}
+
 int run_tokenize(const TokenizeOptions& o) {
   // CLI11 lets at most one of --text, --file, --jsonl through; the callback checks for one.
   if (o.decode && (o.bos || o.eos || o.allow_special))
@@ -109,34 +142,7 @@ int run_tokenize(const TokenizeOptions& o) {
   const auto tokenizer = load_tokenizer(o.tokenizer);
 
   if (!o.jsonl.empty()) {
-    std::istringstream in(read_input(o.jsonl));
-    std::string line, out;
-    size_t line_no = 0;
-    while (std::getline(in, line)) {
-      ++line_no;
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      const std::string where = o.jsonl + ":" + std::to_string(line_no);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        throw std::invalid_argument(where + ": not JSON: " + e.what());
-      }
-      if (o.decode) {
-        out += json_string(tokenizer->decode(ids_from_json(j, where))) + "\n";
-      } else {
-        if (!j.is_string()) throw std::invalid_argument(where + ": expected a JSON string");
-        try {
-          out += ids_line(
-              tokenizer->encode(j.get_ref<const std::string&>(), o.bos, o.eos, o.allow_special),
-              true);
-        } catch (const std::invalid_argument& e) {
-          throw std::invalid_argument(where + ": " + e.what());
-        }
-      }
-      if (out.size() > (1 << 20)) write_out(out), out.clear();
-    }
-    write_out(out);
+    tokenize_jsonl(o, *tokenizer);
     return kExitOk;
   }
 
@@ -160,7 +166,7 @@ int run_tokenize(const TokenizeOptions& o) {
 }
 
 const CommandRegistrar kRegistrar{
-    "tokenize", [](CLI::App& app, std::function<void(int)> set_exit) {
+    "tokenize", [](CLI::App& app, const std::function<void(int)>& set_exit) {
       auto o = std::make_shared<TokenizeOptions>();
       CLI::App* sub = app.add_subcommand(
           "tokenize",

@@ -31,13 +31,6 @@ Json config_value(const Json& config, const std::string& key) {
   return it == config.end() ? Json(nullptr) : *it;
 }
 
-// The table's word for a run that did not end ok (as in `harness report`).
-std::string verdict_word(const std::string& status) {
-  if (status == "oom") return "OOM";
-  if (status == "crashed") return "crash";
-  return status;
-}
-
 // "1,235,814,400"
 std::string with_thousands(int64_t value) {
   std::string digits = std::to_string(value);
@@ -167,7 +160,7 @@ void fill_facts(EnvColumn& column) {
   std::map<std::string, std::vector<std::string>> values;
   for (const auto& [id, run] : column.runs) {
     ++column.env.runs;
-    if (run->status == "ok") ++column.env.ok;
+    if (run->status == Status::kOk) ++column.env.ok;
     if (run->env.empty()) continue;
     for (const char* key : kShownFacts) {
       const std::string value = environment_field(run->env, key);
@@ -211,7 +204,7 @@ MetricPlan known_metric(const std::string& name) {
 // (MFU has a table of its own), else the gated ones (what `harness check` judges); then the
 // headline throughput.
 std::vector<std::string> metric_names_of_part(const Spec& spec, const PlanPart& part) {
-  const std::string& workload = spec.parts[static_cast<size_t>(part.part)].workload;
+  const Workload workload = spec.parts[static_cast<size_t>(part.part)].workload;
   std::vector<std::string> names;
   for (const TableSpec& table : spec.tables) {
     if (!table_selects(spec, table, part.part, workload)) continue;
@@ -240,8 +233,8 @@ std::vector<MetricPlan> metrics_of_part(const Spec& spec, const PlanPart& part,
       out.push_back({"mem_share_pct", "Peak Mem (% of device)", NumberFormat::kFixed, 1});
     }
   }
-  const std::string& workload = spec.parts[static_cast<size_t>(part.part)].workload;
-  if (with_gpu_figures && with_mfu && workload == "finetune" &&
+  const Workload workload = spec.parts[static_cast<size_t>(part.part)].workload;
+  if (with_gpu_figures && with_mfu && workload == Workload::kFinetune &&
       has_data(std::string(kTokensPerSecondMetric))) {
     out.push_back({"mfu_pct", "MFU (%)", NumberFormat::kSignificant, 3});
   }
@@ -594,16 +587,17 @@ Figures figures_of(const std::vector<RunConfig>& plan, Comparison& c) {
   Figures figures;
   figures.any_gpu =
       std::any_of(c.envs.begin(), c.envs.end(), [](const CompareEnv& env) { return !env.cpu; });
-  const bool any_finetune = std::any_of(
-      plan.begin(), plan.end(), [](const RunConfig& run) { return run.workload == "finetune"; });
+  const bool any_finetune = std::any_of(plan.begin(), plan.end(), [](const RunConfig& run) {
+    return run.workload == Workload::kFinetune;
+  });
   // With CPU runs only, the tables of GPU figures would hold nothing but n/a.
   if (!figures.any_gpu && !c.envs.empty()) {
-    c.notes.push_back(
+    c.notes.emplace_back(
         "CPU runs only: no share of device memory and no MFU (the peak table lists GPUs).");
   }
   figures.with_mfu = figures.any_gpu && any_finetune && c.params.has_value();
   if (figures.any_gpu && any_finetune && !c.params.has_value()) {
-    c.notes.push_back(
+    c.notes.emplace_back(
         "MFU: not computed: the spec names no model preset, so the parameter "
         "count N is unknown.");
   }
@@ -666,7 +660,7 @@ CompareTable compare_table(const PlanPart& part, const MetricPlan& metric,
   table.keys = part.keys;
   if (metric.name == "mem_share_pct" &&
       std::any_of(c.envs.begin(), c.envs.end(), [](const CompareEnv& e) { return e.cpu; })) {
-    table.notes.push_back("No share of device memory for CPU runs.");
+    table.notes.emplace_back("No share of device memory for CPU runs.");
   }
   std::set<std::string> mfu_notes;
   const RunValue value = value_of(metric, c, mfu_notes);

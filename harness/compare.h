@@ -51,7 +51,7 @@ std::string compute_dtype(const Json& config);
 // One configuration of the plan with all its repeats.
 struct ConfigGroup {
   int part = 0;
-  std::string workload;
+  Workload workload = Workload::kFinetune;
   Json config;                       // the resolved config (without the repeat)
   std::vector<std::string> values;   // one per PlanPart::keys, as shown in tables
   std::string label;                 // "gc=off, mp=fp16" (the varying keys), "(all)" if none

@@ -100,6 +100,9 @@ std::string default_text(const ConfigKey& key) {
 
 }  // namespace
 
+// The registry is data, one initializer, not logic: its length is the number of keys. It is a
+// function-local static so that static initializers elsewhere can read it in any order.
+// NOLINTNEXTLINE(readability-function-size)
 const std::vector<ConfigKey>& config_keys() {
   static const std::vector<ConfigKey> keys = {
       {.name = "batch_size",
@@ -304,12 +307,12 @@ const ConfigKey* find_config_key(std::string_view name) {
   return nullptr;
 }
 
-bool applies(Scope scope, std::string_view workload) {
-  return scope == Scope::kBoth || (scope == Scope::kFinetune && workload == "finetune") ||
-         (scope == Scope::kGenerate && workload == "generate");
+bool applies(Scope scope, Workload workload) {
+  return scope == Scope::kBoth || (scope == Scope::kFinetune && workload == Workload::kFinetune) ||
+         (scope == Scope::kGenerate && workload == Workload::kGenerate);
 }
 
-std::string known_keys(std::string_view workload) {
+std::string known_keys(Workload workload) {
   std::vector<std::string_view> names;
   for (const ConfigKey& key : config_keys())
     if (applies(key.scope, workload)) names.push_back(key.name);

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "harness/vocabulary.h"
+
 namespace hx {
 
 enum class Scope { kBoth, kFinetune, kGenerate };
@@ -38,9 +40,9 @@ struct ConfigKey {
 const std::vector<ConfigKey>& config_keys();
 const ConfigKey* find_config_key(std::string_view name);
 
-bool applies(Scope scope, std::string_view workload);
+bool applies(Scope scope, Workload workload);
 // The names of the keys of `workload`, comma-separated (for messages).
-std::string known_keys(std::string_view workload);
+std::string known_keys(Workload workload);
 // "an integer >= 1", "a number in [0, 1)", "one of off, fp16, bf16", ...
 std::string describe(const ConfigKey& key);
 // The problem with `value` for `key`, or "" when there is none.

@@ -35,7 +35,7 @@ std::optional<int64_t> preset_param_count(const Spec& spec) {
 std::optional<double> mfu_percent(const StoredRun& run, int64_t params, std::string* why) {
   explain(why, "");
   const auto tokens = stored(run, kTokensPerSecondMetric);
-  if (!tokens.has_value() || run.workload != "finetune") return std::nullopt;
+  if (!tokens.has_value() || run.workload != Workload::kFinetune) return std::nullopt;
   const std::string gpu = environment_field(run.env, "gpu_name");
   if (gpu.empty()) {
     explain(why, "No MFU for CPU runs (the peak table lists GPUs only).");

@@ -253,6 +253,30 @@ class Timeline {
     bool rg = false;
   };
 
+  // The gradient of input `t` of a generic node: the output's gradient itself when the node
+  // shares it or passes it through unchanged (same bytes and element size), else a new storage.
+  void input_grad(const Node& n, int t) {
+    const int o = n.outputs.front();
+    const int go = pending(o);
+    if (go >= 0 && (n.share || (n.pass && bytes(t) == bytes(o) && elem(t) == elem(o)))) {
+      ref(go);
+      deliver(t, go);
+    } else {
+      deliver(t, storage(bytes(t), n.what + " (input grad)"));
+    }
+  }
+
+  // A node without a custom backward: scratch, input gradients, parameter gradients.
+  void generic_backward(const Node& n) {
+    const std::string saved_where = where;
+    where.clear();
+    const int temp = n.temp > 0 ? storage(n.temp, n.what + " (scratch)") : -1;
+    for (int t : n.inputs) input_grad(n, t);
+    for (int id : n.params) param_grad(id, n.what);
+    if (temp >= 0) unref(temp);
+    where = saved_where;
+  }
+
   void run(Node& n) {
     bool reached = false;
     for (int o : n.outputs) reached = reached || pending(o) >= 0;
@@ -260,22 +284,7 @@ class Timeline {
       if (n.custom) {
         n.custom();
       } else {
-        const std::string saved_where = where;
-        where.clear();
-        const int temp = n.temp > 0 ? storage(n.temp, n.what + " (scratch)") : -1;
-        for (int t : n.inputs) {
-          const int o = n.outputs.front();
-          const int go = pending(o);
-          if (go >= 0 && (n.share || (n.pass && bytes(t) == bytes(o) && elem(t) == elem(o)))) {
-            ref(go);
-            deliver(t, go);
-          } else {
-            deliver(t, storage(bytes(t), n.what + " (input grad)"));
-          }
-        }
-        for (int id : n.params) param_grad(id, n.what);
-        if (temp >= 0) unref(temp);
-        where = saved_where;
+        generic_backward(n);
       }
     }
     for (int o : n.outputs) {
@@ -610,6 +619,16 @@ class ModelSim {
       v = -1;
     }
     if (o_.sdpa) return fused_attention(q, k, v, l);
+    return math_attention(q, k, v, l);
+  }
+
+  // The math path of attention (matmul, softmax, matmul), from the roped q and k and from v
+  // (k, v: -1 for views of the KV cache).
+  int math_attention(int q, int k, int v, const Layer& l) {
+    const auto& c = o_.cfg;
+    const int64_t n = b_ * t_, hd = c.head_dim(), h = c.n_heads, kv = c.n_kv_heads;
+    const int64_t rep = h / kv;
+    const int64_t d = dim();
     // (B,T,H,D) -> (B,KV,rep*T,D): a copy unless the transpose is a no-op for the shape.
     int qc;
     if (rep > 1 && t_ > 1) {
@@ -834,6 +853,49 @@ struct StepResult {
 
 // One optimizer step over micro-batches of lengths `lengths`. `state_live`: the optimizer state
 // exists before the step (every step after the first).
+// The loss of a (b, t) batch from its logits; returns the loss tensor (the rest is dropped).
+int lm_loss(Timeline& tl, const FinetuneSetup& s, int logits, int labels, int64_t b, int64_t t) {
+  // lm_loss: narrow(1, 0, T-1) (its backward: zeros of the full logits), reshape (a copy for
+  // B > 1), log_softmax (saves its output), nll_loss (saves log-probs and target).
+  const int64_t rows = b * (t - 1);
+  const int64_t vocab = s.model.cfg.vocab_size;
+  const int narrow = tl.view_op(logits, "loss: logits narrow", rows * vocab);
+  int predicted, target;
+  if (b > 1) {
+    predicted = tl.op({"loss: reshape copy", {narrow}, {}, {}, false, 0, true}, rows * vocab, 4);
+    target = tl.tensor(rows, 8, false, "loss: target copy");
+  } else {
+    predicted = tl.view_op(narrow, "loss: reshape view");
+    target = tl.view(labels, rows);
+  }
+  const int logp =
+      tl.op({"loss: log_softmax", {predicted}, {}, {}, true, 0, false}, rows * vocab, 4);
+  const int loss = tl.op({"loss: nll_loss", {logp}, {}, {logp, target}, false, 0, false}, 1, 4);
+  tl.drop(logp);
+  tl.drop(predicted);
+  tl.drop(target);
+  tl.drop(narrow);
+  return loss;
+}
+
+// The optimizer's step: AdamW allocates its state now unless `state_live` (kept in `state`), and
+// temporaries of each trainable parameter; SGD with weight decay one temporary.
+void optimizer_step(Timeline& tl, const FinetuneSetup& s, bool state_live,
+                    std::vector<int>& state) {
+  const bool adamw = s.optimizer == "adamw";
+  for (const auto& p : tl.params()) {
+    if (!p.trainable) continue;
+    const int64_t bytes = p.numel * p.elem;
+    if (adamw) {
+      if (!state_live) state.push_back(tl.storage(2 * bytes, "AdamW state"));
+      // denom = (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps): two temporaries of the parameter.
+      tl.unref(tl.storage(2 * bytes, "AdamW denominators"));
+    } else if (s.weight_decay != 0) {
+      tl.unref(tl.storage(bytes, "SGD weight decay"));  // d_p = d_p.add(p, wd)
+    }
+  }
+}
+
 StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& lengths,
                          bool state_live) {
   Timeline tl;
@@ -860,26 +922,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
     const int h = model.hidden(b, t, 0, false);
     const int logits = model.logits(h, n);
     tl.drop(h);
-    // lm_loss: narrow(1, 0, T-1) (its backward: zeros of the full logits), reshape (a copy for
-    // B > 1), log_softmax (saves its output), nll_loss (saves log-probs and target).
-    const int64_t rows = b * (t - 1);
-    const int64_t vocab = s.model.cfg.vocab_size;
-    const int narrow = tl.view_op(logits, "loss: logits narrow", rows * vocab);
-    int predicted, target;
-    if (b > 1) {
-      predicted = tl.op({"loss: reshape copy", {narrow}, {}, {}, false, 0, true}, rows * vocab, 4);
-      target = tl.tensor(rows, 8, false, "loss: target copy");
-    } else {
-      predicted = tl.view_op(narrow, "loss: reshape view");
-      target = tl.view(labels, rows);
-    }
-    const int logp =
-        tl.op({"loss: log_softmax", {predicted}, {}, {}, true, 0, false}, rows * vocab, 4);
-    const int loss = tl.op({"loss: nll_loss", {logp}, {}, {logp, target}, false, 0, false}, 1, 4);
-    tl.drop(logp);
-    tl.drop(predicted);
-    tl.drop(target);
-    tl.drop(narrow);
+    const int loss = lm_loss(tl, s, logits, labels, b, t);
     tl.drop(logits);
     if (s.model.autocast) model.clear_autocast_cache();
     if (first) result.activations = tl.current() - before;
@@ -903,17 +946,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   }
   // Optimizer step, then the gradients are released (set to none).
   tl.phase = "optimizer step";
-  for (const auto& p : tl.params()) {
-    if (!p.trainable) continue;
-    const int64_t bytes = p.numel * p.elem;
-    if (adamw) {
-      if (!state_live) state.push_back(tl.storage(2 * bytes, "AdamW state"));
-      // denom = (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps): two temporaries of the parameter.
-      tl.unref(tl.storage(2 * bytes, "AdamW denominators"));
-    } else if (s.weight_decay != 0) {
-      tl.unref(tl.storage(bytes, "SGD weight decay"));  // d_p = d_p.add(p, wd)
-    }
-  }
+  optimizer_step(tl, s, state_live, state);
   tl.free_param_grads();
   result.peak = tl.peak();
   result.peak_at = tl.peak_at();
@@ -959,10 +992,9 @@ LlamaConfig model_config(const Spec& spec) {
 
 int64_t rope_bytes(const LlamaConfig& c) { return 2 * c.max_seq_len * (c.head_dim() / 2) * 4; }
 
-MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const LlamaConfig& c,
-                                 const EstimateOptions& options) {
-  const auto& part = spec.parts[static_cast<size_t>(run.part)];
-  const Config cfg = RunSettings::parse(run.config, part.data);
+// The replay's setup of a fine-tuning run: the model options, batch, accumulation, optimizer.
+FinetuneSetup finetune_setup(const Spec& spec, const Config& cfg, const LlamaConfig& c,
+                             const EstimateOptions& options) {
   FinetuneSetup s;
   s.model.cfg = c;
   s.model.mean_saves_input = mean_saves_input(options);
@@ -992,11 +1024,15 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
   s.weight_decay = cfg.weight_decay;
   s.max_grad_norm = cfg.max_grad_norm;
   s.rope_bytes = rope_bytes(c);
-  const int64_t max_steps = std::max<int64_t>(1, cfg.max_steps);
+  return s;
+}
 
-  // Lengths of every micro-batch of the run.
+// Lengths of every micro-batch of the run (max_steps x ga of them), each checked to have a loss
+// and to fit the model.
+std::vector<int64_t> micro_batch_lengths(const Json& data, const Config& cfg,
+                                         const FinetuneSetup& s, int64_t max_steps,
+                                         const LlamaConfig& c) {
   std::vector<int64_t> lengths;
-  const auto& data = part.data;
   if (data.value("format", std::string("random")) == "alpaca") {
     const int64_t max_len = cfg.max_seq_len;
     const auto counts = alpaca_token_counts(data.at("path").get<std::string>(),
@@ -1013,8 +1049,13 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
                                   " tokens exceeds max_seq_len " + std::to_string(c.max_seq_len) +
                                   " of " + c.name);
   }
+  return lengths;
+}
 
-  // The first step (no optimizer state yet) and the later step with the longest batch.
+// The step with the highest peak of the first step (no optimizer state yet) and the later step
+// with the longest batch; activations the larger of the two.
+StepResult worst_step(const FinetuneSetup& s, const std::vector<int64_t>& lengths,
+                      int64_t max_steps) {
   auto step_lengths = [&](int64_t step) {
     return std::vector<int64_t>(lengths.begin() + step * s.ga, lengths.begin() + (step + 1) * s.ga);
   };
@@ -1034,6 +1075,19 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
     if (later.peak >= worst.peak) worst = later;
     worst.activations = std::max(first.activations, later.activations);
   }
+  return worst;
+}
+
+MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const LlamaConfig& c,
+                                 const EstimateOptions& options) {
+  const auto& part = spec.parts[static_cast<size_t>(run.part)];
+  const Config cfg = RunSettings::parse(run.config, part.data);
+  const FinetuneSetup s = finetune_setup(spec, cfg, c, options);
+  const int64_t max_steps = std::max<int64_t>(1, cfg.max_steps);
+
+  const std::vector<int64_t> lengths = micro_batch_lengths(part.data, cfg, s, max_steps, c);
+
+  const StepResult worst = worst_step(s, lengths, max_steps);
 
   Timeline tl;
   ModelSim sizes(tl, s.model);
@@ -1137,7 +1191,7 @@ std::string mb_full(int64_t bytes) { return format_full(static_cast<double>(byte
 // One table per part in Markdown: the columns of its workload.
 TextTable markdown_estimate_table(const PartSpec& part) {
   TextTable table;
-  if (part.workload == "generate") {
+  if (part.workload == Workload::kGenerate) {
     table.header = {"run id", "axes", "batch", "seq", "weights", "KV cache", "peak", "peak at"};
   } else {
     table.header = {"run id", "axes",      "batch",       "seq",  "trainable", "weights",
@@ -1162,7 +1216,7 @@ std::vector<std::string> markdown_cells(const Spec& spec, const PartSpec& part,
                     static_cast<double>(e.peak) / kMB > static_cast<double>(spec.memory_limit_mb);
   cells.push_back(std::to_string(e.batch));
   cells.push_back(std::to_string(e.seq_len));
-  if (part.workload == "generate") {
+  if (part.workload == Workload::kGenerate) {
     cells.insert(cells.end(), {mb(e.weights), mb(e.kv_cache)});
   } else {
     cells.insert(cells.end(), {std::to_string(e.trainable), mb(e.weights), mb(e.grads),
@@ -1180,7 +1234,8 @@ const std::vector<std::string> kEstimateCsvHeader = {
     "activations_mb", "kv_cache_mb", "peak_mb",          "peak_at"};
 
 std::vector<std::string> csv_cells(int part, const MemoryEstimate& e, const std::string& error) {
-  std::vector<std::string> cells{std::to_string(part + 1), e.run_id, e.workload, e.axes};
+  std::vector<std::string> cells{std::to_string(part + 1), e.run_id,
+                                 std::string(to_string(e.workload)), e.axes};
   if (!error.empty()) {
     cells.resize(kEstimateCsvHeader.size() - 1);  // the 11 numbers empty
     cells.push_back("error: " + error);
@@ -1297,8 +1352,8 @@ std::string default_libtorch_version() {
 MemoryEstimate estimate_memory(const Spec& spec, const RunConfig& run,
                                const EstimateOptions& options) {
   const LlamaConfig c = model_config(spec);
-  MemoryEstimate e = run.workload == "generate" ? estimate_generate(run, c)
-                                                : estimate_finetune(spec, run, c, options);
+  MemoryEstimate e = run.workload == Workload::kGenerate ? estimate_generate(run, c)
+                                                         : estimate_finetune(spec, run, c, options);
   e.run_id = run.run_id;
   e.part = run.part;
   e.workload = run.workload;

@@ -25,8 +25,8 @@ namespace hx {
 struct MemoryEstimate {
   std::string run_id;
   int part = 0;
-  std::string workload;  // finetune | generate
-  std::string axes;      // the run's matrix axis values, "gc=on, lora=off"
+  Workload workload = Workload::kFinetune;
+  std::string axes;  // the run's matrix axis values, "gc=on, lora=off"
   int64_t batch = 0;
   int64_t seq_len = 0;      // finetune: tokens per sequence of the longest batch; generate: the
                             // longest sequence fed at once (prompt, or prompt + new - 1 uncached)

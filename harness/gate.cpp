@@ -133,17 +133,16 @@ std::string metric_value_text(const std::string& metric, double value) {
   return text;
 }
 
-std::string status_word(const std::string& status) {
-  if (status == "oom") return "OOM";
-  if (status == "crashed") return "crash";
-  return status;
+// The runs table's workload text: "" for NULL.
+std::string workload_text(std::optional<Workload> workload) {
+  return workload ? std::string(to_string(*workload)) : std::string();
 }
 
 // "ok", "5 ok", "4 ok, 1 OOM"
-std::string status_summary(const std::vector<std::string>& statuses) {
+std::string status_summary(const std::vector<Status>& statuses) {
   std::vector<std::pair<std::string, int>> counts;
-  for (const std::string& status : statuses) {
-    const std::string word = status_word(status);
+  for (const Status status : statuses) {
+    const std::string word(status_label(status));
     auto it = std::find_if(counts.begin(), counts.end(),
                            [&](const auto& entry) { return entry.first == word; });
     if (it == counts.end()) {
@@ -156,10 +155,6 @@ std::string status_summary(const std::vector<std::string>& statuses) {
   std::vector<std::string> parts;
   for (const auto& [word, count] : counts) parts.push_back(std::to_string(count) + " " + word);
   return join(parts, ", ");
-}
-
-bool is_failure(const std::string& status) {
-  return status == "oom" || status == "crashed" || status == "timeout" || status == "error";
 }
 
 // "Tesla P100-PCIE-16GB, libtorch 2.1.0"; CPU runs name their CPU.
@@ -193,7 +188,7 @@ struct EnvSet {
 std::vector<double> ok_values(const std::vector<const StoredRun*>& runs, const std::string& name) {
   std::vector<double> values;
   for (const StoredRun* run : runs) {
-    if (run->status != "ok") continue;
+    if (run->status != Status::kOk) continue;
     const auto it = run->metrics.find(name);
     if (it != run->metrics.end() && std::isfinite(it->second)) values.push_back(it->second);
   }
@@ -303,9 +298,9 @@ std::string baseline_csv(const std::vector<RunConfig>& plan, const std::vector<S
     const std::vector<std::string> head = {run.run_id,
                                            std::to_string(run.repeat),
                                            run.experiment,
-                                           run.workload,
+                                           workload_text(run.workload),
                                            canonical_json(run.config),
-                                           run.status,
+                                           std::string(to_string(run.status)),
                                            environment_device(run.env),
                                            environment_field(run.env, "libtorch"),
                                            environment_field(run.env, "cpu")};
@@ -340,8 +335,11 @@ StoredRun baseline_run(const std::vector<std::string>& f, const std::string& whe
       ec != std::errc() || ptr != f[1].data() + f[1].size() || run.repeat < 0) {
     throw std::invalid_argument(where + "repeat: not a count: \"" + f[1] + "\"");
   }
-  if (!is_valid_status(f[5])) {
-    throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
+  const std::optional<Status> status = parse_status(f[5]);
+  if (!status) throw std::invalid_argument(where + "status: unknown \"" + f[5] + "\"");
+  const std::optional<Workload> workload = parse_workload(f[3]);
+  if (!workload && !f[3].empty()) {
+    throw std::invalid_argument(where + "workload: unknown \"" + f[3] + "\"");
   }
   // A run's config is a flat object; one nested 100,000 deep exhausted the stack when the lines
   // of a run were compared (`harness check` died of a stack overflow; tests/core/test_gate.cpp).
@@ -361,8 +359,8 @@ StoredRun baseline_run(const std::vector<std::string>& f, const std::string& whe
     run.env["cpu"] = f[8];
   }
   run.experiment = f[2];
-  run.workload = f[3];
-  run.status = f[5];
+  run.workload = workload;
+  run.status = *status;
   return run;
 }
 
@@ -462,7 +460,7 @@ RunIndex index_runs(const std::vector<RunConfig>& plan, const std::vector<Stored
   }
   for (const StoredRun& run : current) {
     // A skipped run was not measured: as if it were not stored.
-    if (index.planned.contains(run.run_id) && run.status != "skipped") {
+    if (index.planned.contains(run.run_id) && run.status != Status::kSkipped) {
       index.cur.emplace(run.run_id, &run);
     }
   }
@@ -544,19 +542,19 @@ RunPairs match_group(const std::string& label, const ConfigGroup& group, const R
 
 // Status, run by run: shown when any run failed on either side.
 std::optional<GateCheck> status_check(const RunPairs& pairs) {
-  std::vector<std::string> base_status;
-  std::vector<std::string> cur_status;
+  std::vector<Status> base_status;
+  std::vector<Status> cur_status;
   int broke = 0;
   int fixed = 0;
   bool any_failure = false;
   for (size_t i = 0; i < pairs.base.size(); ++i) {
-    const std::string& before = pairs.base[i]->status;
-    const std::string& now = pairs.cur[i]->status;
+    const Status before = pairs.base[i]->status;
+    const Status now = pairs.cur[i]->status;
     base_status.push_back(before);
     cur_status.push_back(now);
-    if (before == "ok" && is_failure(now)) ++broke;
-    if (before != "ok" && now == "ok") ++fixed;
-    any_failure = any_failure || before != "ok" || now != "ok";
+    if (before == Status::kOk && is_failure(now)) ++broke;
+    if (before != Status::kOk && now == Status::kOk) ++fixed;
+    any_failure = any_failure || before != Status::kOk || now != Status::kOk;
   }
   if (!any_failure) return std::nullopt;
   GateCheck check{pairs.label,

@@ -117,6 +117,71 @@ std::string number_or_nan(const std::optional<double>& value) {
   return out.str();
 }
 
+// A bar chart's data: index, value (0 when failed), verdict text, failed flag (gnuplot skips rows
+// with NaN entirely, so a failed cell needs a number and a flag to be drawn as a label); and the
+// highest value.
+struct BarData {
+  std::string text;
+  double top = 0;
+};
+
+BarData bar_data(const ReportRow& row) {
+  std::ostringstream data;
+  double top = 0;
+  for (size_t c = 0; c < row.cells.size(); ++c) {
+    const auto& cell = row.cells[c];
+    const double value = cell.values.empty() ? NAN : median_of(cell.values);
+    if (!std::isnan(value)) top = std::max(top, value);
+    std::string verdict = cell.missing ? "-" : cell.verdict;
+    data << c << ' ' << (std::isnan(value) ? 0.0 : value) << ' '
+         << quoted(verdict.empty() ? "ok" : verdict) << ' ' << (std::isnan(value) ? 1 : 0) << '\n';
+  }
+  return {data.str(), top};
+}
+
+// The gnuplot script of one row's bar chart; `limit` > 0 draws the memory limit line.
+std::string bar_script(const ReportTable& table, const ReportRow& row, const std::string& stem,
+                       double top, double limit) {
+  const size_t columns = row.cells.size();
+  std::ostringstream gp;
+  gp << "set terminal svg size " << std::max<size_t>(640, 90 * columns + 160)
+     << ",480 dynamic font 'sans,11'\n"
+     << "set output " << quoted(stem + ".svg") << "\n"
+     << "set title "
+     << quoted(table.title + (table.subtitle.empty() ? "" : " (" + table.subtitle + ")") + ": " +
+               row.label)
+     << "\n"
+     << "set ylabel " << quoted(row.label) << "\n"
+     << "set style fill solid 0.6 border -1\nset boxwidth 0.6\nset grid ytics\n"
+     << "set key off\nset bmargin " << 1 + table.header.size() << "\n"
+     << "set yrange [0:" << top * 1.15 << "]\n"
+     << "set xrange [-0.6:" << static_cast<double>(columns) - 0.4 << "]\n"
+     << "set xtics (";
+  for (size_t c = 0; c < columns; ++c)
+    gp << (c ? ", " : "") << quoted(column_label(table, c)) << ' ' << c;
+  gp << ")\n";
+  if (limit > 0) gp << limit_line(limit);
+  // Failed runs: their verdict written at the bottom of their slot, in red.
+  gp << "plot " << quoted(stem + ".dat")
+     << " using 1:($4 == 1 ? 1/0 : $2) with boxes lc rgb '#4472c4', '' using 1:($4 == 1 ? "
+        "1/0 : $2):(sprintf('%.3g', $2)) with labels offset 0,0.8, '' using 1:($4 == 1 ? "
+     << top * 0.05 << " : 1/0):3 with labels tc rgb 'red' font ',12'\n";
+  return gp.str();
+}
+
+// One row of a report table as a bar chart: writes stem.dat, stem.gp and (with gnuplot) the SVG.
+void plot_row(const Spec& spec, const ReportTable& table, const ReportRow& row,
+              const std::string& stem, const PlotOptions& options) {
+  BarData data = bar_data(row);
+  const double limit = memory_limit(spec, options);
+  const bool draw_limit = is_memory(row.metric) && limit > 0;
+  if (draw_limit) data.top = std::max(data.top, limit);
+  if (data.top <= 0) data.top = 1;
+  write_file_atomic(stem + ".dat", data.text);
+  write_file_atomic(stem + ".gp", bar_script(table, row, stem, data.top, draw_limit ? limit : 0));
+  run_gnuplot(options, stem);
+}
+
 }  // namespace
 
 std::vector<std::string> plot_report(const Spec& spec, const std::vector<ReportTable>& tables,
@@ -126,56 +191,13 @@ std::vector<std::string> plot_report(const Spec& spec, const std::vector<ReportT
   int table_index = 0;
   for (const auto& table : tables) {
     ++table_index;
-    const std::string base_name = spec.name + "-" + std::to_string(table_index) + "-" +
-                                  slug(table.title + (table.subtitle.empty() ? "" : "-" +
-                                                                               table.subtitle));
+    const std::string base_name =
+        spec.name + "-" + std::to_string(table_index) + "-" +
+        slug(table.title + (table.subtitle.empty() ? "" : "-" + table.subtitle));
     for (const auto& row : table.rows) {
-      const size_t columns = row.cells.size();
-      if (columns == 0) continue;
+      if (row.cells.empty()) continue;
       const fs::path stem = fs::path(options.out_dir) / (base_name + "-" + row.metric);
-      // Data: index, value (0 when failed), verdict text, failed flag. (gnuplot skips rows with
-      // NaN entirely, so a failed cell needs a number and a flag to be drawn as a label.)
-      std::ostringstream data;
-      double top = 0;
-      for (size_t c = 0; c < columns; ++c) {
-        const auto& cell = row.cells[c];
-        const double value = cell.values.empty() ? NAN : median_of(cell.values);
-        if (!std::isnan(value)) top = std::max(top, value);
-        std::string verdict = cell.missing ? "-" : cell.verdict;
-        data << c << ' ' << (std::isnan(value) ? 0.0 : value) << ' '
-             << quoted(verdict.empty() ? "ok" : verdict) << ' ' << (std::isnan(value) ? 1 : 0)
-             << '\n';
-      }
-      const double limit = memory_limit(spec, options);
-      const bool draw_limit = is_memory(row.metric) && limit > 0;
-      if (draw_limit) top = std::max(top, limit);
-      if (top <= 0) top = 1;
-      write_file_atomic(stem.string() + ".dat", data.str());
-
-      std::ostringstream gp;
-      gp << "set terminal svg size " << std::max<size_t>(640, 90 * columns + 160)
-         << ",480 dynamic font 'sans,11'\n"
-         << "set output " << quoted(stem.string() + ".svg") << "\n"
-         << "set title " << quoted(table.title + (table.subtitle.empty() ? "" : " (" +
-                                                 table.subtitle + ")") + ": " + row.label)
-         << "\n"
-         << "set ylabel " << quoted(row.label) << "\n"
-         << "set style fill solid 0.6 border -1\nset boxwidth 0.6\nset grid ytics\n"
-         << "set key off\nset bmargin " << 1 + table.header.size() << "\n"
-         << "set yrange [0:" << top * 1.15 << "]\n"
-         << "set xrange [-0.6:" << static_cast<double>(columns) - 0.4 << "]\n"
-         << "set xtics (";
-      for (size_t c = 0; c < columns; ++c)
-        gp << (c ? ", " : "") << quoted(column_label(table, c)) << ' ' << c;
-      gp << ")\n";
-      if (draw_limit) gp << limit_line(limit);
-      // Failed runs: their verdict written at the bottom of their slot, in red.
-      gp << "plot " << quoted(stem.string() + ".dat")
-         << " using 1:($4 == 1 ? 1/0 : $2) with boxes lc rgb '#4472c4', '' using 1:($4 == 1 ? "
-            "1/0 : $2):(sprintf('%.3g', $2)) with labels offset 0,0.8, '' using 1:($4 == 1 ? "
-         << top * 0.05 << " : 1/0):3 with labels tc rgb 'red' font ',12'\n";
-      write_file_atomic(stem.string() + ".gp", gp.str());
-      run_gnuplot(options, stem.string());
+      plot_row(spec, table, row, stem.string(), options);
       written.push_back(stem.string() + ".svg");
     }
   }
@@ -200,7 +222,8 @@ std::vector<StepCurve> step_curves(const Spec& spec, const std::vector<RunConfig
     StepCurve curve;
     curve.part = run.part;
     curve.label = config_label(spec, run);
-    if (it->second->status != "ok") curve.label += " (" + it->second->status + ")";
+    if (it->second->status != Status::kOk)
+      curve.label += " (" + std::string(to_string(it->second->status)) + ")";
     curve.steps = std::move(steps);
     const auto [pos, fresh] = by_config.emplace(key, curves.size());
     if (fresh) {
@@ -214,6 +237,95 @@ std::vector<StepCurve> step_curves(const Spec& spec, const std::vector<RunConfig
   return curves;
 }
 
+namespace {
+
+// The part's name in file names and titles: "" for a spec with one part, else its label or index.
+std::string steps_part_name(const Spec& spec, int part) {
+  if (spec.parts.size() <= 1) return "";
+  const bool known = part >= 0 && static_cast<size_t>(part) < spec.parts.size();
+  const std::string label = known ? spec.parts[static_cast<size_t>(part)].label : "";
+  return label.empty() ? std::to_string(part) : label;
+}
+
+// One block per curve (gnuplot's `index`): step, loss, memory; NaN where there is none.
+std::string steps_data(const std::vector<const StepCurve*>& drawn) {
+  std::ostringstream data;
+  for (const StepCurve* c : drawn) {
+    data << "# " << c->label << "\n";
+    for (const StepRow& s : c->steps)
+      data << s.step << ' ' << number_or_nan(s.loss) << ' ' << number_or_nan(s.mem_mb) << '\n';
+    data << "\n\n";
+  }
+  return data.str();
+}
+
+struct Chart {
+  const char* suffix;
+  int column;
+  const char* title;
+  const char* ylabel;
+};
+
+// The `plot` command of a chart: a curve without a single value in this column is left out
+// (gnuplot refuses a plot with no defined point); "" when none has one.
+std::string steps_plot_command(const std::vector<const StepCurve*>& drawn, const Chart& chart,
+                               const std::string& data_path) {
+  std::string plots;
+  for (size_t i = 0; i < drawn.size(); ++i) {
+    const auto& steps = drawn[i]->steps;
+    const bool any = std::any_of(steps.begin(), steps.end(), [&chart](const StepRow& s) {
+      return chart.column == 2 ? s.loss.has_value() : s.mem_mb.has_value();
+    });
+    if (!any) continue;
+    plots += std::string(plots.empty() ? "plot " : ", ") + quoted(data_path) + " index " +
+             std::to_string(i) + " using 1:" + std::to_string(chart.column) +
+             " with linespoints title " + quoted(drawn[i]->label);
+  }
+  return plots;
+}
+
+// The memory chart's y range: from 0, and high enough for the limit line (how close each step
+// comes to the limit); then the limit line.
+std::string memory_range(const Spec& spec, const PlotOptions& options,
+                         const std::vector<const StepCurve*>& drawn) {
+  double top = memory_limit(spec, options);
+  for (const StepCurve* c : drawn)
+    for (const StepRow& s : c->steps)
+      if (s.mem_mb && !std::isnan(*s.mem_mb)) top = std::max(top, *s.mem_mb);
+  std::ostringstream gp;
+  gp << "set yrange [0:" << (top > 0 ? top * 1.15 : 1.0) << "]\n";
+  if (memory_limit(spec, options) > 0) gp << limit_line(memory_limit(spec, options));
+  return gp.str();
+}
+
+// The gnuplot script of one chart of a part's curves, "" when no curve has a value to draw.
+std::string steps_script(const Spec& spec, const PlotOptions& options,
+                         const std::vector<const StepCurve*>& drawn, const Chart& chart,
+                         const std::string& base, const std::string& part_name) {
+  const std::string plots = steps_plot_command(drawn, chart, base + ".dat");
+  if (plots.empty()) return "";
+  int64_t last_step = 0;
+  for (const StepCurve* c : drawn)
+    for (const StepRow& s : c->steps) last_step = std::max(last_step, s.step);
+  const std::string stem = base + "-" + chart.suffix;
+  std::ostringstream gp;
+  gp << "set terminal svg size 800,480 dynamic font 'sans,11'\n"
+     << "set output " << quoted(stem + ".svg") << "\n"
+     << "set title "
+     << quoted(spec.name + (part_name.empty() ? "" : " (part " + part_name + ")") + ": " +
+               chart.title + " per step")
+     << "\n"
+     << "set xlabel " << quoted("step (from 0; warm-up steps included)") << "\n"
+     << "set ylabel " << quoted(chart.ylabel) << "\n"
+     << "set grid\nset key outside right top\nset datafile missing 'NaN'\n";
+  if (last_step <= 20) gp << "set xtics 1\n";  // whole steps
+  if (chart.column == 3) gp << memory_range(spec, options, drawn);
+  gp << plots << "\n";
+  return gp.str();
+}
+
+}  // namespace
+
 std::vector<std::string> plot_steps(const Spec& spec, const std::vector<StepCurve>& curves,
                                     const PlotOptions& options) {
   std::vector<int> parts;
@@ -224,77 +336,21 @@ std::vector<std::string> plot_steps(const Spec& spec, const std::vector<StepCurv
 
   std::vector<std::string> written;
   for (const int part : parts) {
-    std::string part_name;
-    if (spec.parts.size() > 1) {
-      const bool known = part >= 0 && static_cast<size_t>(part) < spec.parts.size();
-      const std::string label = known ? spec.parts[static_cast<size_t>(part)].label : "";
-      part_name = label.empty() ? std::to_string(part) : label;
-    }
+    const std::string part_name = steps_part_name(spec, part);
     const std::string base =
         (fs::path(options.out_dir) /
          (spec.name + "-steps" + (part_name.empty() ? "" : "-" + slug(part_name))))
             .string();
-    // One block per curve (gnuplot's `index`): step, loss, memory; NaN where there is none.
-    std::ostringstream data;
     std::vector<const StepCurve*> drawn;
-    for (const StepCurve& c : curves) {
-      if (c.part != part) continue;
-      data << "# " << c.label << "\n";
-      for (const StepRow& s : c.steps)
-        data << s.step << ' ' << number_or_nan(s.loss) << ' ' << number_or_nan(s.mem_mb) << '\n';
-      data << "\n\n";
-      drawn.push_back(&c);
-    }
-    write_file_atomic(base + ".dat", data.str());
-
-    struct Chart {
-      const char* suffix;
-      int column;
-      const char* title;
-      const char* ylabel;
-    };
-    int64_t last_step = 0;
-    for (const StepCurve* c : drawn)
-      for (const StepRow& s : c->steps) last_step = std::max(last_step, s.step);
-    for (const Chart chart : {Chart{"loss", 2, "loss", "loss"},
-                              Chart{"mem", 3, "peak memory", "peak memory of the step (MB)"}}) {
+    for (const StepCurve& c : curves)
+      if (c.part == part) drawn.push_back(&c);
+    write_file_atomic(base + ".dat", steps_data(drawn));
+    for (const Chart& chart : {Chart{"loss", 2, "loss", "loss"},
+                               Chart{"mem", 3, "peak memory", "peak memory of the step (MB)"}}) {
+      const std::string script = steps_script(spec, options, drawn, chart, base, part_name);
+      if (script.empty()) continue;
       const std::string stem = base + "-" + chart.suffix;
-      std::ostringstream gp;
-      gp << "set terminal svg size 800,480 dynamic font 'sans,11'\n"
-         << "set output " << quoted(stem + ".svg") << "\n"
-         << "set title "
-         << quoted(spec.name + (part_name.empty() ? "" : " (part " + part_name + ")") + ": " +
-                   chart.title + " per step")
-         << "\n"
-         << "set xlabel " << quoted("step (from 0; warm-up steps included)") << "\n"
-         << "set ylabel " << quoted(chart.ylabel) << "\n"
-         << "set grid\nset key outside right top\nset datafile missing 'NaN'\n";
-      if (last_step <= 20) gp << "set xtics 1\n";  // whole steps
-      if (chart.column == 3) {
-        // From 0, and high enough for the limit line: how close each step comes to the limit.
-        double top = memory_limit(spec, options);
-        for (const StepCurve* c : drawn)
-          for (const StepRow& s : c->steps)
-            if (s.mem_mb && !std::isnan(*s.mem_mb)) top = std::max(top, *s.mem_mb);
-        gp << "set yrange [0:" << (top > 0 ? top * 1.15 : 1.0) << "]\n";
-        if (memory_limit(spec, options) > 0) gp << limit_line(memory_limit(spec, options));
-      }
-      // A curve without a single value in this column is left out (gnuplot refuses a plot with
-      // no defined point).
-      std::string plots;
-      for (size_t i = 0; i < drawn.size(); ++i) {
-        const auto& steps = drawn[i]->steps;
-        const bool any = std::any_of(steps.begin(), steps.end(), [&chart](const StepRow& s) {
-          return chart.column == 2 ? s.loss.has_value() : s.mem_mb.has_value();
-        });
-        if (!any) continue;
-        plots += std::string(plots.empty() ? "plot " : ", ") + quoted(base + ".dat") + " index " +
-                 std::to_string(i) + " using 1:" + std::to_string(chart.column) +
-                 " with linespoints title " + quoted(drawn[i]->label);
-      }
-      if (plots.empty()) continue;
-      gp << plots << "\n";
-      write_file_atomic(stem + ".gp", gp.str());
+      write_file_atomic(stem + ".gp", script);
       run_gnuplot(options, stem);
       written.push_back(stem + ".svg");
     }

@@ -20,13 +20,6 @@ bool contains(const std::vector<T>& values, const T& value) {
   return std::find(values.begin(), values.end(), value) != values.end();
 }
 
-// Status word in a cell whose runs all ended this way (the runs table's status -> table text).
-std::string verdict_word(const std::string& status) {
-  if (status == "oom") return "OOM";
-  if (status == "crashed") return "crash";
-  return status;  // timeout, error, skipped
-}
-
 std::string value_text(const Json& value) {
   if (value.is_null()) return "(none)";
   if (value.is_string()) return value.get<std::string>();
@@ -379,9 +372,7 @@ int infer_part(const Spec& spec, const StoredRun& run) {
     return *run.part;
   for (size_t p = 0; p < spec.parts.size(); ++p) {
     const PartSpec& part = spec.parts[p];
-    if (!part.workload.empty() && !run.workload.empty() && part.workload != run.workload) {
-      continue;
-    }
+    if (run.workload && part.workload != *run.workload) continue;
     bool fits = true;
     for (const auto& [key, value] : part.fixed.items()) {
       const bool is_axis =
@@ -417,8 +408,8 @@ ReportTable note_table(const TableSpec& table_spec, const std::string& note) {
 }  // namespace
 
 bool table_selects(const Spec& spec, const TableSpec& table, int part,
-                   const std::string& workload) {
-  if (!table.workload.empty() && workload != table.workload) return false;
+                   std::optional<Workload> workload) {
+  if (table.workload && workload != table.workload) return false;
   return table.part.empty() || part_name(spec, part) == table.part;
 }
 
@@ -432,8 +423,8 @@ ReportCell make_report_cell(const std::vector<const StoredRun*>& runs,
   std::vector<std::string> failures;
   bool any_ok = false;
   for (const StoredRun* run : runs) {
-    if (run->status != "ok") {
-      failures.push_back(verdict_word(run->status));
+    if (run->status != Status::kOk) {
+      failures.emplace_back(status_label(run->status));
       continue;
     }
     any_ok = true;
@@ -665,10 +656,11 @@ std::string render_report(const Spec& spec, const std::vector<StoredRun>& runs,
     RunConfig config;
     config.run_id = run.run_id;
     config.repeat = run.repeat;
-    config.workload = run.workload;
     config.config = run.config;
     config.canonical = run.config.dump();
     config.part = infer_part(spec, run);
+    // A row without a workload (NULL) takes its part's.
+    config.workload = run.workload.value_or(spec.parts[static_cast<size_t>(config.part)].workload);
     planned.push_back(std::move(config));
   }
   return render_report(spec, planned, runs, format);

@@ -132,7 +132,8 @@ std::string report_cell_markdown(const ReportCell& cell, NumberFormat format, in
 std::string report_cell_csv(const ReportCell& cell);
 // Whether a table of the spec shows the runs of part `part` (whose workload is `workload`): the
 // one rule for the report, compare and estimate.
-bool table_selects(const Spec& spec, const TableSpec& table, int part, const std::string& workload);
+bool table_selects(const Spec& spec, const TableSpec& table, int part,
+                   std::optional<Workload> workload);
 
 // The tables of `spec` with cells from `runs` (Store::load_runs) for the runs of `planned`
 // (expand(spec)), matched by run id.

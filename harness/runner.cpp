@@ -52,7 +52,8 @@ std::string axes_text(const Spec& spec, const RunConfig& run) {
     const auto& v = run.config.at(key);
     out += key + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
   }
-  if (spec.parts.size() > 1) out = run.workload + (out.empty() ? "" : " " + out);
+  if (spec.parts.size() > 1)
+    out = std::string(to_string(run.workload)) + (out.empty() ? "" : " " + out);
   if (spec.repeats > 1) out += " #" + std::to_string(run.repeat);
   return out;
 }
@@ -81,7 +82,8 @@ std::string key_metric_text(const RunRecord& record) {
       break;
     }
   }
-  if (record.status != "ok" && !record.error.empty()) parts.push_back(record.error.substr(0, 100));
+  if (record.status != Status::kOk && !record.error.empty())
+    parts.push_back(record.error.substr(0, 100));
   std::string out;
   for (const std::string& part : parts) out += (out.empty() ? "" : ", ") + part;
   return out;
@@ -165,7 +167,7 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
       // Generations as ids from a worker without the spec's tokenizer: decoded here.
       if (!spec.tokenizer.empty() && result.contains("texts")) decode_texts(spec, result, record);
     } catch (const std::exception& e) {
-      record.status = "crashed";
+      record.status = Status::kCrashed;
       record.error = std::string("unreadable result.json: ") + e.what();
     }
   }
@@ -175,25 +177,26 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
   record.signal = outcome.signal;
   record.stderr_tail = outcome.stderr_tail;
   if (outcome.timed_out) {
-    record.status = "timeout";
+    record.status = Status::kTimeout;
     char limit[64];
     std::snprintf(limit, sizeof limit, "killed after timeout_s = %g s", spec.timeout_s);
     record.error = limit;
   } else if (outcome.interrupted) {
-    record.status = "error";
+    record.status = Status::kError;
     record.error = "interrupted";
   } else if (outcome.signal) {
-    record.status = "crashed";
+    record.status = Status::kCrashed;
     record.error = "killed by signal " + std::to_string(*outcome.signal) + " (" +
                    strsignal(*outcome.signal) + ")";
     if (*outcome.signal == SIGKILL) record.error += "; the kernel's OOM killer sends this signal";
   } else if (!have_result) {
-    record.status = outcome.exit_code == 3 ? "oom" : "crashed";
+    record.status = outcome.exit_code == 3 ? Status::kOom : Status::kCrashed;
     if (record.error.empty())
       record.error = "exited with code " + std::to_string(outcome.exit_code.value_or(-1)) +
                      " without writing a result";
-  } else if (record.status == "ok" && outcome.exit_code != 0) {
-    record.status = "crashed";  // a result that claims ok from a child that failed afterwards
+  } else if (record.status == Status::kOk && outcome.exit_code != 0) {
+    record.status =
+        Status::kCrashed;  // a result that claims ok from a child that failed afterwards
     record.error = "exited with code " + std::to_string(outcome.exit_code.value_or(-1));
   }
   return record;
@@ -203,7 +206,7 @@ RunRecord verdict(const Spec& spec, const RunConfig& run, const ChildOutcome& ou
 // tokenizer): the worker then reads token ids (data.tokens_path) and links no tokenizer.
 bool pretokenized(const Spec& spec, const RunConfig& run) {
   const auto& data = spec.parts[static_cast<size_t>(run.part)].data;
-  return !spec.tokenizer.empty() && run.workload == "finetune" &&
+  return !spec.tokenizer.empty() && run.workload == Workload::kFinetune &&
          data.value("format", std::string()) == "alpaca";
 }
 
@@ -244,20 +247,20 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
 
 RunRecord skipped_record(const Spec& spec, const RunConfig& run) {
   RunRecord record = make_run_record(spec.name, run);
-  record.status = "skipped";
+  record.status = Status::kSkipped;
   record.error = run.skip_reason;
   record.started_at = record.finished_at = utc_now_iso8601();
   return record;
 }
 
 std::vector<const RunConfig*> select_pending(const std::vector<RunConfig>& plan,
-                                             const std::map<std::string, std::string>& stored,
+                                             const std::map<std::string, Status>& stored,
                                              bool force, bool retry_failed, RunSummary& summary) {
   summary.planned = static_cast<int>(plan.size());
   std::vector<const RunConfig*> pending;
   for (const auto& run : plan) {
     auto it = stored.find(run.run_id);
-    const bool done = it != stored.end() && !(force || (retry_failed && it->second != "ok"));
+    const bool done = it != stored.end() && !(force || (retry_failed && it->second != Status::kOk));
     if (done) {
       ++summary.already_done;
     } else {
@@ -291,13 +294,14 @@ void Progress::finish(const RunConfig& run, const RunRecord& record, double seco
     std::fprintf(stderr,
                  "note: run %s (%s) was taken over by another runner while this one ran it: its "
                  "%s result is not stored\n",
-                 run.run_id.c_str(), axes_text(spec_, run).c_str(), record.status.c_str());
+                 run.run_id.c_str(), axes_text(spec_, run).c_str(),
+                 std::string(to_string(record.status)).c_str());
   }
-  if (record.status == "ok") {
+  if (record.status == Status::kOk) {
     ++summary_.ok;
-  } else if (record.status == "oom") {
+  } else if (record.status == Status::kOom) {
     ++summary_.oom;
-  } else if (record.status != "skipped") {
+  } else if (record.status != Status::kSkipped) {
     ++summary_.failed;
   }
   if (!print_) return;
@@ -305,7 +309,7 @@ void Progress::finish(const RunConfig& run, const RunRecord& record, double seco
   const double eta = elapsed / static_cast<double>(finished_) *
                      static_cast<double>(std::max<size_t>(total_, finished_) - finished_);
   std::fprintf(stderr, "[%zu/%zu] %-32s %-7s %s (%.1f s) elapsed %s ETA %s\n", finished_, total_,
-               axes_text(spec_, run).c_str(), record.status.c_str(),
+               axes_text(spec_, run).c_str(), std::string(to_string(record.status)).c_str(),
                key_metric_text(record).c_str(), seconds, format_duration(elapsed).c_str(),
                format_duration(eta).c_str());
   std::fflush(stderr);
@@ -362,7 +366,7 @@ fs::path attempt_dir(const fs::path& runs_dir, const std::string& run_id, int at
   const fs::path run_dir = runs_dir / run_id;
   fs::create_directories(run_dir);
   for (int n = std::max(1, attempt);; ++n) {
-    const fs::path dir = run_dir / std::to_string(n);
+    fs::path dir = run_dir / std::to_string(n);
     if (fs::create_directory(dir)) return dir;  // false: it exists (not ours)
   }
 }
@@ -425,6 +429,130 @@ void require_cuda_worker(const std::string& worker, const Spec& spec) {
   }
 }
 
+// A record of a run that failed before or at its start (`started` "" = now), with `error`.
+RunRecord failed_start(const Spec& spec, const RunConfig& run, const std::string& error,
+                       const std::string& started) {
+  RunRecord record = make_run_record(spec.name, run);
+  record.status = Status::kError;
+  record.error = error;
+  record.finished_at = utc_now_iso8601();
+  record.started_at = started.empty() ? record.finished_at : started;
+  return record;
+}
+
+// The local backend's runs of one experiment: the pending runs, taken in turn by `jobs` threads,
+// each claimed in the store, run in a child and recorded through `progress`.
+class LocalRuns {
+ public:
+  LocalRuns(const Spec& spec, const RunOptions& options, Store& store, const Claimant& me,
+            Progress& progress, const std::vector<const RunConfig*>& pending)
+      : spec_(spec),
+        options_(options),
+        store_(store),
+        me_(me),
+        progress_(progress),
+        pending_(pending) {}
+
+  std::string worker;
+  fs::path runs_dir;
+  std::map<std::string, std::string> tokens;  // run id -> pre-tokenised data
+  int threads = 1;                            // per child
+
+  // Takes pending runs until none is left or the user interrupts.
+  void loop() {
+    for (;;) {
+      const size_t index = next_.fetch_add(1);
+      if (index >= pending_.size() || interrupted()) return;
+      if (!run_one(*pending_[index])) return;
+    }
+  }
+
+ private:
+  void finish(const RunConfig& run, const RunRecord& record, double seconds) {
+    progress_.finish(run, record, seconds, &me_);
+  }
+
+  // Claims, runs and records one run; false when interrupted (the claim released).
+  bool run_one(const RunConfig& run) {
+    const ClaimResult claim =
+        store_.claim_run(spec_.name, run.run_id, me_, options_.force, options_.retry_failed);
+    if (claim.outcome != ClaimOutcome::kClaimed) {
+      progress_.not_ours(run, claim);
+      return true;
+    }
+    if (!claim.takeover.empty())
+      std::fprintf(stderr, "taking over run %s: %s\n", run.run_id.c_str(), claim.takeover.c_str());
+    if (!run.skip_reason.empty()) {
+      // Nothing runs that the profiled hardware cannot do; the reason is stored instead.
+      finish(run, skipped_record(spec_, run), 0.0);
+      return true;
+    }
+    // Each attempt has its own directory: no other runner or stale child touches its files.
+    const fs::path dir = attempt_dir(runs_dir, run.run_id, claim.attempt);
+    const std::string result = (dir / "result.json").string();
+    // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
+    if (const std::string error = write_run_file(
+            (dir / "run.json").string(),
+            [&] {
+              return run_file(spec_, run, threads, result,
+                              tokens.contains(run.run_id) ? tokens.at(run.run_id) : "");
+            });
+        !error.empty()) {
+      finish(run, failed_start(spec_, run, error, ""), 0.0);
+      return true;
+    }
+    ChildSpec child;
+    child.argv = {worker, "run", (dir / "run.json").string()};
+    child.stderr_path = (dir / "stderr.log").string();
+    child.stdout_path = (dir / "stdout.log").string();
+    child.timeout_s = spec_.timeout_s;
+    const std::string started = utc_now_iso8601();
+    ChildOutcome outcome;
+    try {
+      outcome = run_child(child);
+    } catch (const std::exception& e) {
+      // The worker could not be started (e.g. being rebuilt): this run failed, the rest go on.
+      finish(run, failed_start(spec_, run, e.what(), started), 0.0);
+      return true;
+    }
+    if (outcome.interrupted) {
+      store_.release_claim(run.run_id, me_);  // not recorded: the run reruns on resume
+      return false;
+    }
+    finish(run, verdict(spec_, run, outcome, result, started), outcome.seconds);
+    return true;
+  }
+
+  const Spec& spec_;
+  const RunOptions& options_;
+  Store& store_;
+  const Claimant& me_;
+  Progress& progress_;
+  const std::vector<const RunConfig*>& pending_;
+  std::atomic<size_t> next_{0};
+};
+
+// The runs at once: --jobs, except one at a time on a GPU. Throws on bad options.
+int local_jobs(const Spec& spec, const RunOptions& options) {
+  if (options.backend != "local")
+    throw std::invalid_argument("--backend " + options.backend + ": expected local or slurm");
+  if (options.jobs < 1) throw std::invalid_argument("--jobs must be at least 1");
+  const int jobs = spec.device == "cuda" ? 1 : options.jobs;  // one GPU: one run at a time
+  if (spec.device == "cuda" && options.jobs > 1 && options.progress)
+    std::fprintf(stderr, "note: device cuda: runs go one at a time (--jobs ignored)\n");
+  return jobs;
+}
+
+// The worker executable to start, checked to exist (and to have CUDA for a cuda spec).
+std::string checked_worker(const Spec& spec, const RunOptions& options) {
+  std::string worker = options.worker_path.empty() ? default_worker_path() : options.worker_path;
+  if (::access(worker.c_str(), X_OK) != 0)
+    throw std::runtime_error("worker executable not found: " + worker +
+                             " (build the harness-worker target, or set HARNESS_WORKER)");
+  if (spec.device == "cuda") require_cuda_worker(worker, spec);
+  return worker;
+}
+
 }  // namespace
 
 std::string executable_dir() {
@@ -440,19 +568,8 @@ std::string default_worker_path() {
 
 RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
   if (options.backend == "slurm") return run_experiment_slurm(spec, options);
-  if (options.backend != "local")
-    throw std::invalid_argument("--backend " + options.backend + ": expected local or slurm");
-  if (options.jobs < 1) throw std::invalid_argument("--jobs must be at least 1");
-  const int jobs = spec.device == "cuda" ? 1 : options.jobs;  // one GPU: one run at a time
-  if (spec.device == "cuda" && options.jobs > 1 && options.progress)
-    std::fprintf(stderr, "note: device cuda: runs go one at a time (--jobs ignored)\n");
-  const std::string worker =
-      options.worker_path.empty() ? default_worker_path() : options.worker_path;
-  if (::access(worker.c_str(), X_OK) != 0)
-    throw std::runtime_error("worker executable not found: " + worker +
-                             " (build the harness-worker target, or set HARNESS_WORKER)");
-
-  if (spec.device == "cuda") require_cuda_worker(worker, spec);
+  const int jobs = local_jobs(spec, options);
+  const std::string worker = checked_worker(spec, options);
 
   const auto plan = expand(spec);
   Store store(options.db_path, Store::Mode::kCreate);
@@ -474,84 +591,21 @@ RunSummary run_experiment(const Spec& spec, const RunOptions& options) {
                  options.db_path.c_str(), jobs, jobs == 1 ? "" : "s");
   }
   // Before any run starts: a data file the tokenizer cannot encode fails the experiment at once.
-  const std::map<std::string, std::string> tokens =
+  std::map<std::string, std::string> tokens =
       pretokenize_runs(spec, pending, runs_dir, options.progress);
   install_interrupt_handler();
 
-  const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
-  const int threads = std::max(1, static_cast<int>(cores) / jobs);
-  std::atomic<size_t> next{0};
   Progress progress(spec, store, summary, pending.size(), options.progress);
-  auto finish = [&](const RunConfig& run, const RunRecord& record, double seconds) {
-    progress.finish(run, record, seconds, &me);
-  };
-  auto worker_loop = [&] {
-    for (;;) {
-      const size_t index = next.fetch_add(1);
-      if (index >= pending.size() || interrupted()) return;
-      const RunConfig& run = *pending[index];
-      const ClaimResult claim =
-          store.claim_run(spec.name, run.run_id, me, options.force, options.retry_failed);
-      if (claim.outcome != ClaimOutcome::kClaimed) {
-        progress.not_ours(run, claim);
-        continue;
-      }
-      if (!claim.takeover.empty())
-        std::fprintf(stderr, "taking over run %s: %s\n", run.run_id.c_str(),
-                     claim.takeover.c_str());
-      if (!run.skip_reason.empty()) {
-        // Nothing runs that the profiled hardware cannot do; the reason is stored instead.
-        finish(run, skipped_record(spec, run), 0.0);
-        continue;
-      }
-      // Each attempt has its own directory: no other runner or stale child touches its files.
-      const fs::path dir = attempt_dir(runs_dir, run.run_id, claim.attempt);
-      const std::string result = (dir / "result.json").string();
-      // E.g. the tokenizer for the generation prompts cannot be read: this run fails, not all.
-      if (const std::string error = write_run_file(
-              (dir / "run.json").string(),
-              [&] {
-                return run_file(spec, run, threads, result,
-                                tokens.contains(run.run_id) ? tokens.at(run.run_id) : "");
-              });
-          !error.empty()) {
-        RunRecord record = make_run_record(spec.name, run);
-        record.status = "error";
-        record.error = error;
-        record.started_at = record.finished_at = utc_now_iso8601();
-        finish(run, record, 0.0);
-        continue;
-      }
-      ChildSpec child;
-      child.argv = {worker, "run", (dir / "run.json").string()};
-      child.stderr_path = (dir / "stderr.log").string();
-      child.stdout_path = (dir / "stdout.log").string();
-      child.timeout_s = spec.timeout_s;
-      const std::string started = utc_now_iso8601();
-      ChildOutcome outcome;
-      try {
-        outcome = run_child(child);
-      } catch (const std::exception& e) {
-        // The worker could not be started (e.g. being rebuilt): this run failed, the rest go on.
-        RunRecord record = make_run_record(spec.name, run);
-        record.status = "error";
-        record.error = e.what();
-        record.started_at = started;
-        record.finished_at = utc_now_iso8601();
-        finish(run, record, 0.0);
-        continue;
-      }
-      if (outcome.interrupted) {
-        store.release_claim(run.run_id, me);  // not recorded: the run reruns on resume
-        return;
-      }
-      finish(run, verdict(spec, run, outcome, result, started), outcome.seconds);
-    }
-  };
+  LocalRuns runs(spec, options, store, me, progress, pending);
+  runs.worker = worker;
+  runs.runs_dir = runs_dir;
+  runs.tokens = std::move(tokens);
+  const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
+  runs.threads = std::max(1, static_cast<int>(cores) / jobs);
   std::vector<std::thread> pool;
   for (int i = 1; i < std::min<int>(jobs, static_cast<int>(pending.size())); ++i)
-    pool.emplace_back(worker_loop);
-  worker_loop();
+    pool.emplace_back([&runs] { runs.loop(); });
+  runs.loop();
   for (auto& t : pool) t.join();
   summary.interrupted = interrupted();
   return summary;

@@ -42,7 +42,7 @@ std::map<std::string, std::string> pretokenize_runs(const Spec& spec,
 // The runs of `plan` to run now (resume: stored runs are skipped unless forced); counts
 // summary.planned and summary.already_done.
 std::vector<const RunConfig*> select_pending(const std::vector<RunConfig>& plan,
-                                             const std::map<std::string, std::string>& stored,
+                                             const std::map<std::string, Status>& stored,
                                              bool force, bool retry_failed, RunSummary& summary);
 
 // Absolute: the worker (and a Slurm task on another node) must find it from anywhere.

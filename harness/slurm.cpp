@@ -117,26 +117,29 @@ SlurmVerdict slurm_verdict(const SlurmTaskState& task, const std::string& time_l
   const std::string where = task.node.empty() ? "" : " on node " + task.node;
   const std::string s = task.state;
   if (s == "OUT_OF_MEMORY")
-    return {"oom",
+    return {Status::kOom,
             "Slurm killed the task for exceeding the job's host memory limit (--mem; "
             "OUT_OF_MEMORY" +
                 where + ")"};
   if (s == "TIMEOUT" || s == "DEADLINE")
-    return {"timeout", "Slurm's time limit" +
-                           (time_limit.empty() ? "" : " (--time " + time_limit + ")") +
-                           " ended the task (" + s + where + ")"};
-  if (s == "NODE_FAIL" || s == "BOOT_FAIL") return {"crashed", "node failure (" + s + where + ")"};
+    return {Status::kTimeout, "Slurm's time limit" +
+                                  (time_limit.empty() ? "" : " (--time " + time_limit + ")") +
+                                  " ended the task (" + s + where + ")"};
+  if (s == "NODE_FAIL" || s == "BOOT_FAIL")
+    return {Status::kCrashed, "node failure (" + s + where + ")"};
   if (s == "CANCELLED" || s == "PREEMPTED" || s == "REVOKED")
-    return {"error", "cancelled in Slurm (" + s + where + ")"};
+    return {Status::kError, "cancelled in Slurm (" + s + where + ")"};
   if (s == "COMPLETED")
-    return {"crashed", "Slurm says COMPLETED" + where +
-                           ", but the task's outcome file never appeared (is the runs directory "
-                           "on a file system the nodes share?)"};
+    return {Status::kCrashed,
+            "Slurm says COMPLETED" + where +
+                ", but the task's outcome file never appeared (is the runs directory "
+                "on a file system the nodes share?)"};
   if (s.empty())
-    return {"error",
+    return {Status::kError,
             "Slurm no longer knows the task and it wrote no outcome (cancelled while "
             "pending, or purged from the queue)"};
-  return {"crashed", "the task failed in Slurm (" + s + where + ") before writing its outcome"};
+  return {Status::kCrashed,
+          "the task failed in Slurm (" + s + where + ") before writing its outcome"};
 }
 
 std::string slurm_time_limit(double timeout_s) {
@@ -571,14 +574,14 @@ class Follower {
     try {
       j = Json::parse(read_file(task.outcome));
     } catch (const std::exception& e) {
-      record.status = "crashed";
+      record.status = Status::kCrashed;
       record.error = std::string("unreadable outcome file: ") + e.what();
       record.finished_at = utc_now_iso8601();
       return record;
     }
     const std::string host = j.value("host", std::string("?"));
     if (j.contains("error")) {  // the task itself failed before or around the worker
-      record.status = "error";
+      record.status = Status::kError;
       record.error = "the Slurm task on " + host + ": " + j.value("error", std::string());
       record.started_at = j.value("started_at", "");
       record.finished_at = j.value("finished_at", utc_now_iso8601());
@@ -588,10 +591,11 @@ class Follower {
     *seconds = outcome.seconds;
     record = verdict(spec_, run, outcome, task.result, j.value("started_at", ""));
     record.finished_at = j.value("finished_at", record.finished_at);
-    if (record.status == "timeout") record.error += " (enforced by the Slurm task on " + host + ")";
+    if (record.status == Status::kTimeout)
+      record.error += " (enforced by the Slurm task on " + host + ")";
     // A cgroup OOM kill takes the worker with SIGKILL; Slurm names the cause.
     if (state != nullptr && state->state == "OUT_OF_MEMORY" && outcome.signal == SIGKILL) {
-      record.status = "oom";
+      record.status = Status::kOom;
       record.error = slurm_verdict(*state, "").error;
     }
     return record;
@@ -792,6 +796,89 @@ std::string check_slurm_setup(const Spec& spec, const RunOptions& options) {
 }
 }  // namespace
 
+namespace {
+
+// The pending runs this process claims to submit (with their attempt numbers); a run that
+// another runner holds is counted as theirs, a run the device profile cannot do is stored as
+// skipped. Claimed first, as the local backend does: a run that another runner (local, or another
+// submission) holds is not submitted.
+struct ToSubmit {
+  std::vector<const RunConfig*> runs;
+  std::map<std::string, int> attempts;
+};
+
+ToSubmit claim_for_submission(const Spec& spec, const RunOptions& options, Store& store,
+                              const Claimant& me, Progress& progress,
+                              const std::vector<const RunConfig*>& pending) {
+  ToSubmit out;
+  for (const RunConfig* run : pending) {
+    const ClaimResult claim =
+        store.claim_run(spec.name, run->run_id, me, options.force, options.retry_failed);
+    if (claim.outcome != ClaimOutcome::kClaimed) {
+      progress.add_to_total(1);
+      progress.not_ours(*run, claim);
+      continue;
+    }
+    if (!claim.takeover.empty())
+      std::fprintf(stderr, "taking over run %s: %s\n", run->run_id.c_str(), claim.takeover.c_str());
+    if (run->skip_reason.empty()) {
+      out.runs.push_back(run);
+      out.attempts[run->run_id] = claim.attempt;
+    } else {
+      progress.add_to_total(1);
+      progress.finish(*run, skipped_record(spec, *run), 0.0, &me);
+    }
+  }
+  return out;
+}
+
+// Submits the claimed runs as job arrays, appending each to `submissions`. Array indices must
+// stay below the cluster's MaxArraySize: larger matrices go in several arrays.
+void submit_arrays(const Spec& spec, const RunOptions& options, Store& store, const Claimant& me,
+                   const ToSubmit& to_submit, const std::map<std::string, std::string>& tokens,
+                   const fs::path& runs_dir, const std::string& worker,
+                   std::vector<Submission>& submissions, RunSummary& summary) {
+  const size_t kMaxArray = max_array_tasks();
+  const std::vector<const RunConfig*>& runs = to_submit.runs;
+  for (size_t first = 0; first < runs.size() && !interrupted(); first += kMaxArray) {
+    const std::vector<const RunConfig*> chunk(
+        runs.begin() + static_cast<long>(first),
+        runs.begin() + static_cast<long>(std::min(runs.size(), first + kMaxArray)));
+    // The submission holds the claims from now until `harness collect` ingests its tasks.
+    const std::string token = new_token();
+    const Claimant submission = submission_claimant(token);
+    std::vector<std::string> ids;
+    for (const RunConfig* run : chunk) ids.push_back(run->run_id);
+    store.transfer_claims(ids, me, submission);
+    try {
+      submissions.push_back(
+          submit(spec, chunk, to_submit.attempts, token, tokens, runs_dir, worker, options));
+    } catch (const std::exception& e) {
+      // Nothing of this chunk was queued (a queued one is followed, not thrown): the runs are
+      // free for the next runner, as are the chunks after it.
+      for (const auto& id : ids) store.release_claim(id, submission);
+      if (summary.job_ids.empty()) {
+        for (const RunConfig* run : runs) store.release_claim(run->run_id, me);
+        throw;
+      }
+      // Arrays already queued are followed all the same; the rest waits for the next run.
+      std::fprintf(stderr, "error: %s\n", e.what());
+      summary.submit_failed = true;
+      break;
+    }
+    summary.job_ids.push_back(submissions.back().job_id);
+    if (options.progress) {
+      std::fprintf(stderr, "submitted Slurm job %s: %zu tasks (time limit %s), files in %s\n",
+                   submissions.back().job_id.c_str(), chunk.size(),
+                   submissions.back().time_limit.empty() ? "the partition's"
+                                                         : submissions.back().time_limit.c_str(),
+                   submissions.back().dir.c_str());
+    }
+  }
+}
+
+}  // namespace
+
 RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
   const SlurmOptions& so = options.slurm;
   const std::string worker = check_slurm_setup(spec, options);
@@ -819,80 +906,23 @@ RunSummary run_experiment_slurm(const Spec& spec, const RunOptions& options) {
       plan, store.run_statuses(spec.name), options.force, options.retry_failed, summary);
   std::erase_if(pending,
                 [&](const RunConfig* r) { return follower.in_flight().contains(r->run_id); });
-  // Claimed first, as the local backend does: a run that another runner (local, or another
-  // submission) holds is not submitted.
   const Claimant me = Claimant::this_process();
   const Heartbeat heartbeat(options.db_path, me);
-  std::vector<const RunConfig*> to_submit;
-  std::map<std::string, int> attempts;
-  for (const RunConfig* run : pending) {
-    const ClaimResult claim =
-        store.claim_run(spec.name, run->run_id, me, options.force, options.retry_failed);
-    if (claim.outcome != ClaimOutcome::kClaimed) {
-      progress.add_to_total(1);
-      progress.not_ours(*run, claim);
-      continue;
-    }
-    if (!claim.takeover.empty())
-      std::fprintf(stderr, "taking over run %s: %s\n", run->run_id.c_str(), claim.takeover.c_str());
-    if (run->skip_reason.empty()) {
-      to_submit.push_back(run);
-      attempts[run->run_id] = claim.attempt;
-    } else {
-      progress.add_to_total(1);
-      progress.finish(*run, skipped_record(spec, *run), 0.0, &me);
-    }
-  }
+  const ToSubmit to_submit = claim_for_submission(spec, options, store, me, progress, pending);
   if (options.progress) {
     std::fprintf(stderr,
                  "%s: %d runs planned, %d already stored, %d queued or running in Slurm, %zu to "
                  "submit (db %s)\n",
                  spec.name.c_str(), summary.planned, summary.already_done,
-                 static_cast<int>(follower.in_flight().size()), to_submit.size(),
+                 static_cast<int>(follower.in_flight().size()), to_submit.runs.size(),
                  options.db_path.c_str());
   }
-  progress.add_to_total(to_submit.size());
-  const auto tokens = pretokenize_runs(spec, to_submit, runs_dir, options.progress);
-  // Array indices must stay below the cluster's MaxArraySize: larger matrices go in several
-  // arrays.
-  const size_t kMaxArray = max_array_tasks();
-  for (size_t first = 0; first < to_submit.size() && !interrupted(); first += kMaxArray) {
-    const std::vector<const RunConfig*> chunk(
-        to_submit.begin() + static_cast<long>(first),
-        to_submit.begin() + static_cast<long>(std::min(to_submit.size(), first + kMaxArray)));
-    // The submission holds the claims from now until `harness collect` ingests its tasks.
-    const std::string token = new_token();
-    const Claimant submission = submission_claimant(token);
-    std::vector<std::string> ids;
-    for (const RunConfig* run : chunk) ids.push_back(run->run_id);
-    store.transfer_claims(ids, me, submission);
-    try {
-      submissions.push_back(
-          submit(spec, chunk, attempts, token, tokens, runs_dir, worker, options));
-    } catch (const std::exception& e) {
-      // Nothing of this chunk was queued (a queued one is followed, not thrown): the runs are
-      // free for the next runner, as are the chunks after it.
-      for (const auto& id : ids) store.release_claim(id, submission);
-      if (summary.job_ids.empty()) {
-        for (const RunConfig* run : to_submit) store.release_claim(run->run_id, me);
-        throw;
-      }
-      // Arrays already queued are followed all the same; the rest waits for the next run.
-      std::fprintf(stderr, "error: %s\n", e.what());
-      summary.submit_failed = true;
-      break;
-    }
-    summary.job_ids.push_back(submissions.back().job_id);
-    if (options.progress) {
-      std::fprintf(stderr, "submitted Slurm job %s: %zu tasks (time limit %s), files in %s\n",
-                   submissions.back().job_id.c_str(), chunk.size(),
-                   submissions.back().time_limit.empty() ? "the partition's"
-                                                         : submissions.back().time_limit.c_str(),
-                   submissions.back().dir.c_str());
-    }
-  }
+  progress.add_to_total(to_submit.runs.size());
+  const auto tokens = pretokenize_runs(spec, to_submit.runs, runs_dir, options.progress);
+  submit_arrays(spec, options, store, me, to_submit, tokens, runs_dir, worker, submissions,
+                summary);
   // Runs not submitted (Ctrl-C, a failed sbatch) are free for the next runner.
-  for (const RunConfig* run : to_submit) store.release_claim(run->run_id, me);
+  for (const RunConfig* run : to_submit.runs) store.release_claim(run->run_id, me);
   if (!so.wait) {
     size_t queued = 0;
     for (const auto& sub : submissions) queued += sub.tasks.size() - sub.collected.size();

@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 
+#include "harness/vocabulary.h"
+
 namespace hx {
 
 struct SlurmTaskState {
@@ -29,7 +31,7 @@ bool slurm_state_is_final(const std::string& state);
 // The run status and message for a task that ended in `state` without writing its outcome file
 // (the task's own verdict always wins when it exists).
 struct SlurmVerdict {
-  std::string status;  // oom | timeout | crashed | error
+  Status status = Status::kError;  // oom | timeout | crashed | error
   std::string error;
 };
 SlurmVerdict slurm_verdict(const SlurmTaskState& task, const std::string& time_limit);

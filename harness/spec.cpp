@@ -50,7 +50,6 @@ const std::vector<KeyRule>& data_rules() {
   return rules;
 }
 
-constexpr std::string_view kWorkloads[] = {"finetune", "generate"};
 constexpr std::string_view kTopKeys[] = {
     "name",    "description",    "model",     "workload",     "data",   "fixed",           "matrix",
     "include", "exclude",        "repeats",   "timeout_s",    "device", "memory_limit_mb", "tables",
@@ -77,26 +76,33 @@ const KeyRule* find_rule(const std::vector<KeyRule>& rules, std::string_view nam
   return nullptr;
 }
 
-// Offset of the first byte that does not begin a well-formed UTF-8 sequence (overlongs,
-// surrogates and code points above U+10FFFF are not), or npos.
+// The length of the well-formed UTF-8 sequence that begins at text[i] (overlongs, surrogates and
+// code points above U+10FFFF are not), or 0.
+size_t utf8_sequence_at(std::string_view text, size_t i) {
+  const auto c = static_cast<unsigned char>(text[i]);
+  const size_t len = c < 0x80             ? 1
+                     : (c & 0xE0) == 0xC0 ? 2
+                     : (c & 0xF0) == 0xE0 ? 3
+                     : (c & 0xF8) == 0xF0 ? 4
+                                          : 0;
+  if (len == 0 || i + len > text.size()) return 0;
+  uint32_t cp = len == 1 ? c : c & (0x7FU >> len);
+  for (size_t k = 1; k < len; ++k) {
+    const auto b = static_cast<unsigned char>(text[i + k]);
+    if ((b & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b & 0x3FU);
+  }
+  constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return len;
+}
+
+// Offset of the first byte that does not begin a well-formed UTF-8 sequence, or npos.
 size_t invalid_utf8_at(std::string_view text) {
   size_t i = 0;
   while (i < text.size()) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    const size_t len = c < 0x80             ? 1
-                       : (c & 0xE0) == 0xC0 ? 2
-                       : (c & 0xF0) == 0xE0 ? 3
-                       : (c & 0xF8) == 0xF0 ? 4
-                                            : 0;
-    if (len == 0 || i + len > text.size()) return i;
-    uint32_t cp = len == 1 ? c : c & (0x7FU >> len);
-    for (size_t k = 1; k < len; ++k) {
-      const auto b = static_cast<unsigned char>(text[i + k]);
-      if ((b & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (b & 0x3FU);
-    }
-    constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    const size_t len = utf8_sequence_at(text, i);
+    if (len == 0) return i;
     i += len;
   }
   return std::string_view::npos;
@@ -363,10 +369,15 @@ std::vector<YAML::Node> part_nodes(YAML::Node& root) {
   return parts;
 }
 
-std::string part_workload(const YAML::Node& root, const YAML::Node& part) {
-  if (part["workload"] && part["workload"].IsScalar()) return part["workload"].Scalar();
-  if (root["workload"] && root["workload"].IsScalar()) return root["workload"].Scalar();
-  return "";
+// none when the part names no workload, or none that exists (the parse reports it).
+std::optional<Workload> part_workload(const YAML::Node& root, const YAML::Node& part) {
+  if (part["workload"] && part["workload"].IsScalar()) {
+    return parse_workload(part["workload"].Scalar());
+  }
+  if (root["workload"] && root["workload"].IsScalar()) {
+    return parse_workload(root["workload"].Scalar());
+  }
+  return std::nullopt;
 }
 
 // A config key's value (or each value of a list), checked against the registry.
@@ -393,7 +404,8 @@ void set_config_key(YAML::Node& root, const std::string& item, const ConfigKey& 
   const bool axis_value = value.IsSequence() && key.kind != Kind::kWordList;
   int applied = 0;
   for (YAML::Node part : part_nodes(root)) {
-    if (!applies(key.scope, part_workload(root, part))) continue;
+    const std::optional<Workload> workload = part_workload(root, part);
+    if (!workload || !applies(key.scope, *workload)) continue;
     ++applied;
     // Clones: a yaml-cpp node assigned in two places is one node, and assigning to a handle
     // rebinds what it aliases.
@@ -420,7 +432,8 @@ void set_config_key(YAML::Node& root, const std::string& item, const ConfigKey& 
   if (applied == 0)
     override_fail("--set", item,
                   name + " is not a key of this spec's workloads (keys of finetune: " +
-                      known_keys("finetune") + "; generate: " + known_keys("generate") + ")");
+                      known_keys(Workload::kFinetune) +
+                      "; generate: " + known_keys(Workload::kGenerate) + ")");
 }
 
 void apply_set(YAML::Node& root, const std::string& item) {
@@ -523,7 +536,7 @@ class Parser {
   std::optional<fs::path> resolve(const std::string& written) const;
 
   // A config key of `workload`, checked; returns its rule.
-  const KeyRule& config_key(const Entry& entry, const std::string& key, const std::string& workload,
+  const KeyRule& config_key(const Entry& entry, const std::string& key, Workload workload,
                             const std::string& note) const;
   // A config value, checked against its rule and the device.
   Json config_value(const KeyRule& rule, const YAML::Node& node, int line,
@@ -539,7 +552,9 @@ class Parser {
   PartSpec parse_part(const PartNodes& part, const PartNodes& defaults, double runs_before) const;
   // Fails when the spec would expand to more than kMaxRuns runs, before any is built.
   void check_size(const PartNodes& part, const PartSpec& out, double runs_before) const;
-  std::string parse_workload(const PartNodes& part) const;
+  Workload parse_workload(const PartNodes& part) const;
+  // The label of the last part of `spec` (parsed from `part`) is no earlier part's.
+  void check_label_is_new(const PartNodes& part, const Spec& spec) const;
   void parse_matrix(const PartNodes& part, PartSpec& out) const;
   // `default_for` is the part that top-level defaults are merged into ("" for a part's own).
   void parse_fixed(const PartNodes& nodes, const std::string& default_for, PartSpec& out) const;
@@ -547,8 +562,7 @@ class Parser {
                                   const PartSpec& out) const;
   // The absolute path of an existing data file.
   std::string data_file(const DataItem& item) const;
-  Json parse_data(const PartNodes& part, const PartNodes& defaults,
-                  const std::string& workload) const;
+  Json parse_data(const PartNodes& part, const PartNodes& defaults, Workload workload) const;
   TableSpec parse_table(const YAML::Node& node, const std::string& key, const Spec& spec) const;
   std::vector<const PartSpec*> table_parts(const std::map<std::string, Entry>& keys,
                                            const std::string& key, const Spec& spec,
@@ -654,17 +668,17 @@ std::optional<fs::path> Parser::resolve(const std::string& written) const {
   return std::nullopt;
 }
 
-const KeyRule& Parser::config_key(const Entry& entry, const std::string& key,
-                                  const std::string& workload, const std::string& note) const {
+const KeyRule& Parser::config_key(const Entry& entry, const std::string& key, Workload workload,
+                                  const std::string& note) const {
+  const std::string name(to_string(workload));
   const KeyRule* rule = find_config_key(entry.key);
   if (rule == nullptr) {
-    fail(
-        entry.line, key,
-        "unknown config key" + note + " (keys for " + workload + ": " + known_keys(workload) + ")");
+    fail(entry.line, key,
+         "unknown config key" + note + " (keys for " + name + ": " + known_keys(workload) + ")");
   }
   if (!applies(rule->scope, workload)) {
     const std::string only = rule->scope == Scope::kFinetune ? "finetune" : "generate";
-    fail(entry.line, key, "only applies to workload " + only + ", not " + workload + note);
+    fail(entry.line, key, "only applies to workload " + only + ", not " + name + note);
   }
   return *rule;
 }
@@ -820,8 +834,7 @@ std::string Parser::data_file(const DataItem& item) const {
   return found->string();
 }
 
-Json Parser::parse_data(const PartNodes& part, const PartNodes& defaults,
-                        const std::string& workload) const {
+Json Parser::parse_data(const PartNodes& part, const PartNodes& defaults, Workload workload) const {
   // Key -> (value, line, key path): the defaults' keys, then the part's over them.
   std::map<std::string, DataItem> items;
   int data_line = part.line;
@@ -847,7 +860,7 @@ Json Parser::parse_data(const PartNodes& part, const PartNodes& defaults,
   collect(defaults);
   collect(part);
   if (items.empty()) {
-    if (workload == "finetune") {
+    if (workload == Workload::kFinetune) {
       fail(data_line, data_key,
            "required for workload finetune: {format: alpaca, path: FILE} or {format: random, "
            "seq_len: N}");
@@ -934,16 +947,17 @@ void Parser::check_size(const PartNodes& part, const PartSpec& out, double runs_
   fail(it != part.keys.end() ? it->second.line : part.line, dotted(part.prefix, "matrix"), message);
 }
 
-std::string Parser::parse_workload(const PartNodes& part) const {
+Workload Parser::parse_workload(const PartNodes& part) const {
   const std::string key = dotted(part.prefix, "workload");
   auto it = part.keys.find("workload");
   if (it == part.keys.end()) fail(part.line, key, "required (finetune | generate)");
-  std::string workload = word(it->second, key);
-  if (!contains(kWorkloads, workload)) {
+  const std::string workload = word(it->second, key);
+  const std::optional<Workload> parsed = hx::parse_workload(workload);
+  if (!parsed) {
     fail(it->second.value_line, key,
          "unknown value \"" + workload + "\" (expected finetune, generate)");
   }
-  return workload;
+  return *parsed;
 }
 
 void Parser::parse_matrix(const PartNodes& part, PartSpec& out) const {
@@ -1036,15 +1050,16 @@ std::vector<const PartSpec*> Parser::table_parts(const std::map<std::string, Ent
   std::vector<const PartSpec*> selected;
   for (const PartSpec& part : spec.parts) selected.push_back(&part);
   if (auto it = keys.find("workload"); it != keys.end()) {
-    table.workload = word(it->second, dotted(key, "workload"));
-    if (!contains(kWorkloads, table.workload)) {
+    const std::string workload = word(it->second, dotted(key, "workload"));
+    table.workload = hx::parse_workload(workload);
+    if (!table.workload) {
       fail(it->second.value_line, dotted(key, "workload"),
-           "unknown value \"" + table.workload + "\" (expected finetune, generate)");
+           "unknown value \"" + workload + "\" (expected finetune, generate)");
     }
-    std::erase_if(selected, [&](const PartSpec* p) { return p->workload != table.workload; });
+    std::erase_if(selected, [&](const PartSpec* p) { return p->workload != *table.workload; });
     if (selected.empty()) {
       fail(it->second.value_line, dotted(key, "workload"),
-           "no part of this spec has workload " + table.workload);
+           "no part of this spec has workload " + workload);
     }
   }
   if (auto it = keys.find("part"); it != keys.end()) {
@@ -1057,7 +1072,7 @@ std::vector<const PartSpec*> Parser::table_parts(const std::map<std::string, Ent
     if (selected.empty()) {
       fail(it->second.value_line, dotted(key, "part"),
            "no part labelled \"" + table.part + "\"" +
-               (table.workload.empty() ? "" : " with workload " + table.workload) +
+               (table.workload ? " with workload " + std::string(to_string(*table.workload)) : "") +
                " (labels: " + (labels.empty() ? "none" : join(labels)) + ")");
     }
   }
@@ -1161,6 +1176,16 @@ void Parser::parse_settings(const std::map<std::string, Entry>& top, Spec& spec)
   }
 }
 
+void Parser::check_label_is_new(const PartNodes& part, const Spec& spec) const {
+  const std::string& label = spec.parts.back().label;
+  for (size_t i = 0; i + 1 < spec.parts.size() && !label.empty(); ++i) {
+    if (spec.parts[i].label == label) {
+      fail(part.keys.at("label").value_line, dotted(part.prefix, "label"),
+           "\"" + label + "\" is already the label of " + indexed("parts", i));
+    }
+  }
+}
+
 void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) const {
   auto find = [&top](const std::string& key) -> const Entry* {
     auto it = top.find(key);
@@ -1202,13 +1227,7 @@ void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) co
     part.keys = keyed(node, part.prefix, "part", {std::begin(kPartKeys), std::end(kPartKeys)});
     spec.parts.push_back(parse_part(part, defaults, runs));
     runs += planned_runs(spec.parts.back(), repeats_);
-    const std::string& label = spec.parts.back().label;
-    for (size_t i = 0; i + 1 < spec.parts.size() && !label.empty(); ++i) {
-      if (spec.parts[i].label == label) {
-        fail(part.keys.at("label").value_line, dotted(part.prefix, "label"),
-             "\"" + label + "\" is already the label of " + indexed("parts", i));
-      }
-    }
+    check_label_is_new(part, spec);
   }
   if (spec.parts.empty()) fail(parts->value_line, "parts", "the list is empty");
 }
@@ -1431,35 +1450,64 @@ Json RunRef::config() const {
   return config;
 }
 
-void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& visit) {
-  const DeviceProfile* profile = find_device_profile(spec.device_profile);
-  const std::string no_bf16 = profile != nullptr && !profile_has_bf16(*profile)
-                                  ? std::string(profile->gpu_name) + " has no bf16 arithmetic"
-                                  : "";
+namespace {
+
+// Why the runs of a config are skipped on the spec's device ("" when they are not): `no_bf16` is
+// the profile's reason for bf16 ("" when it has bf16).
+std::string_view skip_reason_of(const Spec& spec, const std::string& no_bf16, const RunRef& run) {
   auto is_bf16 = [](const Json* value) { return value != nullptr && *value == "bf16"; };
   auto is_fp16 = [](const Json* value) { return value != nullptr && *value == "fp16"; };
   static constexpr std::string_view kFp16OnCpu =
       "fp16 needs a CUDA device (device cpu set on the command line)";
-  // Sized for the runs before exclude, up to a million (16 MiB; it grows beyond that), so that
-  // it seldom grows and a mostly excluded matrix does not take a big one.
+  std::string_view skip_reason;
+  if (!no_bf16.empty() && (is_bf16(run.find("mp")) || is_bf16(run.find("dtype")))) {
+    skip_reason = no_bf16;
+  }
+  // Only through `--set device=cpu` (a spec that says cpu is refused): fp16 needs CUDA.
+  if (spec.device == "cpu" && (is_fp16(run.find("mp")) || is_fp16(run.find("dtype")))) {
+    skip_reason = kFp16OnCpu;
+  }
+  return skip_reason;
+}
+
+// "" when the spec's device profile has bf16 arithmetic (or the spec has no profile).
+std::string no_bf16_reason(const Spec& spec) {
+  const DeviceProfile* profile = find_device_profile(spec.device_profile);
+  return profile != nullptr && !profile_has_bf16(*profile)
+             ? std::string(profile->gpu_name) + " has no bf16 arithmetic"
+             : "";
+}
+
+// for_each_run's set of ids is sized for the runs before exclude, up to a million (16 MiB; it
+// grows beyond that), so that it seldom grows and a mostly excluded matrix does not take a big one.
+size_t id_set_size(const Spec& spec) {
   double most_runs = 0;
   for (const PartSpec& part : spec.parts) most_runs += planned_runs(part, spec.repeats);
-  IdSet ids(static_cast<size_t>(std::min(most_runs, 1e6)));
+  return static_cast<size_t>(std::min(most_runs, 1e6));
+}
+
+// A run of for_each_run waiting for the next one to be hashed (see there).
+struct PendingRun {
+  RunRef run;
+  std::string canonical;
+  std::vector<const Json*> values;
+  uint64_t hash = 0;
+  char id[16] = {};
+  bool waiting = false;
+};
+
+}  // namespace
+
+void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& visit) {
+  const std::string no_bf16 = no_bf16_reason(spec);
+  IdSet ids(id_set_size(spec));
 
   // Each run waits for the next one to be hashed before its id is looked up in the set (and it
   // is visited), so that the look-up's cache miss is prefetched meanwhile: with millions of runs
   // it would otherwise cost as much as the rest together.
-  struct Pending {
-    RunRef run;
-    std::string canonical;
-    std::vector<const Json*> values;
-    uint64_t hash = 0;
-    char id[16] = {};
-    bool waiting = false;
-  };
-  std::array<Pending, 2> pending;
+  std::array<PendingRun, 2> pending;
   size_t next = 0;
-  auto settle = [&](Pending& waiting) {
+  auto settle = [&](PendingRun& waiting) {
     if (!std::exchange(waiting.waiting, false)) return;
     // The id is the database's primary key: a run that two parts share is one run.
     if (!ids.insert(waiting.hash)) return;
@@ -1472,18 +1520,11 @@ void for_each_run(const Spec& spec, const std::function<void(const RunRef&)>& vi
   // Every repeat of one config: the hash continues from the prefix's over the canonical text.
   auto add_repeats = [&](const RunRef& run, uint64_t prefix_hash) {
     const uint64_t config_hash = fnv1a64_update(fnv1a64_update(prefix_hash, run.canonical), "\n");
-    std::string_view skip_reason;
-    if (!no_bf16.empty() && (is_bf16(run.find("mp")) || is_bf16(run.find("dtype")))) {
-      skip_reason = no_bf16;
-    }
-    // Only through `--set device=cpu` (a spec that says cpu is refused): fp16 needs CUDA.
-    if (spec.device == "cpu" && (is_fp16(run.find("mp")) || is_fp16(run.find("dtype")))) {
-      skip_reason = kFp16OnCpu;
-    }
+    const std::string_view skip_reason = skip_reason_of(spec, no_bf16, run);
     for (int repeat = 0; repeat < spec.repeats; ++repeat) {
       char digits[16];
       const auto end = std::to_chars(digits, digits + sizeof(digits), repeat).ptr;
-      Pending& added = pending[next];
+      PendingRun& added = pending[next];
       added.hash = fnv1a64_update(config_hash, std::string_view(digits, end - digits));
       ids.prefetch(added.hash);
       added.run = run;

@@ -8,11 +8,14 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "harness/vocabulary.h"
 
 namespace hx {
 
@@ -24,7 +27,7 @@ struct TableSpec {
   std::string kind = "pivot";        // pivot | arrows
   std::vector<std::string> columns;  // axis names: one column per combination of their values
   std::vector<std::string> rows;     // metric names
-  std::string workload;              // which part's runs the table uses ("" = all)
+  std::optional<Workload> workload;  // which part's runs the table uses (none = all)
   int line = 0;                      // where it was declared, for messages
   std::string part;                  // label of the part whose runs the table uses ("" = all)
 };
@@ -34,7 +37,7 @@ struct TableSpec {
 // data["path"] is absolute (for the worker); data["path_as_written"] keeps the spec's text, which
 // is what run ids hash, so that they do not depend on where the checkout lives.
 struct PartSpec {
-  std::string workload;         // finetune | generate
+  Workload workload = Workload::kFinetune;
   Json data = Json::object();   // as in the spec, path made absolute
   Json fixed = Json::object();  // key -> value
   std::vector<std::pair<std::string, std::vector<Json>>> axes;  // in spec order
@@ -92,7 +95,7 @@ Spec parse_spec(const std::string& text, const std::string& path,
 struct RunConfig {
   std::string run_id;  // 16 hex digits
   int repeat = 0;
-  std::string workload;
+  Workload workload = Workload::kFinetune;
   Json config;              // fixed merged with this run's axis values, keys sorted
   std::string canonical;    // canonical_json(config)
   int part = 0;             // index into Spec::parts of the part this run came from
@@ -111,7 +114,7 @@ struct RunRef {
   int repeat = 0;
   int part = 0;
   int include = -1;  // index into the part's include entries; -1: a row of the axes' product
-  std::string_view workload;
+  Workload workload = Workload::kFinetune;
   std::string_view canonical;
   std::string_view skip_reason;
   // The config's keys in canonical (sorted) order and their values. The values point into the

@@ -23,9 +23,6 @@
 namespace hx {
 namespace {
 
-constexpr std::array<std::string_view, 6> kStatuses = {"ok",      "oom",   "timeout",
-                                                       "crashed", "error", "skipped"};
-
 // A writer holds the lock for one short transaction; readers (report, check) may overlap a
 // running `harness run`, so wait rather than fail on a busy database.
 constexpr int kBusyTimeoutMs = 30000;
@@ -154,9 +151,9 @@ class Transaction {
 
 std::string status_check_list() {
   std::string list;
-  for (const std::string_view status : kStatuses) {
+  for (const Status status : kAllStatuses) {
     if (!list.empty()) list += ", ";
-    list += "'" + std::string(status) + "'";
+    list += "'" + std::string(to_string(status)) + "'";
   }
   return list;
 }
@@ -299,14 +296,14 @@ const Json& optional_array(const Json& object, const char* key, const std::strin
   return *it;
 }
 
-}  // namespace
-
-bool is_valid_status(const std::string& status) {
-  for (const std::string_view s : kStatuses) {
-    if (s == status) return true;
-  }
-  return false;
+// runs.status as read back; the CHECK constraint admits only the status words.
+Status column_status(const std::string& word, const std::string& path) {
+  const std::optional<Status> status = parse_status(word);
+  if (!status) throw std::runtime_error(path + ": unknown run status \"" + word + "\"");
+  return *status;
 }
+
+}  // namespace
 
 std::string utc_now_iso8601() {
   const std::time_t now = std::time(nullptr);
@@ -328,24 +325,12 @@ RunRecord make_run_record(const std::string& experiment, const RunConfig& run) {
   return record;
 }
 
-RunRecord record_from_result_json(const Json& result, const std::string& experiment,
-                                  const RunConfig& run) {
-  const std::string where = "result.json of run " + run.run_id;
-  if (!result.is_object()) throw std::runtime_error(where + ": expected an object");
-  RunRecord record = make_run_record(experiment, run);
+namespace {
 
-  record.status = require_string(result, "status", where);
-  if (record.status != "ok" && record.status != "oom" && record.status != "error") {
-    throw std::runtime_error(where + ".status: \"" + record.status +
-                             "\" (a worker reports ok, oom or error)");
-  }
-  if (const auto it = result.find("error"); it != result.end() && it->is_string()) {
-    record.error = it->get<std::string>();
-  }
-
+// record_from_result_json's steps: the metrics, steps and env of a result.json.
+void read_metrics(const Json& result, const std::string& where, RunRecord& record) {
   // Duplicates would fail the store's primary keys mid-ingest: refused here, with the run.
   std::set<std::string> metric_names;
-  std::set<int64_t> step_indices;
   for (const Json& metric : optional_array(result, "metrics", where)) {
     const std::string at = where + ".metrics[]";
     Metric m;
@@ -359,7 +344,10 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     }
     record.metrics.push_back(std::move(m));
   }
+}
 
+void read_steps(const Json& result, const std::string& where, RunRecord& record) {
+  std::set<int64_t> step_indices;  // duplicates refused, as metric names are
   for (const Json& step : optional_array(result, "steps", where)) {
     const std::string at = where + ".steps[]";
     const Json& index = require(step, "step", at);
@@ -379,7 +367,9 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     row.mem_mb = optional_number(step, "mem_mb", at);
     record.steps.push_back(row);
   }
+}
 
+void read_env(const Json& result, const std::string& where, RunRecord& record) {
   if (const auto it = result.find("env"); it != result.end() && !it->is_null()) {
     if (!it->is_object()) throw std::runtime_error(where + ".env: expected an object");
     // Scalars only (worker-protocol.md): a value nested 200,000 deep overflowed the stack when
@@ -390,6 +380,30 @@ RunRecord record_from_result_json(const Json& result, const std::string& experim
     }
     record.env = *it;
   }
+}
+
+}  // namespace
+
+RunRecord record_from_result_json(const Json& result, const std::string& experiment,
+                                  const RunConfig& run) {
+  const std::string where = "result.json of run " + run.run_id;
+  if (!result.is_object()) throw std::runtime_error(where + ": expected an object");
+  RunRecord record = make_run_record(experiment, run);
+
+  const std::string status = require_string(result, "status", where);
+  const std::optional<Status> parsed = parse_status(status);
+  if (parsed != Status::kOk && parsed != Status::kOom && parsed != Status::kError) {
+    throw std::runtime_error(where + ".status: \"" + status +
+                             "\" (a worker reports ok, oom or error)");
+  }
+  record.status = *parsed;
+  if (const auto it = result.find("error"); it != result.end() && it->is_string()) {
+    record.error = it->get<std::string>();
+  }
+
+  read_metrics(result, where, record);
+  read_steps(result, where, record);
+  read_env(result, where, record);
 
   for (const Json& text : optional_array(result, "texts", where)) {
     const std::string at = where + ".texts[]";
@@ -513,6 +527,103 @@ ON CONFLICT(name) DO UPDATE SET spec_path = excluded.spec_path, spec_text = excl
   stmt.run();
 }
 
+namespace {
+
+// The environment row of a run (`env_id` not ""), unless it is stored already.
+void insert_environment(sqlite3* db, const std::string& path, const std::string& env_id,
+                        const Json& env) {
+  std::string columns = "env_id";
+  std::string params = "?1";
+  for (size_t i = 0; i < kEnvFields.size(); ++i) {
+    columns += ", " + std::string(kEnvFields[i].name);
+    params += ", ?" + std::to_string(i + 2);
+  }
+  const std::string sql =
+      "INSERT OR IGNORE INTO environments(" + columns + ") VALUES (" + params + ")";
+  Stmt stmt(db, path, sql);
+  stmt.bind(1, env_id);
+  for (size_t i = 0; i < kEnvFields.size(); ++i) {
+    const auto it = env.find(std::string(kEnvFields[i].name));
+    bind_env_value(stmt, static_cast<int>(i + 2), kEnvFields[i],
+                   it == env.end() ? Json(nullptr) : *it);
+  }
+  stmt.run();
+}
+
+// The run's row in `runs`, replacing an earlier one.
+void replace_run_row(sqlite3* db, const std::string& path, const RunRecord& record,
+                     const std::string& env_id) {
+  // Deleting first cascades to the old metrics, steps and texts: a rerun leaves no stale rows.
+  {
+    Stmt stmt(db, path, "DELETE FROM runs WHERE run_id = ?1");
+    stmt.bind(1, record.run_id);
+    stmt.run();
+  }
+  {
+    Stmt stmt(db, path, R"(
+INSERT INTO runs(run_id, experiment, repeat, config, status, exit_code, signal, started_at,
+                 finished_at, stderr_tail, env_id, error, workload, part)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))");
+    stmt.bind(1, record.run_id);
+    stmt.bind(2, record.experiment);
+    stmt.bind(3, record.repeat);
+    stmt.bind(4, record.config);
+    stmt.bind(5, std::string(to_string(record.status)));
+    stmt.bind(6, record.exit_code);
+    stmt.bind(7, record.signal);
+    stmt.bind_text_or_null(8, record.started_at);
+    stmt.bind_text_or_null(9, record.finished_at);
+    stmt.bind_text_or_null(10, record.stderr_tail);
+    stmt.bind_text_or_null(11, env_id);
+    stmt.bind_text_or_null(12, record.error);
+    stmt.bind(13, std::string(to_string(record.workload)));
+    stmt.bind(14, record.part);
+    stmt.run();
+  }
+}
+
+// The run's metrics, steps and texts.
+void insert_run_rows(sqlite3* db, const std::string& path, const RunRecord& record) {
+  {
+    Stmt stmt(db, path, "INSERT INTO metrics(run_id, name, value, unit) VALUES (?1, ?2, ?3, ?4)");
+    for (const Metric& metric : record.metrics) {
+      std::string unit = metric.unit;
+      if (unit.empty()) {
+        if (const Field* field = find_metric_field(metric.name)) unit = field->unit;
+      }
+      stmt.bind(1, record.run_id);
+      stmt.bind(2, metric.name);
+      stmt.bind(3, metric.value);  // SQLite stores NaN as NULL
+      stmt.bind(4, unit);
+      stmt.run();
+    }
+  }
+  {
+    Stmt stmt(db, path, R"(
+INSERT INTO steps(run_id, step, seconds, loss, tokens, mem_mb) VALUES (?1, ?2, ?3, ?4, ?5, ?6))");
+    for (const StepRow& row : record.steps) {
+      stmt.bind(1, record.run_id);
+      stmt.bind(2, row.step);
+      stmt.bind(3, row.seconds);
+      stmt.bind(4, row.loss);
+      stmt.bind(5, row.tokens);
+      stmt.bind(6, row.mem_mb);
+      stmt.run();
+    }
+  }
+  {
+    Stmt stmt(db, path, "INSERT INTO texts(run_id, name, text) VALUES (?1, ?2, ?3)");
+    for (const auto& [name, text] : record.texts) {
+      stmt.bind(1, record.run_id);
+      stmt.bind(2, name);
+      stmt.bind(3, text);
+      stmt.run();
+    }
+  }
+}
+
+}  // namespace
+
 bool Store::ingest(const RunRecord& record, const Claimant* owner) {
   if (record.run_id.empty()) throw std::runtime_error(path_ + ": ingest: a run without run_id");
   const std::lock_guard<std::recursive_mutex> lock(mutex_);
@@ -540,88 +651,10 @@ bool Store::ingest(const RunRecord& record, const Claimant* owner) {
   }
 
   const std::string env_id = environment_id(record.env);
-  if (!env_id.empty()) {
-    std::string columns = "env_id";
-    std::string params = "?1";
-    for (size_t i = 0; i < kEnvFields.size(); ++i) {
-      columns += ", " + std::string(kEnvFields[i].name);
-      params += ", ?" + std::to_string(i + 2);
-    }
-    const std::string sql =
-        "INSERT OR IGNORE INTO environments(" + columns + ") VALUES (" + params + ")";
-    Stmt stmt(db_, path_, sql);
-    stmt.bind(1, env_id);
-    for (size_t i = 0; i < kEnvFields.size(); ++i) {
-      const auto it = record.env.find(std::string(kEnvFields[i].name));
-      bind_env_value(stmt, static_cast<int>(i + 2), kEnvFields[i],
-                     it == record.env.end() ? Json(nullptr) : *it);
-    }
-    stmt.run();
-  }
+  if (!env_id.empty()) insert_environment(db_, path_, env_id, record.env);
 
-  // Deleting first cascades to the old metrics, steps and texts: a rerun leaves no stale rows.
-  {
-    Stmt stmt(db_, path_, "DELETE FROM runs WHERE run_id = ?1");
-    stmt.bind(1, record.run_id);
-    stmt.run();
-  }
-  {
-    Stmt stmt(db_, path_, R"(
-INSERT INTO runs(run_id, experiment, repeat, config, status, exit_code, signal, started_at,
-                 finished_at, stderr_tail, env_id, error, workload, part)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))");
-    stmt.bind(1, record.run_id);
-    stmt.bind(2, record.experiment);
-    stmt.bind(3, record.repeat);
-    stmt.bind(4, record.config);
-    stmt.bind(5, record.status);
-    stmt.bind(6, record.exit_code);
-    stmt.bind(7, record.signal);
-    stmt.bind_text_or_null(8, record.started_at);
-    stmt.bind_text_or_null(9, record.finished_at);
-    stmt.bind_text_or_null(10, record.stderr_tail);
-    stmt.bind_text_or_null(11, env_id);
-    stmt.bind_text_or_null(12, record.error);
-    stmt.bind_text_or_null(13, record.workload);
-    stmt.bind(14, record.part);
-    stmt.run();
-  }
-  {
-    Stmt stmt(db_, path_, "INSERT INTO metrics(run_id, name, value, unit) VALUES (?1, ?2, ?3, ?4)");
-    for (const Metric& metric : record.metrics) {
-      std::string unit = metric.unit;
-      if (unit.empty()) {
-        if (const Field* field = find_metric_field(metric.name)) unit = field->unit;
-      }
-      stmt.bind(1, record.run_id);
-      stmt.bind(2, metric.name);
-      stmt.bind(3, metric.value);  // SQLite stores NaN as NULL
-      stmt.bind(4, unit);
-      stmt.run();
-    }
-  }
-  {
-    Stmt stmt(db_, path_, R"(
-INSERT INTO steps(run_id, step, seconds, loss, tokens, mem_mb) VALUES (?1, ?2, ?3, ?4, ?5, ?6))");
-    for (const StepRow& row : record.steps) {
-      stmt.bind(1, record.run_id);
-      stmt.bind(2, row.step);
-      stmt.bind(3, row.seconds);
-      stmt.bind(4, row.loss);
-      stmt.bind(5, row.tokens);
-      stmt.bind(6, row.mem_mb);
-      stmt.run();
-    }
-  }
-  {
-    Stmt stmt(db_, path_, "INSERT INTO texts(run_id, name, text) VALUES (?1, ?2, ?3)");
-    for (const auto& [name, text] : record.texts) {
-      stmt.bind(1, record.run_id);
-      stmt.bind(2, name);
-      stmt.bind(3, text);
-      stmt.run();
-    }
-  }
+  replace_run_row(db_, path_, record, env_id);
+  insert_run_rows(db_, path_, record);
   tx.commit();
   return true;
 }
@@ -700,7 +733,7 @@ WHERE run_id = ?1)");
   if (result.takeover.empty()) {
     Stmt stmt(db_, path_, "SELECT status FROM runs WHERE run_id = ?1");
     stmt.bind(1, run_id);
-    if (stmt.step() && !(force || (retry_failed && stmt.text(0) != "ok"))) {
+    if (stmt.step() && !(force || (retry_failed && stmt.text(0) != to_string(Status::kOk)))) {
       result.outcome = ClaimOutcome::kStored;
       return result;
     }
@@ -764,11 +797,11 @@ WHERE run_id = ?1 AND runner = ?2 AND state = 'held')");
   tx.commit();
 }
 
-std::map<std::string, std::string> Store::run_statuses(const std::string& experiment) const {
-  std::map<std::string, std::string> statuses;
+std::map<std::string, Status> Store::run_statuses(const std::string& experiment) const {
+  std::map<std::string, Status> statuses;
   Stmt stmt(db_, path_, "SELECT run_id, status FROM runs WHERE experiment = ?1");
   stmt.bind(1, experiment);
-  while (stmt.step()) statuses.emplace(stmt.text(0), stmt.text(1));
+  while (stmt.step()) statuses.emplace(stmt.text(0), column_status(stmt.text(1), path_));
   return statuses;
 }
 
@@ -787,7 +820,7 @@ FROM runs WHERE experiment = ?1 ORDER BY started_at, run_id)";
       StoredRun run;
       run.run_id = stmt.text(0);
       run.experiment = stmt.text(1);
-      run.workload = stmt.text(2);
+      run.workload = parse_workload(stmt.text(2));  // none for NULL
       run.repeat = static_cast<int>(stmt.int64(3));
       try {
         run.config = Json::parse(stmt.text(4));
@@ -795,7 +828,7 @@ FROM runs WHERE experiment = ?1 ORDER BY started_at, run_id)";
         throw std::runtime_error(path_ + ": run " + run.run_id +
                                  ": config is not JSON: " + e.what());
       }
-      run.status = stmt.text(5);
+      run.status = column_status(stmt.text(5), path_);
       run.exit_code = stmt.optional_int<int>(6);
       run.signal = stmt.optional_int<int>(7);
       run.started_at = stmt.text(8);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "harness/spec.h"
+#include "harness/vocabulary.h"
 
 struct sqlite3;
 
@@ -35,11 +36,12 @@ struct StepRow {
 
 // Everything known about one run: the worker's result.json plus the parent's verdict.
 struct RunRecord {
-  std::string run_id, experiment, workload;
+  std::string run_id, experiment;
+  Workload workload = Workload::kFinetune;
   int repeat = 0;
   std::optional<int> part;  // RunConfig::part; none only for a record that names no planned run
-  std::string config;  // canonical JSON (RunConfig::canonical)
-  std::string status;  // ok | oom | timeout | crashed | error | skipped
+  std::string config;       // canonical JSON (RunConfig::canonical)
+  Status status = Status::kOk;
   std::optional<int> exit_code, signal;
   std::string started_at, finished_at;  // ISO-8601 UTC (utc_now_iso8601); "" = unknown
   std::string stderr_tail, error;
@@ -51,20 +53,18 @@ struct RunRecord {
 
 // A run as read back for reports and checks.
 struct StoredRun {
-  std::string run_id, experiment, workload;
+  std::string run_id, experiment;
+  std::optional<Workload> workload;  // none: NULL in the runs table
   int repeat = 0;
   std::optional<int> part;  // runs.part: none in rows written before the column existed
-  Json config;  // parsed runs.config
-  std::string status;
+  Json config;              // parsed runs.config
+  Status status = Status::kOk;
   std::optional<int> exit_code, signal;
   std::string started_at, finished_at, stderr_tail, error;
   std::string env_id;  // "" = none
   Json env;            // the environments row as an object; {} = none
   std::map<std::string, double> metrics;
 };
-
-// The status words of the runs table, in the order of the CHECK constraint.
-bool is_valid_status(const std::string& status);
 
 // "2024-05-01T12:34:56Z".
 std::string utc_now_iso8601();
@@ -154,7 +154,7 @@ class Store {
                        const Claimant& to);
 
   // run_id -> status for resuming `harness run`.
-  std::map<std::string, std::string> run_statuses(const std::string& experiment) const;
+  std::map<std::string, Status> run_statuses(const std::string& experiment) const;
 
   // The experiment's runs with config, status, metrics and environment, by start time then id.
   std::vector<StoredRun> load_runs(const std::string& experiment) const;

@@ -37,6 +37,7 @@ packages=(
   libgtest-dev libbenchmark-dev
   libsentencepiece-dev libpcre2-dev   # tokenizers (LLaMA 2 SentencePiece, LLaMA 3 BPE)
   gnuplot-nox
+  clang-tidy-14           # scripts/tidy.sh, run by .ci/run
   slurm-wlm munge         # a real single-node Slurm cluster for the tests of the Slurm backend
   clang-14 libclang-rt-14-dev llvm-14  # scripts/fuzz.sh (libFuzzer), llvm-symbolizer for reports
 )

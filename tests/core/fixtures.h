@@ -30,7 +30,7 @@ inline RunConfig planned_run(const std::string& gc, const std::string& mp, int r
   RunConfig run;
   run.run_id = "run-" + gc + "-" + mp + "-" + std::to_string(repeat);
   run.repeat = repeat;
-  run.workload = "finetune";
+  run.workload = Workload::kFinetune;
   run.config = {{"batch_size", 1}, {"ga", 1}, {"gc", gc}, {"lr", 1e-5}, {"mp", mp}};
   run.canonical = canonical_json(run.config);
   return run;

@@ -35,7 +35,7 @@ Spec compare_spec() {
   spec.device = "cuda";
   spec.model = {{"preset", "llama3.2-1b"}, {"weights", "random"}, {"seed", 0}};
   PartSpec part;
-  part.workload = "finetune";
+  part.workload = Workload::kFinetune;
   part.fixed = {{"batch_size", 1}, {"lr", 1e-5}};
   part.axes = {{"gc", {"off", "on"}}, {"mp", {"off", "fp16"}}, {"ga", {1}}};
   spec.parts.push_back(part);
@@ -74,7 +74,7 @@ Json a100_env() {
 RunRecord ok_run(const RunConfig& run, const Json& env, double peak_mb, double step_s,
                  double tokens_per_s) {
   RunRecord r = make_run_record("compare_small", run);
-  r.status = "ok";
+  r.status = Status::kOk;
   r.exit_code = 0;
   r.started_at = "2024-05-01T10:00:0" + std::to_string(run.repeat) + "Z";
   r.env = env;
@@ -86,7 +86,7 @@ RunRecord ok_run(const RunConfig& run, const Json& env, double peak_mb, double s
 
 RunRecord oom_run(const RunConfig& run, const Json& env) {
   RunRecord r = make_run_record("compare_small", run);
-  r.status = "oom";
+  r.status = Status::kOom;
   r.exit_code = 3;
   r.error = "CUDA out of memory";
   r.started_at = "2024-05-01T10:00:0" + std::to_string(run.repeat) + "Z";
@@ -290,7 +290,7 @@ TEST_F(CompareTest, OneDatabaseWithTwoEnvironments) {
   store.ingest(ok_run(plan[3], p100_env(), 14120.0, 0.676, 757.4));
   store.ingest(ok_run(plan[4], a100_env(), 11302.2, 0.5172, 989.9));
   RunRecord crashed = make_run_record("compare_small", plan[5]);  // died before its env
-  crashed.status = "crashed";
+  crashed.status = Status::kCrashed;
   crashed.signal = 11;
   store.ingest(crashed);
   const Comparison c =

@@ -108,7 +108,7 @@ Spec gate_spec() {
   spec.device = "cuda";
   spec.model = {{"preset", "tiny"}, {"weights", "random"}, {"seed", 0}};
   PartSpec part;
-  part.workload = "finetune";
+  part.workload = Workload::kFinetune;
   part.fixed = {{"batch_size", 1}};
   part.axes = {{"gc", {"off", "on"}}};
   spec.parts.push_back(part);
@@ -122,7 +122,7 @@ std::vector<RunConfig> gate_plan(int repeats) {
       RunConfig run;
       run.run_id = std::string("g-") + gc + "-" + std::to_string(r);
       run.repeat = r;
-      run.workload = "finetune";
+      run.workload = Workload::kFinetune;
       run.config = {{"batch_size", 1}, {"gc", gc}};
       run.canonical = canonical_json(run.config);
       plan.push_back(run);
@@ -141,8 +141,8 @@ struct Side {
   std::vector<double> time_off = {0.500, 0.503, 0.498, 0.501, 0.499};
   std::vector<double> time_on = {0.650, 0.652, 0.648, 0.651, 0.649};
   Json env = p100_env();
-  std::map<std::string, std::string> status;  // run id -> a status other than ok
-  std::vector<std::string> absent;            // run ids not stored
+  std::map<std::string, Status> status;  // run id -> a status other than ok
+  std::vector<std::string> absent;       // run ids not stored
 };
 
 Side scaled(Side side, double time_factor) {
@@ -169,12 +169,12 @@ class GateTest : public testing::TempDirTest {
       record.started_at = "2024-05-01T10:00:0" + std::to_string(run.repeat) + "Z";
       if (const auto it = side.status.find(run.run_id); it != side.status.end()) {
         record.status = it->second;
-        record.exit_code = it->second == "oom" ? 3 : 1;
+        record.exit_code = it->second == Status::kOom ? 3 : 1;
       } else {
         const bool off = run.config["gc"] == "off";
         const double seconds =
             (off ? side.time_off : side.time_on).at(static_cast<size_t>(run.repeat));
-        record.status = "ok";
+        record.status = Status::kOk;
         record.exit_code = 0;
         const double jitter = side.mem_off_jitter.at(static_cast<size_t>(run.repeat));
         record.metrics = {{"peak_mem_mb", off ? side.mem_off + jitter : side.mem_on, "MB"},
@@ -319,7 +319,7 @@ TEST_F(GateTest, SlowdownWithThreeRepeatsIsNotTested) {
 
 TEST_F(GateTest, NewOomFails) {
   Side now;
-  now.status["g-on-2"] = "oom";
+  now.status["g-on-2"] = Status::kOom;
   const GateResult result = check(Side{}, now);
   EXPECT_EQ(result.outcome, GateOutcome::kRegression);
   const GateCheck* status = find_check(result, "gc=on", "status");
@@ -332,7 +332,7 @@ TEST_F(GateTest, NewOomFails) {
 
   // An OOM in the baseline that is still an OOM is no regression.
   Side base;
-  base.status["g-on-2"] = "oom";
+  base.status["g-on-2"] = Status::kOom;
   EXPECT_EQ(check(base, now).outcome, GateOutcome::kPass);
 }
 
@@ -340,7 +340,7 @@ TEST_F(GateTest, ImprovementPassesAndIsReported) {
   Side now = scaled(Side{}, 0.8);
   now.mem_on = 600.0;
   Side base;
-  base.status["g-off-4"] = "oom";  // fixed now
+  base.status["g-off-4"] = Status::kOom;  // fixed now
   const GateResult result = check(base, now);
   EXPECT_EQ(result.outcome, GateOutcome::kPass);
   EXPECT_EQ(result.regressions, 0);
@@ -447,7 +447,7 @@ TEST_F(GateTest, NothingInCommonIsRefused) {
 TEST_F(GateTest, BaselineFileLayout) {
   const std::vector<RunConfig> plan = gate_plan(1);
   Side side;
-  side.status["g-on-0"] = "oom";
+  side.status["g-on-0"] = Status::kOom;
   const std::string csv = baseline_csv(plan, store_side("b.db", plan, side));
   EXPECT_EQ(csv,
             "run_id,repeat,experiment,workload,config,status,device,libtorch,cpu,metric,value\n"
@@ -463,12 +463,12 @@ TEST_F(GateTest, BaselineFileLayout) {
   const std::vector<StoredRun> runs = parse_baseline_csv(csv, "b.csv");
   ASSERT_EQ(runs.size(), 2U);
   EXPECT_EQ(runs[0].run_id, "g-off-0");
-  EXPECT_EQ(runs[0].status, "ok");
+  EXPECT_EQ(runs[0].status, Status::kOk);
   EXPECT_EQ(runs[0].config, (Json{{"batch_size", 1}, {"gc", "off"}}));
   EXPECT_EQ(runs[0].metrics.at("step_time_s"), 0.5);
   EXPECT_EQ(runs[0].env["gpu_name"], "Tesla P100-PCIE-16GB");
   EXPECT_EQ(runs[0].env["libtorch"], "2.1.0");
-  EXPECT_EQ(runs[1].status, "oom");
+  EXPECT_EQ(runs[1].status, Status::kOom);
   EXPECT_TRUE(runs[1].metrics.empty());
 
   // CRLF line ends (a file edited on Windows) read the same.

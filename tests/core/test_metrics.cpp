@@ -98,8 +98,8 @@ tables:
 
 TEST(Derived, MfuOfFineTuningOnAKnownGpu) {
   StoredRun run;
-  run.workload = "finetune";
-  run.status = "ok";
+  run.workload = Workload::kFinetune;
+  run.status = Status::kOk;
   run.config = {{"mp", "fp16"}};
   run.env = testing::p100_env();
   run.metrics = {{"tokens_per_s", 757.4}, {"peak_mem_mb", 8140}};
@@ -118,7 +118,7 @@ TEST(Derived, MfuOfFineTuningOnAKnownGpu) {
   run.config = {{"mp", "bf16"}};
   EXPECT_EQ(mfu_percent(run, n, &why), std::nullopt);
   EXPECT_EQ(why, "No MFU for bf16 runs on Tesla P100-PCIE-16GB: the P100 PCIe has no bf16 peak.");
-  run.workload = "generate";  // 6N is a training step's count
+  run.workload = Workload::kGenerate;  // 6N is a training step's count
   run.config = {{"mp", "fp16"}};
   EXPECT_EQ(mfu_percent(run, n, &why), std::nullopt);
   EXPECT_EQ(why, "");

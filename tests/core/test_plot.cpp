@@ -77,17 +77,17 @@ class StepPlot : public testing::TempDirTest {
     spec.memory_limit_mb = 100;
     PartSpec finetune;
     finetune.label = "tune";
-    finetune.workload = "finetune";
+    finetune.workload = Workload::kFinetune;
     finetune.axes = {{"gc", {"off", "on"}}, {"mp", {"off", "fp16"}}, {"ga", {1}}};
     spec.parts.push_back(finetune);
     PartSpec generate;
     generate.label = "gen";
-    generate.workload = "generate";
+    generate.workload = Workload::kGenerate;
     spec.parts.push_back(generate);
     return spec;
   }
 
-  static RunRecord with_steps(const RunConfig& run, const std::string& status, double loss0) {
+  static RunRecord with_steps(const RunConfig& run, Status status, double loss0) {
     RunRecord r = make_run_record("steps_demo", run);
     r.status = status;
     for (int64_t s = 0; s < 4; ++s)
@@ -104,16 +104,16 @@ TEST_F(StepPlot, CurvesComeFromTheStoredStepsOneRepeatPerConfiguration) {
   RunConfig gen;
   gen.run_id = "gen-0";
   gen.part = 1;
-  gen.workload = "generate";
+  gen.workload = Workload::kGenerate;
   gen.config = {{"kv_cache", "on"}};
   plan.push_back(gen);
 
   Store store((dir_ / "harness.db").string());
-  store.ingest(with_steps(plan[1], "ok", 9.0));  // repeat 1 stored first
-  store.ingest(with_steps(plan[0], "ok", 5.0));
-  store.ingest(with_steps(plan[2], "oom", 7.0));
+  store.ingest(with_steps(plan[1], Status::kOk, 9.0));  // repeat 1 stored first
+  store.ingest(with_steps(plan[0], Status::kOk, 5.0));
+  store.ingest(with_steps(plan[2], Status::kOom, 7.0));
   RunRecord decode = make_run_record("steps_demo", gen);
-  decode.status = "ok";
+  decode.status = Status::kOk;
   decode.steps = {{1, 0.01, std::nullopt, 1, std::nullopt}, {2, 0.01, std::nullopt, 1, {}}};
   store.ingest(decode);
 

@@ -32,7 +32,7 @@ Spec small_spec() {
   spec.name = "report_small";
   spec.device = "cuda";
   PartSpec part;
-  part.workload = "finetune";
+  part.workload = Workload::kFinetune;
   part.fixed = {{"batch_size", 1}, {"lr", 1e-5}};
   part.axes = {{"gc", {"off", "on"}}, {"mp", {"off", "fp16"}}, {"ga", {1}}};
   spec.parts.push_back(part);
@@ -40,7 +40,7 @@ Spec small_spec() {
   pivot.title = "Fine-Tuning System Performance Benchmark";
   pivot.columns = {"gc", "mp", "ga"};
   pivot.rows = {"peak_mem_mb", "step_time_s", "loss_last", "mfu"};
-  pivot.workload = "finetune";
+  pivot.workload = Workload::kFinetune;
   spec.tables.push_back(pivot);
   TableSpec by_precision;
   by_precision.title = "Memory by precision";
@@ -65,7 +65,7 @@ Json p100() { return testing::p100_env(); }
 RunRecord ok_run(const RunConfig& run, double peak_mb, double step_s, double loss,
                  double tokens_per_s) {
   RunRecord r = make_run_record("report_small", run);
-  r.status = "ok";
+  r.status = Status::kOk;
   r.exit_code = 0;
   r.started_at = "2024-05-01T10:00:0" + std::to_string(run.repeat) + "Z";
   r.env = p100();
@@ -92,7 +92,7 @@ void fill_small_db(Store& store) {
   store.ingest(ok_run(plan[3], 10395.0, 0.2571, 2.0703125, 3983.7));
   store.ingest(ok_run(plan[4], 8396.4, 0.48612, 2.0625, 2106.2));
   RunRecord oom = make_run_record("report_small", plan[5]);
-  oom.status = "oom";
+  oom.status = Status::kOom;
   oom.exit_code = 3;
   oom.error = "out of memory";
   oom.env = p100();
@@ -186,7 +186,7 @@ TEST_F(ReportTest, MissingRunsAndPartialFailures) {
   // One repeat of gc=off,mp=off timed out: the others still give the cell's value.
   for (StoredRun& run : runs) {
     if (run.run_id == "run-off-off-2") {
-      run.status = "timeout";
+      run.status = Status::kTimeout;
       run.metrics.clear();
     }
   }

@@ -44,17 +44,18 @@ TEST(SlurmStates, StatesMapToRunStatuses) {
   auto status = [](const std::string& state) {
     return hx::slurm_verdict({state, "gpu7", std::nullopt}, "00:10:00");
   };
-  EXPECT_EQ(status("OUT_OF_MEMORY").status, "oom");
-  EXPECT_EQ(status("TIMEOUT").status, "timeout");
+  EXPECT_EQ(status("OUT_OF_MEMORY").status, hx::Status::kOom);
+  EXPECT_EQ(status("TIMEOUT").status, hx::Status::kTimeout);
   EXPECT_NE(status("TIMEOUT").error.find("--time 00:10:00"), std::string::npos);
-  EXPECT_EQ(status("DEADLINE").status, "timeout");
-  EXPECT_EQ(status("NODE_FAIL").status, "crashed");
+  EXPECT_EQ(status("DEADLINE").status, hx::Status::kTimeout);
+  EXPECT_EQ(status("NODE_FAIL").status, hx::Status::kCrashed);
   EXPECT_NE(status("NODE_FAIL").error.find("node gpu7"), std::string::npos);
-  EXPECT_EQ(status("CANCELLED").status, "error");
+  EXPECT_EQ(status("CANCELLED").status, hx::Status::kError);
   EXPECT_NE(status("CANCELLED").error.find("cancelled"), std::string::npos);
-  EXPECT_EQ(status("FAILED").status, "crashed");
-  EXPECT_EQ(status("COMPLETED").status, "crashed");  // but no outcome file: a lost result
-  EXPECT_EQ(status("").status, "error");             // unknown to Slurm: cancelled while pending
+  EXPECT_EQ(status("FAILED").status, hx::Status::kCrashed);
+  EXPECT_EQ(status("COMPLETED").status,
+            hx::Status::kCrashed);                   // but no outcome file: a lost result
+  EXPECT_EQ(status("").status, hx::Status::kError);  // unknown to Slurm: cancelled while pending
 }
 
 TEST(SlurmStates, TimeLimitIsTheTimeoutPlusAMarginInWholeMinutes) {

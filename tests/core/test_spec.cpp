@@ -82,7 +82,7 @@ TEST(Spec, ProductOrderFirstAxisSlowestRepeatInnermost) {
   EXPECT_EQ(runs[2].config["lora"], "on");
   EXPECT_EQ(runs[4].config["mp"], "bf16");
   EXPECT_EQ(runs[8].config["gc"], "on");
-  for (const RunConfig& run : runs) EXPECT_EQ(run.workload, "finetune");
+  for (const RunConfig& run : runs) EXPECT_EQ(run.workload, Workload::kFinetune);
 }
 
 TEST(Spec, ExcludeIncludeAndDuplicates) {
@@ -274,7 +274,7 @@ tables:
   ASSERT_EQ(spec.tables.size(), 3u);
   EXPECT_EQ(spec.tables[0].part, "a");
   EXPECT_EQ(spec.tables[1].kind, "arrows");
-  EXPECT_EQ(spec.tables[2].workload, "finetune");
+  EXPECT_EQ(spec.tables[2].workload, Workload::kFinetune);
   EXPECT_EQ(spec.tables[2].line, 18);
 
   const std::vector<RunConfig> runs = expand(spec);
@@ -371,7 +371,7 @@ TEST_F(PhaseSpecs, Phase3) {
   EXPECT_EQ(std::count_if(runs.begin(), runs.end(), [](const RunConfig& r) { return r.part == 0; }),
             8);
   for (const PartSpec& part : spec.parts) {
-    EXPECT_EQ(part.workload, "finetune");
+    EXPECT_EQ(part.workload, Workload::kFinetune);
     EXPECT_EQ(part.data["format"], "alpaca");
     EXPECT_EQ(part.data["max_seq_len"], 512);
     EXPECT_EQ(part.data["path_as_written"], "experiments/data/synthetic_alpaca.json");

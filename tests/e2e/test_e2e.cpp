@@ -121,7 +121,7 @@ TEST_F(E2E, SmokeSpecRunsTheWholePath) {
   ASSERT_EQ(runs.size(), 6U);
   for (const auto& r : runs) {
     SCOPED_TRACE(r.run_id);
-    EXPECT_EQ(r.status, "ok");
+    EXPECT_EQ(r.status, hx::Status::kOk);
     EXPECT_FALSE(r.env.value("libtorch", std::string()).empty()) << r.env.dump();
     EXPECT_TRUE(r.metrics.count("peak_mem_mb")) << r.run_id;
   }
@@ -153,8 +153,8 @@ TEST_F(E2E, SmokeSpecRunsTheWholePath) {
   EXPECT_TRUE(contains(plot.err, "(2 of them per-step curves)")) << plot.err;
   const std::string loss = slurp(plots / "smoke-steps-finetune-loss.svg");
   const std::string mem = slurp(plots / "smoke-steps-finetune-mem.svg");
-  for (const char* config : {"gc=off, lora=off", "gc=off, lora=on", "gc=on, lora=off",
-                             "gc=on, lora=on"}) {
+  for (const char* config :
+       {"gc=off, lora=off", "gc=off, lora=on", "gc=on, lora=off", "gc=on, lora=on"}) {
     EXPECT_TRUE(contains(loss, config)) << config;
     EXPECT_TRUE(contains(mem, config)) << config;
   }
