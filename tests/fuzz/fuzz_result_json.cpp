@@ -21,7 +21,7 @@ const hx::RunConfig& fuzz_run() {
   static const hx::RunConfig run = [] {
     hx::RunConfig r;
     r.run_id = "00000000fuzzf00d";
-    r.workload = "finetune";
+    r.workload = hx::Workload::kFinetune;
     r.config = nlohmann::json::object();
     r.canonical = "{}";
     return r;
