@@ -11,11 +11,14 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: every target, 8 s each)
 #
+# FUZZ_SEED (default 1): the fuzzer's random seed, fixed so that a commit's run is reproducible;
+# 0 lets libFuzzer pick one (long runs by hand).
 # Environment: see scripts/asan-configure.sh (ASAN_BUILD_DIR, ASAN_OPT: e.g. a long run in
 # ASAN_BUILD_DIR=build-fuzz ASAN_OPT="-O1 -g1", about twice the executions per second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-8}"
+seed="${FUZZ_SEED:-1}"
 shift || true
 start=$(date +%s)
 source scripts/asan-configure.sh
@@ -67,7 +70,7 @@ for t in "${targets[@]}"; do
     done < <(grep -v '^\s*\(#\|$\)' "tests/fuzz/$t.options")
   fi
   rc=0
-  ASAN_OPTIONS="$asan" "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  ASAN_OPTIONS="$asan" "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -seed="$seed" \
     -print_final_stats=1 -artifact_prefix="$build/findings/$t-" "${extra[@]}" "$work" "$seeds" \
     > "$log" 2>&1 || rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
@@ -81,7 +84,7 @@ for t in "${targets[@]}"; do
     failed+=("$t")
   fi
 done
-echo "fuzz: $total executions in all, ${seconds} s per target"
+echo "fuzz: $total executions in all, ${seconds} s per target, seed $seed"
 
 if [ ${#failed[@]} -gt 0 ]; then
   for t in "${failed[@]}"; do

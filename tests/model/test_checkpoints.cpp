@@ -459,7 +459,8 @@ TEST(Safetensors, MalformedFilesGiveClearErrors) {
 // a pickle that stores at memo index 1596876899 made libtorch's unpickler allocate a 25 GB memo
 // table (the pickle is checked first now, model/torch_pickle.h); a quantized tensor with a
 // quantizer libtorch lacks, and an Int1 tensor, loaded and then failed inside libtorch's copies
-// (an internal assert; "not implemented for 'Int1'"). Each is now an error naming the file.
+// (an internal assert; "not implemented for 'Int1'"); a tensor over a storage record too short for
+// it was read past its end. Each is now an error naming the file.
 TEST(TorchSave, CorruptFilesNameTheFile) {
   const std::string corpus = std::string(kHxSourceDir) + "/tests/fuzz/corpus/fuzz_torch_pth/";
   const std::string crash = corpus + "crash-memo-index.pth";
@@ -468,6 +469,18 @@ TEST(TorchSave, CorruptFilesNameTheFile) {
   expect_error([&] { read_torch_dict(quantized); }, {quantized, "is not a dense CPU tensor"});
   const std::string int1 = corpus + "crash-int1-dtype.pth";
   expect_error([&] { read_torch_dict(int1); }, {int1, "has dtype"});
+  // A tensor's storage record emptied (a null data pointer: summing it crashed) or cut to 8 of
+  // its 16 bytes: libtorch rebuilds the view over it unchecked.
+  for (const char* name : {"crash-empty-storage.pth", "crash-short-storage.pth"}) {
+    const std::string short_storage = corpus + name;
+    expect_error([&] { read_torch_dict(short_storage); },
+                 {short_storage, "tensor w of shape [4] runs past its storage record"});
+  }
+  // An empty version record: libtorch's zip reader asked ours for 0 bytes into a null buffer
+  // (memcpy(nullptr, ...), undefined behaviour that UBSan caught).
+  const std::string empty_record = corpus + "crash-empty-record-read.pth";
+  expect_error([&] { read_torch_dict(empty_record); },
+               {empty_record, "not a readable torch.save file", "Couldn't parse the version"});
   TempDir tmp;
   const std::string p = tmp.sub("consolidated.00.pth");
   write_bytes(p, "PK\x03\x04 not a zip");
