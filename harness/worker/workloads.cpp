@@ -45,12 +45,7 @@ std::string cpu_model() {
 
 using Config = RunSettings;
 
-torch::Dtype dtype_from(const std::string& name) {
-  if (name == "fp32") return torch::kFloat32;
-  if (name == "fp16") return torch::kFloat16;
-  if (name == "bf16") return torch::kBFloat16;
-  throw std::invalid_argument("unknown dtype \"" + name + "\" (expected fp32, fp16, bf16)");
-}
+torch::Dtype dtype_from(const std::string& name) { return parse_dtype(name); }
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
