@@ -123,6 +123,7 @@ struct GenerateArgs {
   std::string attention = "sdpa";
   std::string weights;       // a torch.save dict of tensors; random weights when empty
   std::string lora_adapter;  // a PEFT adapter directory applied to the model
+  std::string quant, double_quant, compute_dtype;  // the config keys'
   int64_t repeats = 1;       // timed generations after one untimed warm-up; medians reported
   bool json = false;
   uint64_t seed = 0;
@@ -188,6 +189,14 @@ int demo_generate(const GenerateArgs& a) {
     model = hx::Transformer(hx::config_from_name(a.preset), options);
     hx::load_weights(model, hx::read_torch_dict(a.weights), a.weights);
     source = "weights from " + a.weights;
+  }
+  if (a.quant != "off") {
+    hx::Quant4Options quant;
+    quant.type = hx::parse_quant_type(a.quant);
+    quant.double_quant = a.double_quant == "on";
+    quant.compute_dtype = hx::parse_dtype(a.compute_dtype);
+    hx::quantize_targets(model, hx::lora_target_names(), quant);
+    source += ", " + a.quant + (quant.double_quant ? " double-quantised" : "") + " weights";
   }
   if (!a.lora_adapter.empty()) {
     hx::load_peft_adapter(model, a.lora_adapter);
@@ -455,6 +464,7 @@ int main(int argc, char** argv) {
                   "a PEFT LoRA adapter directory (adapter_config.json, "
                   "adapter_model.safetensors) applied to the model");
   gen->add_option("--repeats", g.repeats, "timed generations (medians)")->capture_default_str();
+  hx::add_quant_options(gen, g.quant, g.double_quant, g.compute_dtype);
   auto* prompt_ids = gen->add_option("--prompt-ids", g.prompt_ids,
                                      "the prompt as token ids, 1,2,3 (default: random)");
   gen->get_option("--prompt-len")->excludes(prompt_ids);

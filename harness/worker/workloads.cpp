@@ -132,6 +132,14 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
     built.model = Transformer(config_from_name(preset), options);
     load_weights(built.model, read_torch_dict(weights), weights);
   }
+  if (cfg.quant != "off") {
+    Quant4Options quant;
+    quant.type = parse_quant_type(cfg.quant);
+    quant.double_quant = cfg.double_quant;
+    quant.block = cfg.quant_block;
+    quant.compute_dtype = dtype_from(cfg.compute_dtype);
+    quantize_targets(built.model, cfg.quant_targets, quant);
+  }
   compat::cuda_synchronize();
   built.load_s = seconds_since(start);
   return built;
@@ -252,6 +260,11 @@ void add_generations(Json& result, Transformer& model,
 }
 
 Json run_finetune(const Json& run, const Config& cfg, torch::Device device, MemoryProbe probe) {
+  // A 4-bit weight is frozen: without adapters only the embedding, norms and head would train
+  // (transformers refuses to fine-tune a purely quantised model).
+  if (cfg.quant != "off" && !cfg.lora)
+    throw std::invalid_argument("quant " + cfg.quant +
+                                " fine-tunes with LoRA only (QLoRA): set lora: on, or quant: off");
   auto built = build_model(run, cfg, device);
   auto& model = built.model;
   const int64_t total_params = model->param_count();
