@@ -12,8 +12,9 @@ namespace {
 namespace F = torch::nn::functional;
 
 constexpr int64_t kDoubleQuantBlock = 256;  // bitsandbytes' blocksize of the nested quantisation
-// Elements per quantisation chunk: bounds the int32 and fp32 temporaries at load time.
-constexpr int64_t kChunkElements = int64_t{1} << 22;
+// Elements per (de)quantisation chunk on the CPU: bounds the int32 and fp32 temporaries (6 bytes
+// an element while dequantising, 4 + 4 + 1 while quantising).
+constexpr int64_t kChunkElements = int64_t{1} << 20;
 
 // The CPU tables, copied once to each device that asks for them.
 torch::Tensor on_device(const torch::Tensor& table, const torch::Device& device) {
@@ -248,14 +249,28 @@ torch::Tensor dequantize_4bit(const Quant4Weight& q, torch::Dtype dtype) {
   torch::NoGradGuard no_grad;
   const int64_t n = q.numel();
   const auto table = on_device(pair_table(q.type), q.packed.device());
-  auto values =
-      table.index_select(0, q.packed.view(-1).to(torch::kInt32)).view(-1).slice(0, 0, n);
   const auto absmax = quant4_absmax(q);
-  const int64_t full = n - n % q.block;
-  values.slice(0, 0, full).view({full / q.block, q.block}).mul_(
-      absmax.slice(0, 0, full / q.block).view({-1, 1}));
-  if (full < n) values.slice(0, full).mul_(absmax[-1]);
-  return values.to(dtype).view(q.shape);
+  const auto bytes = q.packed.view(-1);
+  auto out = torch::empty({n}, q.packed.options().dtype(dtype));
+  // In chunks of whole blocks: the lookup's int32 indices and fp32 values stay small beside the
+  // output (bitsandbytes' kernels write the output directly). Larger chunks on a GPU, where each
+  // chunk costs a few kernel launches.
+  const int64_t target = q.packed.is_cuda() ? kChunkElements * 16 : kChunkElements;
+  const int64_t chunk = std::max<int64_t>(q.block, target / q.block * q.block);
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t end = std::min(n, start + chunk);
+    const int64_t len = end - start;
+    auto values = table.index_select(0, bytes.slice(0, start / 2, (end + 1) / 2).to(torch::kInt32))
+                      .view(-1)
+                      .slice(0, 0, len);
+    const int64_t full = len - len % q.block;  // only the last chunk ends in a partial block
+    values.slice(0, 0, full)
+        .view({full / q.block, q.block})
+        .mul_(absmax.slice(0, start / q.block, (start + full) / q.block).view({-1, 1}));
+    if (full < len) values.slice(0, full).mul_(absmax[-1]);
+    out.slice(0, start, end).copy_(values);
+  }
+  return out.view(q.shape);
 }
 
 namespace {
