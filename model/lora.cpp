@@ -91,6 +91,17 @@ void quantize_targets(Transformer& model, const std::vector<std::string>& target
   }
 }
 
+int64_t quantized_weight_bytes(const Transformer& model) {
+  int64_t bytes = 0;
+  for (const auto& block : model->layers) {
+    for (const auto& target : lora_target_names()) {
+      const auto& quant = target_of(block, target)->quant_weight();
+      if (quant) bytes += quant->nbytes();
+    }
+  }
+  return bytes;
+}
+
 void apply_lora(Transformer& model, const std::vector<std::string>& targets,
                 const LoraOptions& options, uint64_t seed) {
   for (auto& p : model->parameters()) p.set_requires_grad(false);

@@ -20,6 +20,8 @@ void apply_lora(Transformer& model, const std::vector<std::string>& targets,
 // (LinearImpl::quantize). Before apply_lora.
 void quantize_targets(Transformer& model, const std::vector<std::string>& targets,
                       const Quant4Options& options);
+// The bytes of every quantised weight (packed codes and scales): buffers, not parameters.
+int64_t quantized_weight_bytes(const Transformer& model);
 
 // Folds every adapter into its base weight; the adapters stay (inactive) so that unmerge_lora
 // can take them out again (PEFT's merge_adapter / unmerge_adapter).
