@@ -204,6 +204,7 @@ class Timeline {
     n.saved.push_back(s);
   }
   void add_node(Node n) { nodes_.push_back(std::move(n)); }
+  Node& last_node() { return nodes_.back(); }
   size_t node_count() const { return nodes_.size(); }
 
   int pending(int t) const { return pending_[static_cast<size_t>(t)]; }
@@ -635,10 +636,19 @@ class ModelSim {
     const int w = dequantize_4bit(in * out, what);
     const int grad_cast =
         tl_.elem(y) == q.compute ? -1 : tl_.storage(rows * out * q.compute, what + " grad cast");
-    int grad_x = tl_.storage(rows * in * q.compute, what + " (input grad)");
+    // A checkpointed block's backward runs under its autocast state: matmul casts again.
+    const bool recast = q.autocast_recast && backward_autocast_;
+    std::vector<int> casts;
+    if (recast) {
+      casts = {tl_.storage(in * out * o_.compute, what + " weight autocast"),
+               tl_.storage(rows * out * o_.compute, what + " grad autocast")};
+    }
+    const int product_elem = recast ? o_.compute : q.compute;
+    int grad_x = tl_.storage(rows * in * product_elem, what + " (input grad)");
+    for (int c : casts) tl_.unref(c);
     if (grad_cast >= 0) tl_.unref(grad_cast);
     tl_.unref(w);
-    if (tl_.elem(y) != q.compute) {
+    if (tl_.elem(y) != product_elem) {
       const int back = tl_.storage(rows * in * tl_.elem(y), what + " (input grad cast)");
       tl_.unref(grad_x);
       grad_x = back;
@@ -668,8 +678,10 @@ class ModelSim {
     const int lb = linear_plain(la, l.b, rows, out, what + " LoRA B");
     const int ls =
         tl_.op({what + " LoRA scaling", {lb}, {}, {}, false, 0, false}, rows * out, tl_.elem(lb));
+    const int promoted = promoted_copy(y, ls, what + " + LoRA");
     const int sum = tl_.op({what + " + LoRA", {y, ls}, {}, {}, false, 0, true}, rows * out,
                            std::max(tl_.elem(y), tl_.elem(ls)));
+    if (promoted >= 0) tl_.drop(promoted);
     tl_.drop(la);
     tl_.drop(lb);
     tl_.drop(ls);
@@ -893,7 +905,16 @@ class ModelSim {
     Timeline::Op mul{"silu * w3", {s1, a3}, {}, {}, false, 0, false};
     if (tl_.rg(s1)) mul.saved.push_back(a3);
     if (tl_.rg(a3)) mul.saved.push_back(s1);
+    const size_t nodes = tl_.node_count();
+    const int promoted = promoted_copy(s1, a3, "silu * w3");
     const int prod = tl_.op(mul, n * f, std::max(tl_.elem(s1), tl_.elem(a3)));
+    if (promoted >= 0) tl_.drop(promoted);
+    if (tl_.elem(s1) != tl_.elem(a3) && tl_.node_count() > nodes) {
+      Timeline::Node& node = tl_.last_node();
+      node.custom = [this, s1, a3, prod, what = node.what] {
+        mul_backward_mixed(s1, a3, prod, what);
+      };
+    }
     const int out = linear(prod, l.w2, n, f, d, "w2");
     tl_.drop(a3);
     tl_.drop(a1);
@@ -902,9 +923,52 @@ class ModelSim {
     return out;
   }
 
+  // MulBackward0 of operands of two dtypes (a 4-bit product cast back beside an autocast one):
+  // other's gradient first (grad * self), then self's (grad * other), each in the wider dtype (a
+  // narrower operand copied to it on the CPU); then the engine casts the narrower input's
+  // gradient to its dtype (validate_outputs).
+  void mul_backward_mixed(int self, int other, int out, const std::string& what) {
+    const std::string outer = tl_.where;
+    tl_.where.clear();
+    const int wide = tl_.elem(out);
+    const int64_t numel = tl_.numel(out);
+    auto product = [&](int operand) {
+      const int copy = o_.cpu && tl_.elem(operand) != wide
+                           ? tl_.storage(numel * wide, what + " (promoted operand)")
+                           : -1;
+      const int grad = tl_.storage(numel * wide, what + " (input grad)");
+      if (copy >= 0) tl_.unref(copy);
+      return grad;
+    };
+    const int grad_other = tl_.rg(other) ? product(self) : -1;
+    const int grad_self = tl_.rg(self) ? product(other) : -1;
+    for (const auto& [input, grad] : {std::pair{self, grad_self}, std::pair{other, grad_other}}) {
+      if (grad < 0) continue;
+      int delivered = grad;
+      if (tl_.elem(input) != wide) {
+        delivered = tl_.storage(numel * tl_.elem(input), what + " (input grad cast)");
+        tl_.unref(grad);
+      }
+      tl_.deliver(input, delivered);
+    }
+    tl_.where = outer;
+  }
+
+  // A binary op on the CPU whose operands differ in dtype: TensorIterator copies the narrower one
+  // to the wider dtype for the op (a transient; -1 when there is none).
+  int promoted_copy(int a, int b, const std::string& what) {
+    if (!o_.cpu || tl_.elem(a) == tl_.elem(b)) return -1;
+    const int narrow = tl_.elem(a) < tl_.elem(b) ? a : b;
+    return tl_.tensor(tl_.numel(narrow), std::max(tl_.elem(a), tl_.elem(b)), false,
+                      what + " (promoted operand)");
+  }
+
   int residual(int x, int y, const char* what) {
-    return tl_.op({what, {x, y}, {}, {}, false, 0, true}, tl_.numel(x),
-                  std::max(tl_.elem(x), tl_.elem(y)));
+    const int promoted = promoted_copy(x, y, what);
+    const int out = tl_.op({what, {x, y}, {}, {}, false, 0, true}, tl_.numel(x),
+                           std::max(tl_.elem(x), tl_.elem(y)));
+    if (promoted >= 0) tl_.drop(promoted);
+    return out;
   }
 
   int block(int x, int64_t i) {
@@ -958,7 +1022,9 @@ class ModelSim {
       const int x2 = tl_.view(x);
       const int y2 = block(x2, i);
       tl_.take_pending(y, y2);
+      backward_autocast_ = o_.autocast;
       tl_.backward(mark);
+      backward_autocast_ = false;
       tl_.drop(y2);
       tl_.take_pending(x2, x);
       tl_.drop(x2);
@@ -980,6 +1046,7 @@ class ModelSim {
   std::vector<int> graph_held_;
   int64_t b_ = 1, t_ = 1, s_ = 1;
   bool cache_ = false;
+  bool backward_autocast_ = false;  // a recomputed block's backward (under autocast when mp)
   int mask_ = -1;
 };
 
