@@ -204,6 +204,7 @@ class Timeline {
     n.saved.push_back(s);
   }
   void add_node(Node n) { nodes_.push_back(std::move(n)); }
+  Node& last_node() { return nodes_.back(); }
   size_t node_count() const { return nodes_.size(); }
 
   int pending(int t) const { return pending_[static_cast<size_t>(t)]; }
@@ -304,6 +305,46 @@ class Timeline {
   std::string peak_at_;
 };
 
+// ---- 4-bit weights (model/quant4.cpp: bitsandbytes' layout) ----
+
+struct QuantSettings {
+  bool on = false;
+  bool double_quant = false;
+  int64_t block = 64;
+  int compute = 4;  // compute_dtype bytes: the dequantised weight, the product
+  // Under autocast with compute_dtype other than mp's dtype, torch::linear inside the 4-bit
+  // product casts its operands again (to the autocast dtype).
+  bool autocast_recast = false;
+  int64_t chunk_target = int64_t{1} << 20;  // elements per dequantisation chunk (CUDA: 2^24)
+  std::set<std::string> targets;
+};
+
+constexpr int64_t kDoubleQuantBlock = 256;  // bitsandbytes' block of the nested quantisation
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A 4-bit weight of n elements as stored: the packed codes (two a byte) and the scales: an fp32
+// absmax per block, or with double quantisation a uint8 code per block, the fp32 offset and an
+// fp32 scale per 256 blocks.
+int64_t quant4_weight_bytes(int64_t n, const QuantSettings& q) {
+  const int64_t blocks = ceil_div(n, q.block);
+  const int64_t scales =
+      q.double_quant ? blocks + 4 + 4 * ceil_div(blocks, kDoubleQuantBlock) : 4 * blocks;
+  return ceil_div(n, 2) + scales;
+}
+
+// The code tables model/quant4.cpp keeps in statics once it has (de)quantised (measured with
+// the counting allocator): on the CPU both types' fp32 codes (2 x 64 B), sorted orders (int64,
+// 2 x 128 B) and midpoints (fp32, 2 x 60 B), and byte-pair tables (fp32 256 x 2, 2 x 2048 B);
+// with double quantisation the dynamic map (fp32, 1024 B) and its 65536-entry uint8 lookup. On
+// CUDA the device copies of the one type's midpoints, order (as uint8 on use) and pair table.
+int64_t quant4_table_bytes(const QuantSettings& q, bool cpu) {
+  if (!q.on) return 0;
+  const int64_t nested = q.double_quant ? 1024 + 65536 : 0;
+  if (cpu) return 2 * (64 + 128 + 60 + 2048) + nested;
+  return 60 + 128 + 2048 + nested;
+}
+
 // ---- The model on the timeline (model/llama.cpp, model/lora.cpp, model/checkpoint.cpp) ----
 
 struct ModelOptions {
@@ -320,6 +361,7 @@ struct ModelOptions {
   bool mean_saves_input = false;  // libtorch < 2: mean(dim)'s node keeps its whole input
   bool sdpa = true;               // attention: sdpa (the fused kernel) | math
   bool cpu = true;                // CPU tensors are counted (the checkpoint's RNG state)
+  QuantSettings quant;            // 4-bit base weights of quant.targets
 };
 
 // The CPU generator's state as model/checkpoint.cpp saves it (gen.get_state(): a uint8 tensor;
@@ -336,6 +378,14 @@ class ModelSim {
   int64_t weight_bytes() const {
     int64_t n = 0;
     for (const auto& p : tl_.params()) n += p.numel * p.elem;
+    return n;
+  }
+  // Bytes of the 4-bit weights (packed codes and scales), part of weight_bytes().
+  int64_t weight_4bit_bytes() const {
+    int64_t n = 0;
+    for (const Layer& l : layers_)
+      for (const Lin* lin : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3})
+        if (lin->quant) n += tl_.params()[static_cast<size_t>(lin->w)].numel;
     return n;
   }
   int64_t trainable_count() const {
@@ -422,7 +472,12 @@ class ModelSim {
     for (int64_t i = 0; i < c.n_layers; ++i) {
       Layer l;
       auto linear = [&](const char* name, int64_t in, int64_t out) {
-        Lin lin{base(in * out), -1, -1, in, out};
+        // A 4-bit weight: buffers, frozen (one parameter of its bytes for the sums).
+        const bool quant = o_.quant.on && o_.quant.targets.count(name) > 0;
+        const int w =
+            quant ? tl_.param(quant4_weight_bytes(in * out, o_.quant), 1, false) : base(in * out);
+        Lin lin{w, -1, -1, in, out, quant};
+        // Adapters in the model dtype on a 4-bit weight too (its original dtype).
         if (o_.lora.count(name)) {
           lin.a = tl_.param(o_.lora_r * in, e, true);
           lin.b = tl_.param(out * o_.lora_r, e, true);
@@ -448,6 +503,7 @@ class ModelSim {
   struct Lin {
     int w = -1, a = -1, b = -1;  // weight, LoRA A (r, in), LoRA B (out, r)
     int64_t in = 0, out = 0;
+    bool quant = false;  // w is a 4-bit weight (quant4_linear)
   };
   struct Layer {
     Lin wq, wk, wv, wo, w1, w2, w3;
@@ -497,9 +553,113 @@ class ModelSim {
     return y;
   }
 
+  // dequantize_4bit to the compute dtype: the fp32 absmax (double quantisation undone), then the
+  // weight written chunk by chunk through int32 byte indices and fp32 code values (the first
+  // chunk is the largest). Returns the weight's storage; the absmax copy dies with the call.
+  int dequantize_4bit(int64_t n, const std::string& what) {
+    const auto& q = o_.quant;
+    const int64_t blocks = ceil_div(n, q.block);
+    int absmax = -1;
+    if (q.double_quant) {
+      // quant4_absmax: code2[q8.to(int32)] * absmax2.repeat_interleave(256) + offset.
+      const int scales = tl_.storage(4 * ceil_div(blocks, kDoubleQuantBlock) * kDoubleQuantBlock,
+                                     what + " absmax2 repeated");
+      std::vector<int> steps;
+      for (const char* step : {"absmax codes to int32", "absmax code values", "absmax * scales"})
+        steps.push_back(tl_.storage(4 * blocks, what + " " + step));
+      absmax = tl_.storage(4 * blocks, what + " absmax");
+      for (auto it = steps.rbegin(); it != steps.rend(); ++it) tl_.unref(*it);
+      tl_.unref(scales);
+    }
+    const int w = tl_.storage(n * q.compute, what + " dequantised weight");
+    const int64_t chunk = std::max(q.block, q.chunk_target / q.block * q.block);
+    const int64_t pairs = ceil_div(std::min(n, chunk), 2);
+    const int index = tl_.storage(4 * pairs, what + " dequantise: byte indices");
+    const int values = tl_.storage(8 * pairs, what + " dequantise: code values");
+    tl_.unref(index);
+    tl_.unref(values);
+    if (absmax >= 0) tl_.unref(absmax);
+    return w;
+  }
+
+  // quant4_linear (Quant4Matmul::forward runs without grad): the weight dequantised, x cast to
+  // the compute dtype, the product (under autocast torch::linear may cast both again), the
+  // product cast back to x's dtype. The node saves only the 4-bit buffers (counted as weights);
+  // its backward dequantises again. Casts are decided on element sizes (fp16 against bf16 is
+  // not seen).
+  int linear_4bit(int x, const Lin& l, int64_t rows, const std::string& what) {
+    const auto& q = o_.quant;
+    const bool rg = tl_.grad_mode && tl_.rg(x);
+    const bool grad_mode = tl_.grad_mode;
+    tl_.grad_mode = false;
+    const int w = dequantize_4bit(l.in * l.out, what);
+    const int xc = tl_.elem(x) == q.compute ? -1
+                                            : tl_.tensor(rows * l.in, q.compute, false,
+                                                         what + " input to compute dtype");
+    int product_elem = q.compute;
+    std::vector<int> recast;
+    if (q.autocast_recast) {
+      product_elem = o_.compute;
+      recast = {tl_.storage(l.in * l.out * o_.compute, what + " weight autocast"),
+                tl_.storage(rows * l.in * o_.compute, what + " input autocast")};
+    }
+    int y = tl_.tensor(rows * l.out, product_elem, false, what);
+    for (int r : recast) tl_.unref(r);
+    if (product_elem != tl_.elem(x)) {
+      const int back = tl_.tensor(rows * l.out, tl_.elem(x), false, what + " output cast");
+      tl_.drop(y);
+      y = back;
+    }
+    if (xc >= 0) tl_.drop(xc);
+    tl_.unref(w);
+    tl_.grad_mode = grad_mode;
+    if (rg) {
+      tl_.set_rg(y, true);
+      Timeline::Node n;
+      n.what = (tl_.where.empty() ? "" : tl_.where + ": ") + what + " (4-bit)";
+      n.outputs = {y};
+      n.inputs = {x};
+      n.custom = [this, x, y, rows, in = l.in, out = l.out, node = n.what] {
+        backward_4bit(x, y, rows, in, out, node);
+      };
+      tl_.add_node(std::move(n));
+    }
+    return y;
+  }
+
+  // Quant4Matmul::backward: matmul(grad.to(compute), dequantize_4bit(...)) (GCC evaluates the
+  // arguments right to left: the weight first), cast back to the gradient's dtype.
+  void backward_4bit(int x, int y, int64_t rows, int64_t in, int64_t out, const std::string& what) {
+    const auto& q = o_.quant;
+    const std::string outer = tl_.where;
+    tl_.where.clear();
+    const int w = dequantize_4bit(in * out, what);
+    const int grad_cast =
+        tl_.elem(y) == q.compute ? -1 : tl_.storage(rows * out * q.compute, what + " grad cast");
+    // A checkpointed block's backward runs under its autocast state: matmul casts again.
+    const bool recast = q.autocast_recast && backward_autocast_;
+    std::vector<int> casts;
+    if (recast) {
+      casts = {tl_.storage(in * out * o_.compute, what + " weight autocast"),
+               tl_.storage(rows * out * o_.compute, what + " grad autocast")};
+    }
+    const int product_elem = recast ? o_.compute : q.compute;
+    int grad_x = tl_.storage(rows * in * product_elem, what + " (input grad)");
+    for (int c : casts) tl_.unref(c);
+    if (grad_cast >= 0) tl_.unref(grad_cast);
+    tl_.unref(w);
+    if (tl_.elem(y) != product_elem) {
+      const int back = tl_.storage(rows * in * tl_.elem(y), what + " (input grad cast)");
+      tl_.unref(grad_x);
+      grad_x = back;
+    }
+    tl_.deliver(x, grad_x);
+    tl_.where = outer;
+  }
+
   // LinearImpl::forward: the base projection plus (alpha/r) * B(A(dropout(x))).
   int linear(int x, const Lin& l, int64_t rows, int64_t in, int64_t out, const std::string& what) {
-    int y = linear_plain(x, l.w, rows, out, what);
+    int y = l.quant ? linear_4bit(x, l, rows, what) : linear_plain(x, l.w, rows, out, what);
     if (l.a < 0) return y;
     int xd = x;
     bool own = false;
@@ -518,8 +678,10 @@ class ModelSim {
     const int lb = linear_plain(la, l.b, rows, out, what + " LoRA B");
     const int ls =
         tl_.op({what + " LoRA scaling", {lb}, {}, {}, false, 0, false}, rows * out, tl_.elem(lb));
+    const int promoted = promoted_copy(y, ls, what + " + LoRA");
     const int sum = tl_.op({what + " + LoRA", {y, ls}, {}, {}, false, 0, true}, rows * out,
                            std::max(tl_.elem(y), tl_.elem(ls)));
+    if (promoted >= 0) tl_.drop(promoted);
     tl_.drop(la);
     tl_.drop(lb);
     tl_.drop(ls);
@@ -743,7 +905,16 @@ class ModelSim {
     Timeline::Op mul{"silu * w3", {s1, a3}, {}, {}, false, 0, false};
     if (tl_.rg(s1)) mul.saved.push_back(a3);
     if (tl_.rg(a3)) mul.saved.push_back(s1);
+    const size_t nodes = tl_.node_count();
+    const int promoted = promoted_copy(s1, a3, "silu * w3");
     const int prod = tl_.op(mul, n * f, std::max(tl_.elem(s1), tl_.elem(a3)));
+    if (promoted >= 0) tl_.drop(promoted);
+    if (tl_.elem(s1) != tl_.elem(a3) && tl_.node_count() > nodes) {
+      Timeline::Node& node = tl_.last_node();
+      node.custom = [this, s1, a3, prod, what = node.what] {
+        mul_backward_mixed(s1, a3, prod, what);
+      };
+    }
     const int out = linear(prod, l.w2, n, f, d, "w2");
     tl_.drop(a3);
     tl_.drop(a1);
@@ -752,9 +923,52 @@ class ModelSim {
     return out;
   }
 
+  // MulBackward0 of operands of two dtypes (a 4-bit product cast back beside an autocast one):
+  // other's gradient first (grad * self), then self's (grad * other), each in the wider dtype (a
+  // narrower operand copied to it on the CPU); then the engine casts the narrower input's
+  // gradient to its dtype (validate_outputs).
+  void mul_backward_mixed(int self, int other, int out, const std::string& what) {
+    const std::string outer = tl_.where;
+    tl_.where.clear();
+    const int wide = tl_.elem(out);
+    const int64_t numel = tl_.numel(out);
+    auto product = [&](int operand) {
+      const int copy = o_.cpu && tl_.elem(operand) != wide
+                           ? tl_.storage(numel * wide, what + " (promoted operand)")
+                           : -1;
+      const int grad = tl_.storage(numel * wide, what + " (input grad)");
+      if (copy >= 0) tl_.unref(copy);
+      return grad;
+    };
+    const int grad_other = tl_.rg(other) ? product(self) : -1;
+    const int grad_self = tl_.rg(self) ? product(other) : -1;
+    for (const auto& [input, grad] : {std::pair{self, grad_self}, std::pair{other, grad_other}}) {
+      if (grad < 0) continue;
+      int delivered = grad;
+      if (tl_.elem(input) != wide) {
+        delivered = tl_.storage(numel * tl_.elem(input), what + " (input grad cast)");
+        tl_.unref(grad);
+      }
+      tl_.deliver(input, delivered);
+    }
+    tl_.where = outer;
+  }
+
+  // A binary op on the CPU whose operands differ in dtype: TensorIterator copies the narrower one
+  // to the wider dtype for the op (a transient; -1 when there is none).
+  int promoted_copy(int a, int b, const std::string& what) {
+    if (!o_.cpu || tl_.elem(a) == tl_.elem(b)) return -1;
+    const int narrow = tl_.elem(a) < tl_.elem(b) ? a : b;
+    return tl_.tensor(tl_.numel(narrow), std::max(tl_.elem(a), tl_.elem(b)), false,
+                      what + " (promoted operand)");
+  }
+
   int residual(int x, int y, const char* what) {
-    return tl_.op({what, {x, y}, {}, {}, false, 0, true}, tl_.numel(x),
-                  std::max(tl_.elem(x), tl_.elem(y)));
+    const int promoted = promoted_copy(x, y, what);
+    const int out = tl_.op({what, {x, y}, {}, {}, false, 0, true}, tl_.numel(x),
+                           std::max(tl_.elem(x), tl_.elem(y)));
+    if (promoted >= 0) tl_.drop(promoted);
+    return out;
   }
 
   int block(int x, int64_t i) {
@@ -808,7 +1022,9 @@ class ModelSim {
       const int x2 = tl_.view(x);
       const int y2 = block(x2, i);
       tl_.take_pending(y, y2);
+      backward_autocast_ = o_.autocast;
       tl_.backward(mark);
+      backward_autocast_ = false;
       tl_.drop(y2);
       tl_.take_pending(x2, x);
       tl_.drop(x2);
@@ -830,6 +1046,7 @@ class ModelSim {
   std::vector<int> graph_held_;
   int64_t b_ = 1, t_ = 1, s_ = 1;
   bool cache_ = false;
+  bool backward_autocast_ = false;  // a recomputed block's backward (under autocast when mp)
   int mask_ = -1;
 };
 
@@ -843,6 +1060,7 @@ struct FinetuneSetup {
   double weight_decay = 0;
   double max_grad_norm = 0;
   int64_t rope_bytes = 0;
+  int64_t table_bytes = 0;  // the 4-bit code tables
 };
 
 struct StepResult {
@@ -903,6 +1121,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   // Between steps: weights, rotary tables, optimizer state.
   const int weights = tl.storage(model.weight_bytes(), "weights");
   const int rope = tl.storage(s.rope_bytes, "rotary tables");
+  const int tables = tl.storage(s.table_bytes, "4-bit code tables");
   std::vector<int> state;
   const bool adamw = s.optimizer == "adamw";
   if (adamw && state_live) {
@@ -951,6 +1170,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   result.peak = tl.peak();
   result.peak_at = tl.peak_at();
   for (int st : state) tl.unref(st);
+  tl.unref(tables);
   tl.unref(rope);
   tl.unref(weights);
   if (tl.current() != 0)  // every byte the step allocated must have been freed: a model bug
@@ -992,6 +1212,26 @@ LlamaConfig model_config(const Spec& spec) {
 
 int64_t rope_bytes(const LlamaConfig& c) { return 2 * c.max_seq_len * (c.head_dim() / 2) * 4; }
 
+// quant, double_quant, compute_dtype, quant_block, quant_targets as the worker applies them
+// (harness/worker/workloads.cpp build_model); `mp`: the autocast dtype or "off".
+QuantSettings quant_settings(const Config& cfg, const std::string& mp, bool cpu) {
+  QuantSettings q;
+  if (cfg.quant == "off") return q;
+  if (cfg.quant != "nf4" && cfg.quant != "fp4")
+    throw std::invalid_argument("unknown quant \"" + cfg.quant + "\" (expected off, nf4, fp4)");
+  if (cfg.quant_block < 2 || cfg.quant_block % 2 != 0)
+    throw std::invalid_argument("quant_block: " + std::to_string(cfg.quant_block) +
+                                " is not an even block size of at least 2");
+  q.on = true;
+  q.double_quant = cfg.double_quant;
+  q.block = cfg.quant_block;
+  q.compute = dtype_bytes(cfg.compute_dtype);
+  q.autocast_recast = mp != "off" && cfg.compute_dtype != mp;
+  q.chunk_target = cpu ? int64_t{1} << 20 : int64_t{1} << 24;
+  q.targets.insert(cfg.quant_targets.begin(), cfg.quant_targets.end());
+  return q;
+}
+
 // The replay's setup of a fine-tuning run: the model options, batch, accumulation, optimizer.
 FinetuneSetup finetune_setup(const Spec& spec, const Config& cfg, const LlamaConfig& c,
                              const EstimateOptions& options) {
@@ -1007,6 +1247,11 @@ FinetuneSetup finetune_setup(const Spec& spec, const Config& cfg, const LlamaCon
   s.model.compute = s.model.autocast ? 2 : s.model.elem;
   s.model.sdpa = cfg.attention == "sdpa";
   const bool lora = cfg.lora;
+  s.model.quant = quant_settings(cfg, mp, s.model.cpu);
+  // The worker refuses it: a 4-bit weight is frozen, QLoRA trains adapters.
+  if (s.model.quant.on && !lora)
+    throw std::invalid_argument("quant " + cfg.quant + " fine-tunes with LoRA only (QLoRA)");
+  s.table_bytes = quant4_table_bytes(s.model.quant, s.model.cpu);
   s.model.full = !lora;
   std::vector<std::string> targets;
   if (lora) {
@@ -1097,7 +1342,8 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
   e.params = c.param_count();
   e.trainable = sizes.trainable_count();
   e.weights = sizes.weight_bytes();
-  e.buffers = s.rope_bytes;
+  e.weights_4bit = sizes.weight_4bit_bytes();
+  e.buffers = s.rope_bytes + s.table_bytes;
   e.grads = e.trainable * s.model.elem;
   e.optimizer = s.optimizer == "adamw" ? 2 * e.grads : 0;
   e.master = 0;
@@ -1109,7 +1355,8 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
 
 // ---- Generation: model/generate.cpp under NoGradGuard ----
 
-MemoryEstimate estimate_generate(const RunConfig& run, const LlamaConfig& c) {
+MemoryEstimate estimate_generate(const RunConfig& run, const LlamaConfig& c,
+                                 const std::string& device) {
   const Config cfg = RunSettings::parse(run.config);
   const int64_t b = cfg.batch_size;
   const int64_t prompt = cfg.prompt_len;
@@ -1125,6 +1372,8 @@ MemoryEstimate estimate_generate(const RunConfig& run, const LlamaConfig& c) {
   o.full = false;
   o.training = false;
   o.sdpa = cfg.attention == "sdpa";
+  o.cpu = device != "cuda";
+  o.quant = quant_settings(cfg, "off", o.cpu);
 
   Timeline tl;
   tl.grad_mode = false;
@@ -1133,7 +1382,9 @@ MemoryEstimate estimate_generate(const RunConfig& run, const LlamaConfig& c) {
   e.batch = b;
   e.params = c.param_count();
   e.weights = model.weight_bytes();
-  e.buffers = rope_bytes(c) + b * prompt * 8;  // rotary tables and the prompt ids
+  e.weights_4bit = model.weight_4bit_bytes();
+  // Rotary tables, the 4-bit code tables, the prompt ids.
+  e.buffers = rope_bytes(c) + quant4_table_bytes(o.quant, o.cpu) + b * prompt * 8;
   const int weights = tl.storage(e.weights, "weights");
   const int buffers = tl.storage(e.buffers, "rotary tables and prompt");
   tl.reset_peak();
@@ -1188,6 +1439,12 @@ std::string mb(int64_t bytes) {
 
 std::string mb_full(int64_t bytes) { return format_full(static_cast<double>(bytes) / kMB); }
 
+// The weights cell: a quantised run's 4-bit part named beside the total.
+std::string weights_cell(const MemoryEstimate& e) {
+  if (e.weights_4bit == 0) return mb(e.weights);
+  return mb(e.weights) + " (4-bit " + mb(e.weights_4bit) + ")";
+}
+
 // One table per part in Markdown: the columns of its workload.
 TextTable markdown_estimate_table(const PartSpec& part) {
   TextTable table;
@@ -1217,9 +1474,9 @@ std::vector<std::string> markdown_cells(const Spec& spec, const PartSpec& part,
   cells.push_back(std::to_string(e.batch));
   cells.push_back(std::to_string(e.seq_len));
   if (part.workload == Workload::kGenerate) {
-    cells.insert(cells.end(), {mb(e.weights), mb(e.kv_cache)});
+    cells.insert(cells.end(), {weights_cell(e), mb(e.kv_cache)});
   } else {
-    cells.insert(cells.end(), {std::to_string(e.trainable), mb(e.weights), mb(e.grads),
+    cells.insert(cells.end(), {std::to_string(e.trainable), weights_cell(e), mb(e.grads),
                                mb(e.optimizer), mb(e.activations)});
   }
   cells.push_back(mb(e.peak) + (over ? " (over the limit)" : ""));
@@ -1227,25 +1484,29 @@ std::vector<std::string> markdown_cells(const Spec& spec, const PartSpec& part,
   return cells;
 }
 
+// Column by column (clang-format would put one a line).
+// clang-format off
 const std::vector<std::string> kEstimateCsvHeader = {
-    "part",           "run_id",      "workload",         "axes",
-    "batch",          "seq_len",     "trainable_params", "weights_mb",
-    "buffers_mb",     "grads_mb",    "optimizer_mb",     "master_mb",
-    "activations_mb", "kv_cache_mb", "peak_mb",          "peak_at"};
+    "part",            "run_id",         "workload",         "axes",
+    "batch",           "seq_len",        "trainable_params", "weights_mb",
+    "weights_4bit_mb", "buffers_mb",     "grads_mb",         "optimizer_mb",
+    "master_mb",       "activations_mb", "kv_cache_mb",      "peak_mb",
+    "peak_at"};
+// clang-format on
 
 std::vector<std::string> csv_cells(int part, const MemoryEstimate& e, const std::string& error) {
   std::vector<std::string> cells{std::to_string(part + 1), e.run_id,
                                  std::string(to_string(e.workload)), e.axes};
   if (!error.empty()) {
-    cells.resize(kEstimateCsvHeader.size() - 1);  // the 11 numbers empty
+    cells.resize(kEstimateCsvHeader.size() - 1);  // the 12 numbers empty
     cells.push_back("error: " + error);
     return cells;
   }
-  cells.insert(
-      cells.end(),
-      {std::to_string(e.batch), std::to_string(e.seq_len), std::to_string(e.trainable),
-       mb_full(e.weights), mb_full(e.buffers), mb_full(e.grads), mb_full(e.optimizer),
-       mb_full(e.master), mb_full(e.activations), mb_full(e.kv_cache), mb_full(e.peak), e.peak_at});
+  cells.insert(cells.end(),
+               {std::to_string(e.batch), std::to_string(e.seq_len), std::to_string(e.trainable),
+                mb_full(e.weights), mb_full(e.weights_4bit), mb_full(e.buffers), mb_full(e.grads),
+                mb_full(e.optimizer), mb_full(e.master), mb_full(e.activations),
+                mb_full(e.kv_cache), mb_full(e.peak), e.peak_at});
   return cells;
 }
 
@@ -1352,7 +1613,7 @@ std::string default_libtorch_version() {
 MemoryEstimate estimate_memory(const Spec& spec, const RunConfig& run,
                                const EstimateOptions& options) {
   const LlamaConfig c = model_config(spec);
-  MemoryEstimate e = run.workload == Workload::kGenerate ? estimate_generate(run, c)
+  MemoryEstimate e = run.workload == Workload::kGenerate ? estimate_generate(run, c, spec.device)
                                                          : estimate_finetune(spec, run, c, options);
   e.run_id = run.run_id;
   e.part = run.part;
@@ -1366,6 +1627,7 @@ Json estimate_run(const Spec& spec, const RunConfig& run, const EstimateOptions&
   auto m = [](int64_t bytes) { return static_cast<double>(bytes) / kMB; };
   Json out = {{"est_peak_mem_mb", m(e.peak)},
               {"est_weights_mb", m(e.weights)},
+              {"est_weights_4bit_mb", m(e.weights_4bit)},
               {"est_buffers_mb", m(e.buffers)},
               {"est_grads_mb", m(e.grads)},
               {"est_optimizer_mb", m(e.optimizer)},
@@ -1388,7 +1650,8 @@ std::string render_estimates(const Spec& spec, const std::vector<RunConfig>& pla
         << "Model " << c.name << " (" << c.param_count() << " parameters), device " << spec.device
         << ", libtorch "
         << (options.libtorch.empty() ? default_libtorch_version() : options.libtorch)
-        << ". Sizes in MB (MiB, as `peak_mem_mb`). Weights: base + LoRA adapters; grads: of the "
+        << ". Sizes in MB (MiB, as `peak_mem_mb`). Weights: base + LoRA adapters, 4-bit weights "
+           "(quant) as stored, packed codes and scales (their part in parentheses); grads: of the "
            "trainable parameters; optimizer: AdamW moments (SGD: none); activations: held for "
            "backward at the end of the forward (generation: the KV cache column instead); peak: "
            "the largest sum over the step, rotary tables, batch and transients included "

@@ -28,19 +28,22 @@ struct MemoryEstimate {
   Workload workload = Workload::kFinetune;
   std::string axes;  // the run's matrix axis values, "gc=on, lora=off"
   int64_t batch = 0;
-  int64_t seq_len = 0;      // finetune: tokens per sequence of the longest batch; generate: the
-                            // longest sequence fed at once (prompt, or prompt + new - 1 uncached)
-  int64_t params = 0;       // parameters of the base model
-  int64_t trainable = 0;    // parameters with gradients (LoRA: the adapters only)
-  int64_t weights = 0;      // base parameters and LoRA adapters, in the model dtype
-  int64_t buffers = 0;      // rotary tables (fp32, max_seq_len x head_dim/2, cos and sin)
-  int64_t grads = 0;        // gradients of the trainable parameters (param dtype), all at once
-  int64_t optimizer = 0;    // AdamW exp_avg + exp_avg_sq (param dtype); SGD without momentum: 0
-  int64_t master = 0;       // fp32 master weights: none here (docs/memory-model.md)
-  int64_t activations = 0;  // finetune: held for backward at the end of the forward
-  int64_t kv_cache = 0;     // generate: 2 x layers x batch x kv_heads x (prompt + new) x head_dim
-  int64_t peak = 0;         // the largest sum over the step's timeline
-  std::string peak_at;      // where in the step the peak is, "backward, layer 3: softmax"
+  int64_t seq_len = 0;       // finetune: tokens per sequence of the longest batch; generate: the
+                             // longest sequence fed at once (prompt, or prompt + new - 1 uncached)
+  int64_t params = 0;        // parameters of the base model
+  int64_t trainable = 0;     // parameters with gradients (LoRA: the adapters only)
+  int64_t weights = 0;       // base parameters and LoRA adapters, in the model dtype; a 4-bit
+                             // weight as stored (packed codes and scales)
+  int64_t weights_4bit = 0;  // of `weights`: the 4-bit ones (quant)
+  int64_t buffers = 0;       // rotary tables (fp32, max_seq_len x head_dim/2, cos and sin), the
+                             // 4-bit code tables
+  int64_t grads = 0;         // gradients of the trainable parameters (param dtype), all at once
+  int64_t optimizer = 0;     // AdamW exp_avg + exp_avg_sq (param dtype); SGD without momentum: 0
+  int64_t master = 0;        // fp32 master weights: none here (docs/memory-model.md)
+  int64_t activations = 0;   // finetune: held for backward at the end of the forward
+  int64_t kv_cache = 0;      // generate: 2 x layers x batch x kv_heads x (prompt + new) x head_dim
+  int64_t peak = 0;          // the largest sum over the step's timeline
+  std::string peak_at;       // where in the step the peak is, "backward, layer 3: softmax"
 };
 
 struct EstimateOptions {
