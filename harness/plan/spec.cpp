@@ -59,16 +59,6 @@ constexpr std::string_view kPartKeys[] = {"label",  "workload", "data",   "fixed
 constexpr std::string_view kTableKeys[] = {"title", "kind", "columns", "rows", "workload", "part"};
 constexpr std::string_view kModelKeys[] = {"preset", "weights", "path", "seed"};
 
-template <typename Range>
-bool contains(const Range& range, std::string_view word) {
-  return contains_word(range, word);
-}
-
-template <typename Range>
-std::string join(const Range& range) {
-  return join_words(range);
-}
-
 const KeyRule* find_rule(const std::vector<KeyRule>& rules, std::string_view name) {
   for (const KeyRule& rule : rules) {
     if (rule.name == name) return &rule;
@@ -221,7 +211,7 @@ std::string indexed(const std::string& prefix, size_t index) {
 std::string metric_names() {
   std::vector<std::string_view> names;
   for (const Field& field : kMetricFields) names.push_back(field.name);
-  return join(names);
+  return join_words(names);
 }
 
 // `object` with `key` set back to what the spec said (kept in `key`_as_written), so that hashes
@@ -441,12 +431,12 @@ void apply_set(YAML::Node& root, const std::string& item) {
   const YAML::Node value = override_value(item, text);
   if (const size_t dot = key.find('.'); dot != std::string::npos) {
     const std::string head = key.substr(0, dot);
-    if (!contains(kDottedTopKeys, head))
+    if (!contains_word(kDottedTopKeys, head))
       override_fail("--set", item, "only model.KEY and data.KEY take a dot");
     root[head][key.substr(dot + 1)] = value;
     return;
   }
-  if (contains(kSettableTopKeys, key)) {
+  if (contains_word(kSettableTopKeys, key)) {
     root[key] = value;
     return;
   }
@@ -456,7 +446,7 @@ void apply_set(YAML::Node& root, const std::string& item) {
     return;
   }
   override_fail("--set", item,
-                "unknown key " + key + " (top-level: " + join(kSettableTopKeys) +
+                "unknown key " + key + " (top-level: " + join_words(kSettableTopKeys) +
                     "; model.KEY, data.KEY; config keys: run `harness keys`)");
 }
 
@@ -483,14 +473,14 @@ void apply_only(YAML::Node& root, const std::string& item) {
     for (const YAML::Node& v : part["matrix"][axis]) {
       const std::string text = v.IsScalar() ? v.Scalar() : YAML::Dump(v);
       had.push_back(text);
-      if (contains(wanted, text)) {
+      if (contains_word(wanted, text)) {
         kept.push_back(v);
         found.insert(text);
       }
     }
     if (kept.size() == 0)
       override_fail("--only", item,
-                    "keeps no value of axis " + axis + " (its values: " + join(had) + ")");
+                    "keeps no value of axis " + axis + " (its values: " + join_words(had) + ")");
     part["matrix"][axis] = kept;
   }
   if (!is_axis_anywhere) override_fail("--only", item, axis + " is not a matrix axis of the spec");
@@ -600,9 +590,9 @@ std::map<std::string, Entry> Parser::keyed(const YAML::Node& map, const std::str
                                            const std::vector<std::string_view>& allowed) const {
   std::map<std::string, Entry> out;
   for (Entry& entry : entries(map, prefix)) {
-    if (!contains(allowed, entry.key)) {
+    if (!contains_word(allowed, entry.key)) {
       fail(entry.line, dotted(prefix, entry.key),
-           "unknown key (" + what + " keys: " + join(allowed) + ")");
+           "unknown key (" + what + " keys: " + join_words(allowed) + ")");
     }
     std::string key = entry.key;
     out.emplace(std::move(key), std::move(entry));
@@ -637,7 +627,7 @@ std::vector<std::string> Parser::string_list(const Entry& entry, const std::stri
     const Json value = to_json(item);
     const int line = line_of(item, entry.value_line);
     if (!value.is_string()) fail(line, key, "expected a word, got " + show(value));
-    if (contains(out, value.get<std::string>())) fail(line, key, "duplicate " + show(value));
+    if (contains_word(out, value.get<std::string>())) fail(line, key, "duplicate " + show(value));
     out.push_back(value.get<std::string>());
   }
   if (out.empty()) fail(entry.value_line, key, "the list is empty");
@@ -704,9 +694,9 @@ void Parser::parse_model(const Entry& entry, Spec& spec) const {
   if (auto it = keys.find("preset"); it != keys.end()) {
     const std::string preset = string_value(it->second, "model.preset");
     const std::vector<std::string> presets = preset_names();
-    if (!contains(presets, preset)) {
+    if (!contains_word(presets, preset)) {
       fail(it->second.value_line, "model.preset",
-           "unknown preset \"" + preset + "\" (expected " + join(presets) + ")");
+           "unknown preset \"" + preset + "\" (expected " + join_words(presets) + ")");
     }
     model["preset"] = preset;
   }
@@ -1073,7 +1063,7 @@ std::vector<const PartSpec*> Parser::table_parts(const std::map<std::string, Ent
       fail(it->second.value_line, dotted(key, "part"),
            "no part labelled \"" + table.part + "\"" +
                (table.workload ? " with workload " + std::string(to_string(*table.workload)) : "") +
-               " (labels: " + (labels.empty() ? "none" : join(labels)) + ")");
+               " (labels: " + (labels.empty() ? "none" : join_words(labels)) + ")");
     }
   }
   return selected;
@@ -1103,15 +1093,15 @@ TableSpec Parser::parse_table(const YAML::Node& node, const std::string& key,
   std::vector<std::string> axes;
   for (const PartSpec* part : selected) {
     for (const auto& [axis, values] : part->axes) {
-      if (!contains(axes, axis)) axes.push_back(axis);
+      if (!contains_word(axes, axis)) axes.push_back(axis);
     }
   }
   table.columns = string_list(columns_it->second, dotted(key, "columns"));
   for (const std::string& column : table.columns) {
-    if (!contains(axes, column)) {
+    if (!contains_word(axes, column)) {
       fail(columns_it->second.value_line, dotted(key, "columns"),
            "\"" + column + "\" is not a matrix axis of the table's runs (axes: " +
-               (axes.empty() ? "none" : join(axes)) + ")");
+               (axes.empty() ? "none" : join_words(axes)) + ")");
     }
   }
 
@@ -1202,7 +1192,7 @@ void Parser::parse_parts(const std::map<std::string, Entry>& top, Spec& spec) co
   if (parts == nullptr) {
     PartNodes part;
     for (const auto& [key, entry] : top) {
-      if (contains(kPartKeys, key)) part.keys.emplace(key, entry);
+      if (contains_word(kPartKeys, key)) part.keys.emplace(key, entry);
     }
     spec.parts.push_back(parse_part(part, PartNodes{}, 0));
     return;
