@@ -11,8 +11,24 @@ namespace hx {
 // ---- Linear (+ LoRA) ----
 
 LinearImpl::LinearImpl(int64_t in_features, int64_t out_features,
-                       const torch::TensorOptions& options) {
+                       const torch::TensorOptions& options)
+    : in_features_(in_features), out_features_(out_features) {
   weight = register_parameter("weight", torch::empty({out_features, in_features}, options));
+}
+
+void LinearImpl::quantize(const Quant4Options& options) {
+  if (quant_) throw std::logic_error("a weight quantised twice");
+  if (has_lora()) throw std::logic_error("quantise the base weight before adding LoRA");
+  quant_ = quantize_4bit(weight.detach(), options.type, options.block, options.double_quant);
+  quant_compute_dtype_ = options.compute_dtype;
+  parameters_.erase("weight");
+  weight = torch::Tensor();
+  register_buffer("weight_packed", quant_->packed);
+  register_buffer("weight_absmax", quant_->absmax);
+  if (quant_->double_quant()) {
+    register_buffer("weight_offset", quant_->offset);
+    register_buffer("weight_absmax2", quant_->absmax2);
+  }
 }
 
 namespace {
@@ -37,7 +53,7 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight) {
 }  // namespace
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  auto y = project(x, weight);
+  auto y = quant_ ? quant4_linear(x, *quant_, quant_compute_dtype_) : project(x, weight);
   if (lora_a_.defined() && !lora_merged_) {
     auto xd = lora_dropout_ > 0 ? torch::dropout(x, lora_dropout_, is_training()) : x;
     y = y + torch::linear(torch::linear(xd, lora_a_), lora_b_) * lora_scaling_;
@@ -148,6 +164,13 @@ AttentionImpl::AttentionImpl(const LlamaConfig& config, const torch::TensorOptio
   wk = register_module("wk", Linear(config.dim, n_kv_heads_ * head_dim_, options));
   wv = register_module("wv", Linear(config.dim, n_kv_heads_ * head_dim_, options));
   wo = register_module("wo", Linear(n_heads_ * head_dim_, config.dim, options));
+}
+
+torch::Dtype parse_dtype(const std::string& name) {
+  if (name == "fp32") return torch::kFloat32;
+  if (name == "fp16") return torch::kFloat16;
+  if (name == "bf16") return torch::kBFloat16;
+  throw std::invalid_argument("unknown dtype \"" + name + "\" (expected fp32, fp16, bf16)");
 }
 
 AttentionKind parse_attention_kind(const std::string& name) {
@@ -308,6 +331,12 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, int64_t star
 int64_t TransformerImpl::param_count() const {
   int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();
+  for (const auto& layer : layers) {
+    for (const Linear& linear :
+         {layer->attention->wq, layer->attention->wk, layer->attention->wv, layer->attention->wo,
+          layer->feed_forward->w1, layer->feed_forward->w2, layer->feed_forward->w3})
+      if (linear->quantized()) n += linear->weight_numel();
+  }
   return n;
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/quant4.h"
 
 namespace hx {
 
@@ -20,6 +21,7 @@ namespace hx {
 // kernels where the device has them), or the explicit softmax(q k^T / sqrt(d)) v of the reference.
 enum class AttentionKind { kSdpa, kMath };
 AttentionKind parse_attention_kind(const std::string& name);  // "sdpa" | "math"
+torch::Dtype parse_dtype(const std::string& name);            // "fp32" | "fp16" | "bf16"
 
 struct ModelOptions {
   torch::Device device = torch::kCPU;
@@ -39,11 +41,21 @@ struct LoraOptions {
 
 // A bias-free linear layer whose weight is created directly with the given options (so that the
 // whole model can be built on the meta device), with an optional LoRA adapter
-// (parameters `lora_a.weight` (r, in), `lora_b.weight` (out, r)).
+// (parameters `lora_a.weight` (r, in), `lora_b.weight` (out, r)), and optionally its weight in
+// 4-bit form (bitsandbytes' Linear4bit, model/quant4.h).
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x);
+
+  // Replaces the parameter `weight` by its 4-bit form, the buffers `weight_packed`,
+  // `weight_absmax` (and with double quantisation `weight_offset`, `weight_absmax2`): frozen, as in
+  // QLoRA. Before any adapter is added.
+  void quantize(const Quant4Options& options);
+  bool quantized() const { return quant_.has_value(); }
+  const std::optional<Quant4Weight>& quant_weight() const { return quant_; }
+  // The weight's element count, whether it is a parameter or quantised.
+  int64_t weight_numel() const { return in_features_ * out_features_; }
 
   void add_lora(const LoraOptions& options, uint64_t seed);
   bool has_lora() const { return lora_a_.defined(); }
@@ -55,9 +67,12 @@ class LinearImpl : public torch::nn::Module {
   // Removes the adapter (merged or not): the module has its base names again.
   void unload_lora();
 
-  torch::Tensor weight;  // (out, in)
+  torch::Tensor weight;  // (out, in); undefined once quantised
 
  private:
+  int64_t in_features_, out_features_;
+  std::optional<Quant4Weight> quant_;
+  torch::Dtype quant_compute_dtype_ = torch::kFloat32;
   torch::Tensor lora_a_, lora_b_;
   double lora_scaling_ = 0.0;
   double lora_dropout_ = 0.0;
@@ -167,6 +182,8 @@ class TransformerImpl : public torch::nn::Module {
 
   const LlamaConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
+  // Parameters, counting a quantised weight's elements as parameters (as transformers counts
+  // bitsandbytes' weights).
   int64_t param_count() const;
 
   Embedding tok_embeddings{nullptr};

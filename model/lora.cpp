@@ -30,9 +30,11 @@ const std::vector<std::string>& lora_target_names() {
 
 void LinearImpl::add_lora(const LoraOptions& options, uint64_t seed) {
   if (has_lora()) throw std::logic_error("LoRA adapter added twice");
-  const auto opts = weight.options();
-  const int64_t in = weight.size(1);
-  const int64_t out = weight.size(0);
+  // On a quantised weight: adapters in the weight's original dtype, on its device (PEFT creates
+  // them in fp32 on bitsandbytes' Linear4bit).
+  const auto opts = quant_ ? quant_->packed.options().dtype(quant_->dtype) : weight.options();
+  const int64_t in = in_features_;
+  const int64_t out = out_features_;
   auto a = register_module("lora_a", Linear(in, options.r, opts));
   auto b = register_module("lora_b", Linear(options.r, out, opts));
   if (!opts.device().is_meta()) {
@@ -59,6 +61,8 @@ torch::Tensor lora_delta(const torch::Tensor& a, const torch::Tensor& b, double 
 
 void LinearImpl::merge_lora() {
   if (!has_lora() || lora_merged_) return;
+  if (quant_)
+    throw std::invalid_argument("LoRA adapters cannot be merged into a 4-bit quantised weight");
   torch::NoGradGuard no_grad;
   weight.add_(lora_delta(lora_a_, lora_b_, lora_scaling_, weight.scalar_type()));
   lora_merged_ = true;
@@ -78,6 +82,24 @@ void LinearImpl::unload_lora() {
   lora_a_ = torch::Tensor();
   lora_b_ = torch::Tensor();
   lora_merged_ = false;
+}
+
+void quantize_targets(Transformer& model, const std::vector<std::string>& targets,
+                      const Quant4Options& options) {
+  for (auto& block : model->layers) {
+    for (const auto& target : targets) target_of(block, target)->quantize(options);
+  }
+}
+
+int64_t quantized_weight_bytes(const Transformer& model) {
+  int64_t bytes = 0;
+  for (const auto& block : model->layers) {
+    for (const auto& target : lora_target_names()) {
+      const auto& quant = target_of(block, target)->quant_weight();
+      if (quant) bytes += quant->nbytes();
+    }
+  }
+  return bytes;
 }
 
 void apply_lora(Transformer& model, const std::vector<std::string>& targets,

@@ -16,6 +16,13 @@ const std::vector<std::string>& lora_target_names();  // wq wk wv wo w1 w2 w3
 // from `seed` (Kaiming-uniform as in PEFT), B is zero, so the adapted model equals the base.
 void apply_lora(Transformer& model, const std::vector<std::string>& targets,
                 const LoraOptions& options, uint64_t seed);
+// QLoRA's base: the `targets` of every block (lora_target_names()) in 4-bit form, frozen
+// (LinearImpl::quantize). Before apply_lora.
+void quantize_targets(Transformer& model, const std::vector<std::string>& targets,
+                      const Quant4Options& options);
+// The bytes of every quantised weight (packed codes and scales): buffers, not parameters.
+int64_t quantized_weight_bytes(const Transformer& model);
+
 // Folds every adapter into its base weight; the adapters stay (inactive) so that unmerge_lora
 // can take them out again (PEFT's merge_adapter / unmerge_adapter).
 void merge_lora(Transformer& model);

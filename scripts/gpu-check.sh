@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command for a GPU node with PyTorch preinstalled and no internet
 # (docs/gpu.md): builds the harness, its worker and the GPU tests against that PyTorch's libtorch,
-# runs the `gpu` test label, a short phase 3 (6 steps per cell) and phase 2 on the GPU,
+# runs the `gpu` test label, a short phase 3 (6 steps per cell), phase 2 and a short phase 4
+# (QLoRA, on the 1B shape) on the GPU,
 # tests/bench/peers.py against transformers + PEFT on the GPU, and phase 3 again with the P100
 # profile (its 16 GB as the cap), in that order of importance, and writes the databases, reports
 # and logs to OUTDIR. On a machine without a GPU it runs the CPU parts (build, the gpu label's
@@ -82,6 +83,12 @@ for spec in phase3-short phase2; do
   step "$spec" 60 "$BUILD_DIR/harness" run "$spec_dir/$spec.yaml" --db "$out/gpu.db" \
     --report-dir "$out/reports"
 done
+
+# Phase 4 (standard / LoRA / QLoRA x FP32 / FP16 / BF16), short: the committed 7B study's cells on
+# the 1B shape, 6 steps each (the 7B runs take longer than a device session's budget).
+sed -e 's/^name: phase4$/name: phase4-short/' experiments/phase4.yaml > "$spec_dir/phase4-short.yaml"
+step phase4-short 60 "$BUILD_DIR/harness" run "$spec_dir/phase4-short.yaml" --db "$out/gpu.db" \
+  --set model.preset=llama3.2-1b --set max_steps=6 --set warmup_steps=2 --report-dir "$out/reports"
 
 # Side by side with transformers + PEFT on the same GPU and torch (issue 14): bf16 autocast,
 # AdamW, every technique, generation at batch 1 and 8 with and without the KV cache. Needs

@@ -5,6 +5,7 @@
 #include <functional>
 #include <string>
 
+#include "harness/plan/config_keys.h"
 #include "harness/plan/spec.h"
 
 namespace hx {
@@ -29,5 +30,21 @@ struct CommandRegistrar {
 // `--set KEY=VALUE` and `--only AXIS=V1,V2` (SpecOverrides, spec.h) on a command that reads a
 // spec: the same flags on every such command.
 void add_spec_overrides(CLI::App* sub, SpecOverrides& overrides);
+
+// --quant, --double-quant, --compute-dtype: the config keys of those names, for `harness generate`
+// and the worker's generate, their values and defaults from the registry.
+inline void add_quant_options(CLI::App* sub, std::string& quant, std::string& double_quant,
+                              std::string& compute_dtype) {
+  const auto add = [sub](const std::string& flag, std::string_view key, std::string& value) {
+    const ConfigKey& rule = *find_config_key(key);
+    value = default_value(key).get<std::string>();
+    sub->add_option(flag, value, std::string(rule.doc))
+        ->check(CLI::IsMember(std::vector<std::string>(rule.words.begin(), rule.words.end())))
+        ->capture_default_str();
+  };
+  add("--quant", "quant", quant);
+  add("--double-quant", "double_quant", double_quant);
+  add("--compute-dtype", "compute_dtype", compute_dtype);
+}
 
 }  // namespace hx

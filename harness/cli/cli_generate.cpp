@@ -49,6 +49,7 @@ struct GenerateOptions {
   int64_t top_k = 0;
   uint64_t seed = 0;
   std::string kv_cache = "on", dtype = "fp32", attention = "sdpa";
+  std::string quant = "off", double_quant = "off", compute_dtype = "fp32";  // the config keys'
   bool json = false, allow_special = false, keep_stop = false;
 };
 
@@ -137,6 +138,12 @@ std::vector<std::string> worker_argv(const std::string& worker, const GenerateOp
                                    std::to_string(o.seed),
                                    "--repeats",
                                    std::to_string(o.repeats),
+                                   "--quant",
+                                   o.quant,
+                                   "--double-quant",
+                                   o.double_quant,
+                                   "--compute-dtype",
+                                   o.compute_dtype,
                                    "--json"};
   if (!o.weights.empty()) argv.insert(argv.end(), {"--weights", o.weights});
   if (!o.lora_adapter.empty()) argv.insert(argv.end(), {"--lora-adapter", o.lora_adapter});
@@ -340,6 +347,7 @@ const CommandRegistrar kGenerate{
       sub->add_option("--attention", o->attention, "sdpa (the fused kernel) | math")
           ->check(CLI::IsMember({"sdpa", "math"}))
           ->capture_default_str();
+      add_quant_options(sub, o->quant, o->double_quant, o->compute_dtype);
       sub->add_flag("--allow-special", o->allow_special,
                     "special-token names in --prompt become their ids");
       sub->add_flag("--keep-stop", o->keep_stop,

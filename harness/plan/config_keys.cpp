@@ -127,6 +127,38 @@ const std::vector<ConfigKey>& config_keys() {
        .default_json = R"("sdpa")",
        .label = "Attention",
        .doc = "libtorch's fused scaled_dot_product_attention, or the explicit softmax path"},
+      {.name = "quant",
+       .kind = Kind::kWord,
+       .words = {"off", "nf4", "fp4"},
+       .default_json = R"("off")",
+       .label = "Quant",
+       .doc = "4-bit base weights of `quant_targets`, as bitsandbytes stores them (transformers' "
+              "`load_in_4bit` with `bnb_4bit_quant_type`); finetune needs `lora: on` (QLoRA)"},
+      {.name = "double_quant",
+       .kind = Kind::kWord,
+       .words = {"off", "on"},
+       .default_json = R"("off")",
+       .label = "Double quant",
+       .doc = "with quant: the scales quantised again to 8 bits (`bnb_4bit_use_double_quant`)"},
+      {.name = "compute_dtype",
+       .kind = Kind::kWord,
+       .words = {"fp32", "fp16", "bf16"},
+       .default_json = R"("fp32")",
+       .label = "Compute dtype",
+       .doc = "with quant: the dtype a 4-bit weight is dequantised to for its product "
+              "(`bnb_4bit_compute_dtype`; fp16 needs CUDA)"},
+      {.name = "quant_block",
+       .lo = Bound{2, false},
+       .default_json = "64",
+       .label = "Quant block",
+       .unit = "weights",
+       .doc = "with quant: weights per absmax scale (bitsandbytes' `blocksize`; even)"},
+      {.name = "quant_targets",
+       .kind = Kind::kWordList,
+       .words = lora_target_words(),
+       .default_json = R"(["wq", "wk", "wv", "wo", "w1", "w2", "w3"])",
+       .doc = "with quant: the projections stored in 4 bits (QLoRA: every linear of the blocks; "
+              "never the embedding or the output head)"},
 
       {.name = "ga",
        .scope = Scope::kFinetune,
@@ -395,6 +427,11 @@ RunSettings RunSettings::parse(const Json& config, const Json& data) {
   s.dtype = read<std::string>(config, "dtype");
   if (config.contains("threads")) s.threads = read<int64_t>(config, "threads");
   s.attention = read<std::string>(config, "attention");
+  s.quant = read<std::string>(config, "quant");
+  s.double_quant = read_switch(config, "double_quant");
+  s.compute_dtype = read<std::string>(config, "compute_dtype");
+  s.quant_block = read<int64_t>(config, "quant_block");
+  s.quant_targets = read<std::vector<std::string>>(config, "quant_targets");
 
   s.ga = read<int64_t>(config, "ga");
   s.gc = read_switch(config, "gc");

@@ -62,6 +62,11 @@ struct RunSettings {
   std::string dtype;
   std::optional<int64_t> threads;  // none: the runner's share of the cores
   std::string attention;
+  std::string quant;  // "off", "nf4", "fp4"
+  bool double_quant = false;
+  std::string compute_dtype;
+  int64_t quant_block = 0;
+  std::vector<std::string> quant_targets;
   // finetune
   int64_t ga = 0;
   bool gc = false;

@@ -680,7 +680,8 @@ Json Parser::config_value(const KeyRule& rule, const YAML::Node& node, int line,
   if (!problem.empty()) fail(line, key, problem);
   // fp16 matrix products do not exist on CPU (and CPU autocast takes bf16 only): such a run can
   // only fail, so it is refused before anything starts.
-  if ((rule.name == "mp" || rule.name == "dtype") && value == "fp16" && device_ == "cpu" &&
+  if ((rule.name == "mp" || rule.name == "dtype" || rule.name == "compute_dtype") &&
+      value == "fp16" && device_ == "cpu" &&
       !device_overridden_) {
     fail(line, key, "fp16 needs a CUDA device; use bf16 on CPU");
   }

@@ -23,6 +23,7 @@
 #include "model/compat.h"
 #include "model/generate.h"
 #include "model/lora.h"
+#include "model/quant4.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
 
@@ -122,6 +123,7 @@ struct GenerateArgs {
   std::string attention = "sdpa";
   std::string weights;       // a torch.save dict of tensors; random weights when empty
   std::string lora_adapter;  // a PEFT adapter directory applied to the model
+  std::string quant, double_quant, compute_dtype;  // the config keys'
   int64_t repeats = 1;       // timed generations after one untimed warm-up; medians reported
   bool json = false;
   uint64_t seed = 0;
@@ -187,6 +189,14 @@ int demo_generate(const GenerateArgs& a) {
     model = hx::Transformer(hx::config_from_name(a.preset), options);
     hx::load_weights(model, hx::read_torch_dict(a.weights), a.weights);
     source = "weights from " + a.weights;
+  }
+  if (a.quant != "off") {
+    hx::Quant4Options quant;
+    quant.type = hx::parse_quant_type(a.quant);
+    quant.double_quant = a.double_quant == "on";
+    quant.compute_dtype = hx::parse_dtype(a.compute_dtype);
+    hx::quantize_targets(model, hx::lora_target_names(), quant);
+    source += ", " + a.quant + (quant.double_quant ? " double-quantised" : "") + " weights";
   }
   if (!a.lora_adapter.empty()) {
     hx::load_peft_adapter(model, a.lora_adapter);
@@ -317,6 +327,53 @@ int export_model(const ExportArgs& a) {
   return hx::kExitOk;
 }
 
+struct Quant4Args {
+  std::string in;  // safetensors: "weight"; optional "x" (input) and "g" (gradient of the output)
+  std::string out;
+  std::string quant = "nf4";
+  std::string double_quant = "off";
+  int64_t block = 64;
+  std::string compute_dtype = "fp32";
+  int64_t threads = 1;
+};
+
+// Our 4-bit quantisation of one weight, in bitsandbytes' layout, for the byte-for-byte comparison
+// with bitsandbytes (tests/hf/test_bnb4bit.py): packed, absmax (offset and absmax2 with double
+// quantisation), the dequantised weight; with "x", Linear4bit's output y; with "g" too, x's
+// gradient of sum(y * g).
+int quantize_tensor(const Quant4Args& a) {
+  at::set_num_threads(static_cast<int>(a.threads));
+  auto input = hx::read_safetensors(a.in);
+  const auto weight_it = input.tensors.find("weight");
+  if (weight_it == input.tensors.end())
+    throw std::invalid_argument(a.in + ": no tensor \"weight\"");
+  const auto q = hx::quantize_4bit(weight_it->second, hx::parse_quant_type(a.quant), a.block,
+                                   a.double_quant == "on");
+  std::vector<std::pair<std::string, torch::Tensor>> out = {
+      {"packed", q.packed}, {"absmax", q.absmax}, {"dequantized", hx::dequantize_4bit(q, q.dtype)}};
+  if (q.double_quant()) {
+    out.emplace_back("offset", q.offset.view({1}));
+    out.emplace_back("absmax2", q.absmax2);
+  }
+  if (const auto x_it = input.tensors.find("x"); x_it != input.tensors.end()) {
+    const auto x = x_it->second.clone().requires_grad_(true);
+    const auto y = hx::quant4_linear(x, q, hx::parse_dtype(a.compute_dtype));
+    out.emplace_back("y", y.detach());
+    if (const auto g_it = input.tensors.find("g"); g_it != input.tensors.end()) {
+      y.backward(g_it->second);
+      out.emplace_back("x_grad", x.grad());
+    }
+  }
+  hx::write_safetensors(a.out, out, {{"format", "pt"}});
+  std::printf("%s\n", Json({{"bytes", q.nbytes()},
+                            {"elements", q.numel()},
+                            {"bits_per_weight", 8.0 * static_cast<double>(q.nbytes()) /
+                                                    static_cast<double>(q.numel())}})
+                          .dump()
+                          .c_str());
+  return hx::kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -407,6 +464,7 @@ int main(int argc, char** argv) {
                   "a PEFT LoRA adapter directory (adapter_config.json, "
                   "adapter_model.safetensors) applied to the model");
   gen->add_option("--repeats", g.repeats, "timed generations (medians)")->capture_default_str();
+  hx::add_quant_options(gen, g.quant, g.double_quant, g.compute_dtype);
   auto* prompt_ids = gen->add_option("--prompt-ids", g.prompt_ids,
                                      "the prompt as token ids, 1,2,3 (default: random)");
   gen->get_option("--prompt-len")->excludes(prompt_ids);
@@ -457,6 +515,25 @@ int main(int argc, char** argv) {
   exp->add_option("--out", x.out, "output directory (created; empty or a previous export)")
       ->required();
   exp->callback([&] { code = export_model(x); });
+
+  Quant4Args qa;
+  auto* quant = app.add_subcommand(
+      "quantize", "a tensor in bitsandbytes' 4-bit layout, and Linear4bit's output and gradient");
+  quant->add_option("--in", qa.in, "safetensors: \"weight\", optional \"x\" and \"g\"")
+      ->required();
+  quant->add_option("--out", qa.out, "safetensors: packed, absmax, offset, absmax2, dequantized, "
+                                     "y, x_grad")
+      ->required();
+  quant->add_option("--quant", qa.quant)->check(CLI::IsMember({"nf4", "fp4"}))->capture_default_str();
+  quant->add_option("--double-quant", qa.double_quant)
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  quant->add_option("--quant-block", qa.block)->check(CLI::PositiveNumber)->capture_default_str();
+  quant->add_option("--compute-dtype", qa.compute_dtype)
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str();
+  quant->add_option("--threads", qa.threads)->capture_default_str();
+  quant->callback([&] { code = quantize_tensor(qa); });
 
   try {
     app.parse(argc, argv);

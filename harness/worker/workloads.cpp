@@ -45,12 +45,7 @@ std::string cpu_model() {
 
 using Config = RunSettings;
 
-torch::Dtype dtype_from(const std::string& name) {
-  if (name == "fp32") return torch::kFloat32;
-  if (name == "fp16") return torch::kFloat16;
-  if (name == "bf16") return torch::kBFloat16;
-  throw std::invalid_argument("unknown dtype \"" + name + "\" (expected fp32, fp16, bf16)");
-}
+torch::Dtype dtype_from(const std::string& name) { return parse_dtype(name); }
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -136,6 +131,14 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
                                   "give a checkpoint directory)");
     built.model = Transformer(config_from_name(preset), options);
     load_weights(built.model, read_torch_dict(weights), weights);
+  }
+  if (cfg.quant != "off") {
+    Quant4Options quant;
+    quant.type = parse_quant_type(cfg.quant);
+    quant.double_quant = cfg.double_quant;
+    quant.block = cfg.quant_block;
+    quant.compute_dtype = dtype_from(cfg.compute_dtype);
+    quantize_targets(built.model, cfg.quant_targets, quant);
   }
   compat::cuda_synchronize();
   built.load_s = seconds_since(start);
@@ -257,6 +260,11 @@ void add_generations(Json& result, Transformer& model,
 }
 
 Json run_finetune(const Json& run, const Config& cfg, torch::Device device, MemoryProbe probe) {
+  // A 4-bit weight is frozen: without adapters only the embedding, norms and head would train
+  // (transformers refuses to fine-tune a purely quantised model).
+  if (cfg.quant != "off" && !cfg.lora)
+    throw std::invalid_argument("quant " + cfg.quant +
+                                " fine-tunes with LoRA only (QLoRA): set lora: on, or quant: off");
   auto built = build_model(run, cfg, device);
   auto& model = built.model;
   const int64_t total_params = model->param_count();
@@ -303,7 +311,8 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   options.max_grad_norm = cfg.max_grad_norm;
   Trainer trainer(model, options);
   trainer.memory_now = [&probe] { return probe.current(); };
-  int64_t params_bytes = 0;  // the weights as trained: base and adapters, in their dtype
+  // The weights as trained: base and adapters in their dtype, 4-bit weights as stored.
+  int64_t params_bytes = quantized_weight_bytes(model);
   for (const auto& p : model->parameters()) params_bytes += p.nbytes();
   maybe_inject_fault(run);
 

@@ -12,6 +12,8 @@
 #include "model/compat.h"
 #include "model/generate.h"
 #include "model/llama.h"
+#include "model/lora.h"
+#include "model/quant4.h"
 #include "tests/model/loss_curve.h"
 
 namespace hx {
@@ -97,6 +99,57 @@ TEST_F(Gpu, MemoryProbeAndDriverVersion) {
   EXPECT_GE(compat::cuda_memory().allocated - before.allocated, x.nbytes());
   EXPECT_FALSE(compat::cuda_driver_version().empty());
   EXPECT_FALSE(compat::cuda_device_name().empty());
+}
+
+// QLoRA's 4-bit weights on the GPU: the same libtorch ops as on the CPU (whose bytes equal
+// bitsandbytes', tests/hf/test_bnb4bit.py), so the same bytes without double quantisation; with
+// it the offset is a mean whose summation order differs by device (a few fp32 ulps), and so may
+// an 8-bit scale code at a rounding boundary. A QLoRA model trains on the device.
+TEST_F(Gpu, Quant4MatchesTheCpuAndQloraTrains) {
+  const auto w = torch::randn({96, 256}) * 0.02;
+  for (const QuantType type : {QuantType::kNf4, QuantType::kFp4}) {
+    const auto cpu = quantize_4bit(w, type, 64, false);
+    const auto gpu = quantize_4bit(w.cuda(), type, 64, false);
+    EXPECT_TRUE(torch::equal(gpu.packed.cpu(), cpu.packed)) << quant_type_name(type);
+    EXPECT_TRUE(torch::equal(gpu.absmax.cpu(), cpu.absmax)) << quant_type_name(type);
+    EXPECT_TRUE(torch::equal(dequantize_4bit(gpu, torch::kFloat32).cpu(),
+                             dequantize_4bit(cpu, torch::kFloat32)));
+    const auto cpu_dq = quantize_4bit(w, type, 64, true);
+    const auto gpu_dq = quantize_4bit(w.cuda(), type, 64, true);
+    EXPECT_TRUE(torch::equal(gpu_dq.packed.cpu(), cpu_dq.packed));
+    EXPECT_NEAR(gpu_dq.offset.item<double>(), cpu_dq.offset.item<double>(),
+                1e-6 * std::abs(cpu_dq.offset.item<double>()));
+    EXPECT_LT((dequantize_4bit(gpu_dq, torch::kFloat32).cpu() -
+               dequantize_4bit(cpu_dq, torch::kFloat32))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              1e-3 * w.abs().max().item<double>());
+    // Linear4bit's product in bf16 on the device against fp32 on the CPU: bf16's rounding.
+    const auto x = torch::randn({3, 256});
+    const auto y_cpu = quant4_linear(x, cpu, torch::kFloat32);
+    const auto y_gpu = quant4_linear(x.cuda(), gpu, torch::kBFloat16).cpu();
+    EXPECT_LT((y_gpu - y_cpu).abs().max().item<double>(), 0.02 * y_cpu.abs().max().item<double>());
+  }
+
+  auto model = cuda_model(3);
+  Quant4Options options;
+  options.double_quant = true;
+  options.compute_dtype = torch::kBFloat16;
+  quantize_targets(model, lora_target_names(), options);
+  apply_lora(model, {"wq", "wv"}, LoraOptions{8, 16.0, 0.0}, 1);
+  model->train();
+  TrainOptions train;
+  train.optimizer = "adamw";
+  train.lr = 1e-3;
+  train.mp = "bf16";
+  Trainer trainer(model, train);
+  auto data = DataSource::random(512, 32, 2, 3, 4);
+  const double first = trainer.step(data).loss;
+  double last = first;
+  for (int i = 0; i < 9; ++i) last = trainer.step(data).loss;
+  EXPECT_TRUE(std::isfinite(last));
+  EXPECT_LT(last, first);
 }
 
 }  // namespace
