@@ -1,5 +1,5 @@
 #pragma once
-// Subcommands register themselves (one harness/cli_<name>.cpp each) so that adding a command
+// Subcommands register themselves (one harness/cli/cli_<name>.cpp each) so that adding a command
 // touches one file.
 #include <CLI/CLI.hpp>
 #include <functional>
