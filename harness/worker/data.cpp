@@ -5,7 +5,7 @@
 #include <random>
 #include <stdexcept>
 
-#include "harness/json_io.h"
+#include "harness/store/json_io.h"
 
 namespace hx {
 

@@ -11,7 +11,7 @@
 
 // AlpacaRecord, read_alpaca, alpaca_prompt, Example, kIgnoreIndex: shared with the parent, which
 // pre-tokenises with a real tokenizer (data.tokens_path in run.json).
-#include "harness/pretokenize.h"
+#include "harness/plan/pretokenize.h"
 
 namespace hx {
 

@@ -15,8 +15,8 @@
 #include <iostream>
 
 #include "build_info.h"
-#include "harness/cli.h"
-#include "harness/json_io.h"
+#include "harness/cli/cli.h"
+#include "harness/store/json_io.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/workloads.h"
 #include "model/checkpoint_io.h"

@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "build_info.h"
-#include "harness/config_keys.h"
+#include "harness/plan/config_keys.h"
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"

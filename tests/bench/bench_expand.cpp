@@ -10,7 +10,7 @@
 #include <fstream>
 #include <string>
 
-#include "harness/spec.h"
+#include "harness/plan/spec.h"
 
 namespace {
 

@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <string>
 
-#include "harness/process.h"
+#include "harness/exec/process.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <set>
 #include <string>
 
-#include "harness/spec.h"
+#include "harness/plan/spec.h"
 
 namespace hx::testing {
 

@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "harness/compare.h"
-#include "harness/gpu_specs.h"
-#include "harness/json_io.h"
-#include "harness/store.h"
+#include "harness/plan/gpu_specs.h"
+#include "harness/report/compare.h"
+#include "harness/store/json_io.h"
+#include "harness/store/store.h"
 #include "model/config.h"
 #include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"

@@ -1,4 +1,4 @@
-// The config-key registry (harness/config_keys.h) and the command-line overrides of a spec
+// The config-key registry (harness/plan/config_keys.h) and the command-line overrides of a spec
 // (SpecOverrides): real specs of the repository, parsed for real.
 #include <gtest/gtest.h>
 
@@ -8,9 +8,9 @@
 #include <sstream>
 #include <string>
 
-#include "harness/config_keys.h"
-#include "harness/fields.h"
-#include "harness/spec.h"
+#include "harness/plan/config_keys.h"
+#include "harness/plan/fields.h"
+#include "harness/plan/spec.h"
 
 namespace hx {
 namespace {

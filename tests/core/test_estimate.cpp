@@ -1,7 +1,7 @@
-// The analytic memory estimate (harness/estimate.h, docs/memory-model.md): known figures of the
-// presets, the behaviour of each technique (QLoRA's stored bits among them), the Alpaca lengths,
-// and peaks measured by the worker's counting allocator (libtorch 1.13, CPU) that the estimate must
-// reproduce.
+// The analytic memory estimate (harness/estimate/estimate.h, docs/memory-model.md): known figures
+// of the presets, the behaviour of each technique (QLoRA's stored bits among them), the Alpaca
+// lengths, and peaks measured by the worker's counting allocator (libtorch 1.13, CPU) that the
+// estimate must reproduce.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "harness/estimate.h"
-#include "harness/spec.h"
+#include "harness/estimate/estimate.h"
+#include "harness/plan/spec.h"
 #include "model/config.h"
 
 namespace hx {

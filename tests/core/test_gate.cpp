@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "harness/gate.h"
-#include "harness/json_io.h"
-#include "harness/store.h"
+#include "harness/report/gate.h"
+#include "harness/store/json_io.h"
+#include "harness/store/store.h"
 #include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"
 

@@ -10,11 +10,11 @@
 #include <sstream>
 #include <string>
 
-#include "harness/derived.h"
-#include "harness/fields.h"
-#include "harness/spec.h"
-#include "harness/stats.h"
-#include "harness/table.h"
+#include "harness/plan/fields.h"
+#include "harness/plan/spec.h"
+#include "harness/report/derived.h"
+#include "harness/report/stats.h"
+#include "harness/report/table.h"
 #include "model/config.h"
 #include "tests/core/fixtures.h"
 

@@ -5,8 +5,8 @@
 
 #include <filesystem>
 
-#include "harness/json_io.h"
-#include "harness/plot.h"
+#include "harness/report/plot.h"
+#include "harness/store/json_io.h"
 #include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"
 

@@ -1,4 +1,4 @@
-// Pre-tokenisation of Alpaca data in the parent (harness/pretokenize.h) with a tiny hand-made
+// Pre-tokenisation of Alpaca data in the parent (harness/plan/pretokenize.h) with a tiny hand-made
 // tiktoken-format vocabulary, and the spec's `tokenizer:` / `allow_special:` keys.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "harness/pretokenize.h"
-#include "harness/spec.h"
-#include "model/tokenizer.h"
+#include "harness/plan/pretokenize.h"
+#include "harness/plan/spec.h"
+#include "model/tokenizers/tokenizer.h"
 #include "tests/base64_util.h"
 #include "tests/core/temp_dir_test.h"
 

@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "harness/process.h"
+#include "harness/exec/process.h"
 #include "tests/core/temp_dir_test.h"
 
 namespace hx {

@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "harness/fields.h"
-#include "harness/json_io.h"
-#include "harness/report.h"
-#include "harness/store.h"
+#include "harness/plan/fields.h"
+#include "harness/report/report.h"
+#include "harness/store/json_io.h"
+#include "harness/store/store.h"
 #include "tests/core/fixtures.h"
 #include "tests/core/temp_dir_test.h"
 

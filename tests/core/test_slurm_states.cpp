@@ -2,7 +2,7 @@
 // statuses (the cluster itself is exercised by tests/slurm).
 #include <gtest/gtest.h>
 
-#include "harness/slurm.h"
+#include "harness/exec/slurm.h"
 
 namespace {
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "harness/spec.h"
+#include "harness/plan/spec.h"
 
 namespace hx {
 namespace {

@@ -8,9 +8,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "harness/fields.h"
-#include "harness/hash.h"
-#include "harness/store.h"
+#include "harness/plan/fields.h"
+#include "harness/plan/hash.h"
+#include "harness/store/store.h"
 #include "tests/core/temp_dir_test.h"
 
 namespace hx {

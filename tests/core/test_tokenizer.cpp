@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "model/tokenizer.h"
-#include "model/tokenizer_bpe.h"
+#include "model/tokenizers/tokenizer.h"
+#include "model/tokenizers/tokenizer_bpe.h"
 #include "tests/base64_util.h"
 
 namespace hx {

@@ -25,7 +25,7 @@
 #include <thread>
 #include <vector>
 
-#include "harness/spec.h"
+#include "harness/plan/spec.h"
 
 // NOLINTBEGIN(google-build-namespaces,misc-definitions-in-headers)
 namespace {

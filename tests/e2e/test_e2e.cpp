@@ -29,8 +29,8 @@
 #include <thread>
 #include <vector>
 
-#include "harness/spec.h"
-#include "harness/store.h"
+#include "harness/plan/spec.h"
+#include "harness/store/store.h"
 #include "tests/e2e/e2e_util.h"
 
 namespace {

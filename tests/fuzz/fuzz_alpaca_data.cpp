@@ -1,4 +1,4 @@
-// The Alpaca data reader (harness/pretokenize.h read_alpaca: a spec's `data.path`) and the
+// The Alpaca data reader (harness/plan/pretokenize.h read_alpaca: a spec's `data.path`) and the
 // encoding of its records as `harness run` pre-tokenises them for a spec with a tokenizer: any
 // bytes are either records whose examples encode, or a std::invalid_argument naming the file.
 #include <cstdint>
@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "harness/pretokenize.h"
-#include "model/tokenizer.h"
+#include "harness/plan/pretokenize.h"
+#include "model/tokenizers/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

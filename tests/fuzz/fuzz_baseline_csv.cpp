@@ -1,15 +1,15 @@
-// The baseline CSV reader (harness/gate.h parse_baseline_csv, what `harness check --baseline FILE`
-// reads), then the gate and its page over the runs it read: any bytes are either a baseline the
-// gate can judge, or a std::invalid_argument "FILE:LINE: message".
+// The baseline CSV reader (harness/report/gate.h parse_baseline_csv, what `harness check --baseline
+// FILE` reads), then the gate and its page over the runs it read: any bytes are either a baseline
+// the gate can judge, or a std::invalid_argument "FILE:LINE: message".
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "harness/gate.h"
-#include "harness/json_io.h"
-#include "harness/spec.h"
+#include "harness/plan/spec.h"
+#include "harness/report/gate.h"
+#include "harness/store/json_io.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

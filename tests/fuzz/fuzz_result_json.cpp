@@ -1,5 +1,5 @@
-// `result.json` ingest (harness/store.h): the worker's result file is parsed, converted by
-// record_from_result_json and stored by Store::ingest, as harness/runner.cpp does for every
+// `result.json` ingest (harness/store/store.h): the worker's result file is parsed, converted by
+// record_from_result_json and stored by Store::ingest, as harness/exec/runner.cpp does for every
 // finished run. Any bytes are either not JSON (the run is recorded as crashed: "unreadable
 // result.json"), or a std::runtime_error naming the result (recorded the same way), or a record
 // that Store::ingest stores: an exception there would stop `harness run`.
@@ -11,8 +11,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "harness/spec.h"
-#include "harness/store.h"
+#include "harness/plan/spec.h"
+#include "harness/store/store.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

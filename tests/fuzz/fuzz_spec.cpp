@@ -1,13 +1,13 @@
-// The YAML spec loader (harness/spec.cpp parse_spec, then expand): any text either loads or is a
-// std::invalid_argument "FILE:LINE: key: message" (what `harness run` prints before exit 2).
+// The YAML spec loader (harness/plan/spec.cpp parse_spec, then expand): any text either loads or is
+// a std::invalid_argument "FILE:LINE: key: message" (what `harness run` prints before exit 2).
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "harness/pretokenize.h"
-#include "harness/spec.h"
-#include "model/tokenizer.h"
+#include "harness/plan/pretokenize.h"
+#include "harness/plan/spec.h"
+#include "model/tokenizers/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

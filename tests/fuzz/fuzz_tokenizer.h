@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "model/tokenizer.h"
+#include "model/tokenizers/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace hx::fuzz {

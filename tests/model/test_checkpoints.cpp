@@ -4,8 +4,6 @@
 // (tolerance 1e-4, argued in test_golden.cpp) and the same greedy tokens; our HF writer's output
 // loads back bit for bit; malformed files fail with messages naming key, file and shapes.
 #include <gtest/gtest.h>
-
-#include "tests/model/golden_util.h"
 #include <stdlib.h>
 
 #include <cstring>
@@ -13,12 +11,13 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "harness/json_io.h"
+#include "harness/store/json_io.h"
 #include "model/checkpoint_io.h"
 #include "model/generate.h"
 #include "model/lora.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "tests/model/golden_util.h"
 
 namespace hx {
 namespace {

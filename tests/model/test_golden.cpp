@@ -7,15 +7,13 @@
 // which show at 1e-2 and above. Greedy tokens must match exactly (smallest top-2 gap 0.017).
 #include <gtest/gtest.h>
 
-#include "tests/model/golden_util.h"
-
+#include <fstream>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-
-#include "harness/json_io.h"
+#include "harness/store/json_io.h"
 #include "model/generate.h"
 #include "model/weights.h"
+#include "tests/model/golden_util.h"
 
 namespace hx {
 namespace {
