@@ -16,6 +16,7 @@
 
 #include "build_info.h"
 #include "harness/cli/cli.h"
+#include "harness/report/stats.h"
 #include "harness/store/json_io.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/workloads.h"
@@ -166,12 +167,6 @@ torch::Tensor prompt_tensor(const std::string& text, int64_t vocab) {
   return torch::tensor(ids, torch::kInt64).unsqueeze(0);
 }
 
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty()      ? 0
-         : v.size() % 2 ? v[v.size() / 2]
-                        : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 int demo_generate(const GenerateArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
@@ -235,8 +230,8 @@ int demo_generate(const GenerateArgs& a) {
         {"new_tokens", a.new_tokens},
         {"kv_cache", a.kv_cache},
         {"threads", at::get_num_threads()},
-        {"prefill_s", median_of(prefill)},
-        {"decode_token_s", median_of(decode_token)},
+        {"prefill_s", hx::median_of(prefill)},
+        {"decode_token_s", hx::median_of(decode_token)},
         {"new_ids", std::vector<int64_t>(out.tokens.data_ptr<int64_t>(),
                                          out.tokens.data_ptr<int64_t>() + out.tokens.numel())}};
     std::printf("%s\n", j.dump().c_str());

@@ -12,6 +12,7 @@
 
 #include "build_info.h"
 #include "harness/plan/config_keys.h"
+#include "harness/report/stats.h"
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
@@ -46,13 +47,6 @@ std::string cpu_model() {
 using Config = RunSettings;
 
 torch::Dtype dtype_from(const std::string& name) { return parse_dtype(name); }
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // What a regression injected for the gate's tests leaves behind: memory held for the whole run
 // (`alloc`: HARNESS_FAULT_MB, default 16) and a delay in every fine-tuning step (`slow`:
@@ -189,7 +183,7 @@ Json run_generate(const Json& run, const Config& cfg, torch::Device device, Memo
   add_metric(result, "total_time_s", total, "s");
   add_metric(result, "tokens_per_s", static_cast<double>(batch * new_tokens) / total, "tok/s");
   if (!out.decode_step_s.empty()) {
-    add_metric(result, "decode_token_p50_s", median(out.decode_step_s), "s");
+    add_metric(result, "decode_token_p50_s", median_of(out.decode_step_s), "s");
     add_metric(result, "decode_tokens_per_s",
                static_cast<double>(batch * (new_tokens - 1)) / out.decode_s, "tok/s");
   }
@@ -379,7 +373,7 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   add_metric(result, "peak_mem_mb", peak / kMB, "MB");
   add_metric(result, "peak_reserved_mb", peak_reserved / kMB, "MB");
   add_metric(result, "step_time_s", mean, "s");
-  add_metric(result, "step_time_p50_s", median(measured), "s");
+  add_metric(result, "step_time_p50_s", median_of(measured), "s");
   add_metric(result, "step_time_min_s", *std::min_element(measured.begin(), measured.end()), "s");
   add_metric(result, "step_time_max_s", *std::max_element(measured.begin(), measured.end()), "s");
   add_metric(result, "total_time_s", total, "s");
