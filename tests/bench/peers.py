@@ -4,7 +4,7 @@
 Same machine, same torch (the project venv's: the libtorch our binaries link), same thread
 count, same shapes (`harness-worker model PRESET --json` gives the HF config), one invocation:
 
-    .venv/bin/python tests/bench/peers.py [--preset small|tiny] [--threads 1] [--device cpu|cuda]
+    .venv/bin/python tests/bench/peers.py [--preset small|tiny|llama3.2-1b] [--threads 1] [--device cpu|cuda]
         [--optimizers adamw,sgd] [--mp off,bf16]
         [--techniques full,lora,gc,gc+lora[,qlora,gc+qlora]]
         [--skip GLOB]... [--batch 1] [--seq-len 256] [--steps 6] [--warmup 2]
@@ -576,7 +576,7 @@ def main():
         hf_child(json.loads(sys.argv[2]))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="small", choices=("tiny", "small"))
+    ap.add_argument("--preset", default="small", choices=("tiny", "small", "llama3.2-1b"))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--optimizers", type=csv_list({"adamw", "sgd"}), default=["adamw", "sgd"])
