@@ -12,10 +12,11 @@ w3, via --quant-targets; bitsandbytes skips q_proj, k_proj and lm_head through
 llm_int8_skip_modules), not q_proj / k_proj. Their rows are in HF's rotary layout there and in
 Meta's interleaved layout here, and quantising permuted rows does not give permuted blocks
 exactly: double quantisation's offset is the mean of every absmax of the weight, summed in
-another order (on tiny's 128 x 128 q_proj it differs in its last bit for some seeds, moving every
-dequantised value by up to 7.5e-9), and where a head's rows span more than one group of 256
-absmax values the second-level groups hold other values (a 576 x 576 weight of 9 heads: codes
-differ, up to 4.8e-4). Those would be differences of the quantisation, not of the step; every
+another order (bitsandbytes on a random 128 x 128 weight, tiny's q_proj shape, rows permuted:
+the offset differed in its last bit in 1 of 2 seeds, moving 10865 of 16384 dequantised values by
+up to 7.5e-9), and where a head's rows span more than one group of 256 absmax values the
+second-level groups hold other values (a 576 x 576 weight of 9 heads: codes differ, up to
+4.8e-4). Those would be differences of the quantisation, not of the step; every
 other linear has the same layout on both sides, and there the dequantised weights are checked
 to be bitsandbytes' exactly (torch.equal) before the gradients are compared. The adapters sit on
 all seven linears, so gradients flow through quantised and unquantised bases alike.
