@@ -4,8 +4,8 @@
 Same machine, same torch (the project venv's: the libtorch our binaries link), same thread
 count, same shapes (`harness-worker model PRESET --json` gives the HF config), one invocation:
 
-    .venv/bin/python tests/bench/peers.py [--preset small|tiny|llama3.2-1b] [--threads 1] [--device cpu|cuda]
-        [--optimizers adamw,sgd] [--mp off,bf16]
+    .venv/bin/python tests/bench/peers.py [--preset small|tiny|llama3.2-1b] [--threads 1]
+        [--device cpu|cuda] [--optimizers adamw,sgd] [--mp off,bf16]
         [--techniques full,lora,gc,gc+lora[,qlora,gc+qlora]]
         [--skip GLOB]... [--batch 1] [--seq-len 256] [--steps 6] [--warmup 2]
         [--gen-batches 1,8] [--kv-cache on,off] [--prompt-len 128] [--new-tokens 32]
@@ -18,8 +18,9 @@ optimizer.step(), gradients released with zero_grad(set_to_none=True)) for every
 optimizer x mixed precision x technique (full, LoRA r 16 alpha 32 dropout 0.05 on q/v, gradient
 checkpointing, both; on request QLoRA: the same LoRA over NF4 base weights with double
 quantisation, computing in the cell's precision, with or without checkpointing), on the same
-random tokens shape; medians of the measured steps after the same warm-up. `--skip` drops cells by glob on their name `OPTIMIZER/PRECISION/TECHNIQUE`
-(`--skip 'adamw/bf16/*' --skip 'adamw/*/gc*'`).
+random tokens shape; medians of the measured steps after the same warm-up. `--skip` drops
+cells by glob on their name `OPTIMIZER/PRECISION/TECHNIQUE` (`--skip 'adamw/bf16/*' --skip
+'adamw/*/gc*'`).
   - Ours: a one-cell spec (`workload: finetune`, `data: {format: random, seq_len}`) per cell,
     run by `build/harness run SPEC --db TMP --no-report`; metrics read from its SQLite database.
     QLoRA: `quant: nf4, double_quant: on, compute_dtype: fp32|bf16` (quant_targets' default:
@@ -33,7 +34,7 @@ random tokens shape; medians of the measured steps after the same warm-up. `--sk
     precision) on the CPU, dtype float32 for what stays unquantised (as ours), then
     get_peft_model as for LoRA. Not prepare_model_for_kbit_training: on this fp32 load its cast
     to fp32 is a no-op and it turns gradient checkpointing on by default, which would make the
-    qlora cell a gc+qlora one; the gc cells enable checkpointing as the gc cells do.
+    qlora cell a gc+qlora one; gc+qlora enables checkpointing as the gc cells do.
   The two sides of each cell run back to back (ours, then HF), so that their ratio is taken
   seconds apart on this noisy machine.
 
