@@ -248,7 +248,11 @@ torch::Tensor quant4_absmax(const Quant4Weight& q) {
 torch::Tensor dequantize_4bit(const Quant4Weight& q, torch::Dtype dtype) {
   torch::NoGradGuard no_grad;
   const int64_t n = q.numel();
-  const auto table = on_device(pair_table(q.type), q.packed.device());
+  // Each byte's two fp32 codes as one 64-bit word, so that the lookup is libtorch's 1-D gather:
+  // a row gather on the (256, 2) table, a temporary and a copy took 3.2x as long on the CPU
+  // (1.7 ms against 0.53 ms for a 2048 x 768 weight, one thread; bitsandbytes' native kernel
+  // 0.2 ms). Moving bits changes no value.
+  const auto table = on_device(pair_table(q.type), q.packed.device()).view(torch::kInt64).view(-1);
   const auto absmax = quant4_absmax(q);
   const auto bytes = q.packed.view(-1);
   auto out = torch::empty({n}, q.packed.options().dtype(dtype));
@@ -260,15 +264,24 @@ torch::Tensor dequantize_4bit(const Quant4Weight& q, torch::Dtype dtype) {
   for (int64_t start = 0; start < n; start += chunk) {
     const int64_t end = std::min(n, start + chunk);
     const int64_t len = end - start;
-    auto values = table.index_select(0, bytes.slice(0, start / 2, (end + 1) / 2).to(torch::kInt32))
-                      .view(-1)
-                      .slice(0, 0, len);
+    const auto index = bytes.slice(0, start / 2, (end + 1) / 2).to(torch::kInt32);
+    // fp32 output and whole pairs (all but an odd last chunk): the lookup writes the output
+    // itself, scaled in place; otherwise fp32 values, then one cast into the output.
+    const bool direct = dtype == torch::kFloat32 && len % 2 == 0;
+    torch::Tensor values;
+    if (direct) {
+      values = out.slice(0, start, end);
+      auto words = values.view(torch::kInt64);
+      torch::index_select_out(words, table, 0, index);
+    } else {
+      values = table.index_select(0, index).view(torch::kFloat32).slice(0, 0, len);
+    }
     const int64_t full = len - len % q.block;  // only the last chunk ends in a partial block
     values.slice(0, 0, full)
         .view({full / q.block, q.block})
         .mul_(absmax.slice(0, start / q.block, (start + full) / q.block).view({-1, 1}));
     if (full < len) values.slice(0, full).mul_(absmax[-1]);
-    out.slice(0, start, end).copy_(values);
+    if (!direct) out.slice(0, start, end).copy_(values);
   }
   return out.view(q.shape);
 }

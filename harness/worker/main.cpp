@@ -11,6 +11,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 
@@ -19,6 +20,7 @@
 #include "harness/report/stats.h"
 #include "harness/store/json_io.h"
 #include "harness/worker/memory.h"
+#include "harness/worker/trainer.h"
 #include "harness/worker/workloads.h"
 #include "model/checkpoint_io.h"
 #include "model/compat.h"
@@ -289,6 +291,80 @@ int write_logits(const LogitsArgs& a) {
   return hx::kExitOk;
 }
 
+struct LoraGradsArgs {
+  std::string model = "tiny";  // a preset (random weights from --seed) or a checkpoint directory
+  uint64_t seed = 0;
+  std::string lora_adapter;  // a PEFT adapter directory: the adapters whose gradients are written
+  std::string prompt_ids;
+  std::string quant, double_quant, compute_dtype;  // the config keys'
+  std::vector<std::string> quant_targets = hx::lora_target_names();
+  int64_t threads = 1;
+  std::string out;
+};
+
+// One forward and backward in train mode (the adapter's dropout applies: 0 for a deterministic
+// comparison) with the shifted next-token loss of a fine-tuning step, on a base optionally
+// quantised first (QLoRA): the loss and every adapter gradient under PEFT's names, q_proj's and
+// k_proj's lora_B rows in HF's rotary layout, and each quantised base weight dequantised to fp32
+// ("dequantized." + its HF name, HF layout), for the comparison with PEFT on bitsandbytes
+// (tests/hf/test_qlora_grads.py).
+int write_lora_grads(const LoraGradsArgs& a) {
+  at::set_num_threads(static_cast<int>(a.threads));
+  auto model = hx::load_model(a.model, hx::ModelOptions{}, a.seed);
+  if (a.quant != "off") {
+    hx::Quant4Options quant;
+    quant.type = hx::parse_quant_type(a.quant);
+    quant.double_quant = a.double_quant == "on";
+    quant.compute_dtype = hx::parse_dtype(a.compute_dtype);
+    hx::quantize_targets(model, a.quant_targets, quant);
+  }
+  hx::load_peft_adapter(model, a.lora_adapter);
+  model->train();
+  const auto tokens = prompt_tensor(a.prompt_ids, model->config().vocab_size);
+  const auto loss = hx::lm_loss(model->forward(tokens), tokens);
+  loss.backward();
+
+  const hx::LlamaConfig& c = model->config();
+  // Rows of q_proj / k_proj (and of their lora_B) from our interleaved layout to HF's.
+  const auto to_hf = [&c](const std::string& ours, const torch::Tensor& t) {
+    if (ours.find(".attention.wq.") != std::string::npos) return hx::permute_to_hf(t, c.n_heads);
+    if (ours.find(".attention.wk.") != std::string::npos) return hx::permute_to_hf(t, c.n_kv_heads);
+    return t;
+  };
+  std::vector<std::pair<std::string, torch::Tensor>> out = {
+      {"loss", loss.detach().to(torch::kFloat32).reshape({1})}};
+  for (const auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    if (!hx::is_lora_param(name)) continue;
+    const bool is_a = name.find(".lora_a.") != std::string::npos;
+    const std::string base = name.substr(0, name.rfind(is_a ? ".lora_a." : ".lora_b.")) + ".weight";
+    const auto hf = hx::hf_name_from_ours(base);
+    if (!hf || !item.value().grad().defined())
+      throw std::logic_error("lora-grads: no HF name or no gradient for " + name);
+    const std::string module = hf->substr(0, hf->size() - std::strlen(".weight"));
+    const auto grad = item.value().grad().to(torch::kFloat32);
+    out.emplace_back("base_model.model." + module + (is_a ? ".lora_A.weight" : ".lora_B.weight"),
+                     is_a ? grad : to_hf(name, grad));
+  }
+  for (const auto& item : model->named_modules()) {
+    const auto* linear = item.value()->as<hx::LinearImpl>();
+    if (linear == nullptr || !linear->quantized()) continue;
+    const std::string base = item.key() + ".weight";
+    const auto hf = hx::hf_name_from_ours(base);
+    if (!hf) throw std::logic_error("lora-grads: no HF name for " + base);
+    out.emplace_back("dequantized." + *hf,
+                     to_hf(base, hx::dequantize_4bit(*linear->quant_weight(), torch::kFloat32)));
+  }
+  hx::write_safetensors(a.out, out, {{"format", "pt"}});
+  std::printf("%s\n", Json({{"loss", loss.item<double>()},
+                            {"tensors", out.size()},
+                            {"trainable_params", hx::trainable_param_count(model)},
+                            {"out", a.out}})
+                          .dump()
+                          .c_str());
+  return hx::kExitOk;
+}
+
 struct ExportArgs {
   std::string model = "tiny";  // a preset or a checkpoint directory
   std::string weights;         // with a preset: "random" (default) or a torch.save dict
@@ -492,6 +568,32 @@ int main(int argc, char** argv) {
   lg->add_option("--threads", l.threads)->capture_default_str();
   lg->add_option("--out", l.out, "output file: tensor \"logits\" (T, vocab), fp32")->required();
   lg->callback([&] { code = write_logits(l); });
+
+  LoraGradsArgs lga;
+  auto* lgr = app.add_subcommand(
+      "lora-grads",
+      "one forward and backward (train mode) of a model with a PEFT adapter, optionally on 4-bit "
+      "base weights: the loss and the adapter gradients under PEFT's names, into safetensors");
+  lgr->add_option("--model", lga.model,
+                  "preset (random weights from --seed), or a checkpoint directory")
+      ->capture_default_str();
+  lgr->add_option("--seed", lga.seed, "seed of random weights")->capture_default_str();
+  lgr->add_option("--lora-adapter", lga.lora_adapter,
+                  "a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)")
+      ->required();
+  lgr->add_option("--prompt-ids", lga.prompt_ids, "the tokens as ids, 1,2,3 (inputs and labels)")
+      ->required();
+  hx::add_quant_options(lgr, lga.quant, lga.double_quant, lga.compute_dtype);
+  lgr->add_option("--quant-targets", lga.quant_targets, "with --quant: the linears in 4 bits")
+      ->delimiter(',')
+      ->check(CLI::IsMember(hx::lora_target_names()))
+      ->capture_default_str();
+  lgr->add_option("--threads", lga.threads)->capture_default_str();
+  lgr->add_option("--out", lga.out,
+                  "output file: \"loss\" (1), PEFT-named adapter gradients, \"dequantized.\" + "
+                  "the HF name of each 4-bit weight")
+      ->required();
+  lgr->callback([&] { code = write_lora_grads(lga); });
 
   ExportArgs x;
   auto* exp = app.add_subcommand("export",

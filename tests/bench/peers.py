@@ -4,8 +4,9 @@
 Same machine, same torch (the project venv's: the libtorch our binaries link), same thread
 count, same shapes (`harness-worker model PRESET --json` gives the HF config), one invocation:
 
-    .venv/bin/python tests/bench/peers.py [--preset small|tiny] [--threads 1] [--device cpu|cuda]
-        [--optimizers adamw,sgd] [--mp off,bf16] [--techniques full,lora,gc,gc+lora]
+    .venv/bin/python tests/bench/peers.py [--preset small|tiny|llama3.2-1b] [--threads 1]
+        [--device cpu|cuda] [--optimizers adamw,sgd] [--mp off,bf16]
+        [--techniques full,lora,gc,gc+lora[,qlora,gc+qlora]]
         [--skip GLOB]... [--batch 1] [--seq-len 256] [--steps 6] [--warmup 2]
         [--gen-batches 1,8] [--kv-cache on,off] [--prompt-len 128] [--new-tokens 32]
         [--gen-repeats 3] [--gen-repeats-nocache N] [--gen-dtype fp32|bf16] [--no-train]
@@ -15,14 +16,25 @@ count, same shapes (`harness-worker model PRESET --json` gives the HF config), o
 Fine-tuning: one step (forward with the shifted next-token cross entropy, backward,
 optimizer.step(), gradients released with zero_grad(set_to_none=True)) for every cell of
 optimizer x mixed precision x technique (full, LoRA r 16 alpha 32 dropout 0.05 on q/v, gradient
-checkpointing, both), on the same random tokens shape; medians of the measured steps after the
-same warm-up. `--skip` drops cells by glob on their name `OPTIMIZER/PRECISION/TECHNIQUE`
-(`--skip 'adamw/bf16/*' --skip 'adamw/*/gc*'`).
+checkpointing, both; on request QLoRA: the same LoRA over NF4 base weights with double
+quantisation, computing in the cell's precision, with or without checkpointing), on the same
+random tokens shape; medians of the measured steps after the same warm-up. `--skip` drops
+cells by glob on their name `OPTIMIZER/PRECISION/TECHNIQUE` (`--skip 'adamw/bf16/*' --skip
+'adamw/*/gc*'`).
   - Ours: a one-cell spec (`workload: finetune`, `data: {format: random, seq_len}`) per cell,
     run by `build/harness run SPEC --db TMP --no-report`; metrics read from its SQLite database.
+    QLoRA: `quant: nf4, double_quant: on, compute_dtype: fp32|bf16` (quant_targets' default:
+    every linear of the blocks).
   - HF: `LlamaForCausalLM(LlamaConfig(...))` with attn_implementation="sdpa", `peft`'s
     get_peft_model(LoraConfig(...)), activation (gradient) checkpointing as transformers enables
     it, `torch.autocast(device, bfloat16)` for bf16; each cell in its own fresh Python process.
+    QLoRA: transformers quantises only in from_pretrained, so a first process saves the random
+    model (save_pretrained, fp32) to a temporary directory, and the measured process loads it
+    with BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute dtype = the cell's
+    precision) on the CPU, dtype float32 for what stays unquantised (as ours), then
+    get_peft_model as for LoRA. Not prepare_model_for_kbit_training: on this fp32 load its cast
+    to fp32 is a no-op and it turns gradient checkpointing on by default, which would make the
+    qlora cell a gc+qlora one; gc+qlora enables checkpointing as the gc cells do.
   The two sides of each cell run back to back (ours, then HF), so that their ratio is taken
   seconds apart on this noisy machine.
 
@@ -63,12 +75,15 @@ RESULT_MARK = "PEERS_RESULT "
 LORA = dict(r=16, alpha=32, dropout=0.05, ours_targets=["wq", "wv"],
             hf_targets=["q_proj", "v_proj"])
 LR = 1e-5
-TECHNIQUES = {  # name -> (gc, lora)
-    "full": ("off", "off"), "lora": ("off", "on"), "gc": ("on", "off"), "gc+lora": ("on", "on")}
+TECHNIQUES = {  # name -> (gc, lora, quant)
+    "full": ("off", "off", "off"), "lora": ("off", "on", "off"), "gc": ("on", "off", "off"),
+    "gc+lora": ("on", "on", "off"), "qlora": ("off", "on", "nf4"), "gc+qlora": ("on", "on", "nf4")}
+DEFAULT_TECHNIQUES = ["full", "lora", "gc", "gc+lora"]  # QLoRA cells on request (--techniques)
 PRECISION = {"off": "fp32", "bf16": "bf16"}
 
 # Targets of issue 14 (reported, not asserted).
 TARGET_STEP_RATIO = 0.8      # ours s/step <= 0.8 x HF's, every cell
+TARGET_QLORA_STEP_RATIO = 1.0  # issue 16: ours QLoRA s/step <= HF + PEFT + bitsandbytes'
 TARGET_DECODE_SPEEDUP = 1.5  # ours cached decode tokens/s >= 1.5 x HF's at batch 1
 MB = 1024.0 * 1024.0
 
@@ -112,9 +127,26 @@ def hf_child(job):
     torch.manual_seed(job["seed"])
     config = LlamaConfig(**job["hf_config"])
     config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config)  # initializer_range 0.02, norms 1: as ours' random weights
+    if job["kind"] == "save":
+        model = LlamaForCausalLM(config)
+        model.save_pretrained(job["model_dir"])
+        print(RESULT_MARK + json.dumps(
+            {"base_params": sum(p.numel() for p in model.parameters())}), flush=True)
+        return
+    if job.get("quant", "off") != "off":
+        from transformers import BitsAndBytesConfig
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=job["quant"],
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if job["mp"] == "bf16" else torch.float32)
+        model = LlamaForCausalLM.from_pretrained(
+            job["model_dir"], quantization_config=quant, dtype=torch.float32,
+            device_map=job["device"], attn_implementation="sdpa")
+        out["base_params"] = job["base_params"]  # numel of packed 4-bit weights is halved
+    else:
+        model = LlamaForCausalLM(config)  # initializer_range 0.02, norms 1: as ours' weights
+        out["base_params"] = sum(p.numel() for p in model.parameters())
     out["attn_implementation"] = model.config._attn_implementation
-    out["base_params"] = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(job["seed"])
 
     def sync():
@@ -145,8 +177,9 @@ def hf_train(job, torch, model, device, gen, sync):
         model = get_peft_model(model, LoraConfig(
             r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
             target_modules=LORA["hf_targets"], task_type="CAUSAL_LM"))
-    model.to(device)
-    model.train()
+    if job.get("quant", "off") == "off":
+        model.to(device)  # a quantised model is placed by from_pretrained's device_map
+    model.train()  # also bitsandbytes' Linear4bit: its CPU eval path is a fused bf16 kernel
     params = [p for p in model.parameters() if p.requires_grad]
     if job["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(params, lr=LR)
@@ -318,8 +351,19 @@ def ours_run(args, name, workload, fixed, repeats, data=None):
 def hf_run(args, job):
     job = dict(job, threads=args.threads, device=args.device, seed=0,
                hf_config=args.hf_config, vocab=args.hf_config["vocab_size"])
+    if job.get("quant", "off") == "off":
+        return hf_child_run(job)
+    # transformers quantises in from_pretrained only: the random model is saved by a process
+    # of its own, so that building it in fp32 counts in neither side's measured peak.
+    with tempfile.TemporaryDirectory(prefix="peers_hf_") as tmp:
+        saved = hf_child_run(dict(job, kind="save", model_dir=tmp))
+        return hf_child_run(dict(job, model_dir=tmp, base_params=saved["base_params"]))
+
+
+def hf_child_run(job):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--hf-child",
-                           json.dumps(job)], capture_output=True, text=True)
+                           json.dumps(job)], capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
     lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
         sys.exit(f"HF subprocess failed ({proc.returncode}) on {job['kind']} "
@@ -456,6 +500,17 @@ def targets(args, train_rows, gen_rows):
                      f"{verdict(len(met) == len(ratios))} ({len(met)} of {len(ratios)} cells; "
                      f"best {min(ratios)[0]:.3f} ({min(ratios)[1]}), worst {worst[0]:.3f} "
                      f"({worst[1]}))")
+    qlora = [(r["ours"]["step_time_p50_s"] / r["hf"]["step_time_p50_s"],
+              ours_rss(r["ours"]) / r["hf"]["peak_rss_mb"], r["name"])
+             for r in train_rows if r["name"].endswith("qlora")]
+    if qlora:
+        slow = [q for q in qlora if q[0] > TARGET_QLORA_STEP_RATIO]
+        big = [q for q in qlora if q[1] > 1.0]
+        lines.append(f"- Issue 16: QLoRA step at most {TARGET_QLORA_STEP_RATIO}x HF's: "
+                     f"{verdict(not slow)} (ours/HF "
+                     + ", ".join(f"{q[0]:.3f} {q[2]}" for q in qlora) + ")")
+        lines.append("- Issue 16: QLoRA peak RSS at most HF's: " + verdict(not big) +
+                     " (ours/HF " + ", ".join(f"{q[1]:.2f} {q[2]}" for q in qlora) + ")")
     cached1 = [r for r in gen_rows if r["batch"] == 1 and r["kv_cache"] == "on"]
     if cached1:
         r = cached1[0]
@@ -522,12 +577,12 @@ def main():
         hf_child(json.loads(sys.argv[2]))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="small", choices=("tiny", "small"))
+    ap.add_argument("--preset", default="small", choices=("tiny", "small", "llama3.2-1b"))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--optimizers", type=csv_list({"adamw", "sgd"}), default=["adamw", "sgd"])
     ap.add_argument("--mp", type=csv_list({"off", "bf16"}), default=["off", "bf16"])
-    ap.add_argument("--techniques", type=csv_list(set(TECHNIQUES)), default=list(TECHNIQUES))
+    ap.add_argument("--techniques", type=csv_list(set(TECHNIQUES)), default=DEFAULT_TECHNIQUES)
     ap.add_argument("--skip", action="append", default=[],
                     help="drop fine-tuning cells whose OPTIMIZER/PRECISION/TECHNIQUE name "
                          "matches this glob (e.g. 'adamw/bf16/*'); repeatable")
@@ -596,19 +651,21 @@ def main():
     train_rows = []
     for opt, mp, tech in cells:
         name = f"{opt}/{PRECISION[mp]}/{tech}"
-        gc, lora = TECHNIQUES[tech]
+        gc, lora, quant = TECHNIQUES[tech]
         la = load_avg()[0]
         log(f"[{time.monotonic() - start:5.0f} s] {name}: ours (load {la:.2f})")
         fixed = dict(gc=gc, lora=lora, mp=mp, optimizer=opt, batch_size=args.batch, lr=LR,
                      max_steps=args.steps, warmup_steps=args.warmup, lora_r=LORA["r"],
                      lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                      lora_targets=LORA["ours_targets"])
+        if quant != "off":
+            fixed.update(quant=quant, double_quant="on", compute_dtype=PRECISION[mp])
         ours = ours_run(args, "peers_train", "finetune", fixed, 1,
                         data=f"{{format: random, seq_len: {args.seq_len}}}")
         log(f"[{time.monotonic() - start:5.0f} s] {name}: HF")
-        hf = hf_run(args, dict(kind="train", gc=gc, lora=lora, mp=mp, optimizer=opt,
-                               batch=args.batch, seq_len=args.seq_len, steps=args.steps,
-                               warmup=args.warmup, profile=args.profile))
+        hf = hf_run(args, dict(kind="train", gc=gc, lora=lora, quant=quant, mp=mp,
+                               optimizer=opt, batch=args.batch, seq_len=args.seq_len,
+                               steps=args.steps, warmup=args.warmup, profile=args.profile))
         if hf["base_params"] != shown["parameters"]:
             warnings.append(f"{name}: HF has {hf['base_params']} parameters, ours "
                             f"{shown['parameters']}")
@@ -675,7 +732,9 @@ def main():
                f"{args.steps - args.warmup}; ours, then HF, per row)", "",
                f"Config = optimizer (lr {LR}, no weight decay) / precision (bf16: autocast) / "
                f"technique (LoRA r {LORA['r']}, alpha {LORA['alpha']}, dropout "
-               f"{LORA['dropout']}, q/v projections; gc: every block checkpointed). "
+               f"{LORA['dropout']}, q/v projections; gc: every block checkpointed; qlora: "
+               "that LoRA over NF4 base weights of every linear of the blocks, double "
+               "quantisation, compute dtype = the precision). "
                "ours/HF below 1: ours is faster or smaller. `min ours/HF`: the ratio of the "
                "fastest steps (less sensitive to contention). `load`: the 1-minute load "
                "average when the row started.", ""]
@@ -694,7 +753,7 @@ def main():
                ""]
         md += gen_table(args, gen_rows)
         md.append("")
-    md += ["## Targets (issue 14; reported, not asserted)", ""]
+    md += ["## Targets (issues 14 and 16; reported, not asserted)", ""]
     md += targets(args, train_rows, gen_rows)
     if warnings:
         md += ["", "## Warnings", ""] + [f"- {w}" for w in dict.fromkeys(warnings)]
