@@ -31,10 +31,10 @@ torch::Tensor on_device(const torch::Tensor& table, const torch::Device& device)
 torch::Tensor make_code(QuantType type) {
   if (type == QuantType::kNf4) {
     return torch::tensor(
-        {-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-         -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-         0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-         0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0},
+        {-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+         -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+         0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+         0.7229568362236023, 1.0},
         torch::kFloat32);
   }
   auto fp4 = torch::tensor({0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0,
@@ -52,10 +52,10 @@ struct SortedCode {
 
 SortedCode make_sorted(QuantType type) {
   const auto code = quant4_code(type);
-  const auto order = type == QuantType::kNf4
-                         ? torch::arange(16, torch::kInt64)
-                         : torch::tensor({11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3},
-                                         torch::kInt64);
+  const auto order =
+      type == QuantType::kNf4
+          ? torch::arange(16, torch::kInt64)
+          : torch::tensor({11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3}, torch::kInt64);
   const auto sorted = code.index_select(0, order);
   return {order, (sorted.slice(0, 0, -1) + sorted.slice(0, 1)) / 2};
 }
@@ -117,7 +117,8 @@ std::pair<torch::Tensor, torch::Tensor> quantize_8bit_dynamic(const torch::Tenso
                      .slice(0, 0, n);
   const auto u = (v + 1.0) * 0.5;
   const auto grid_index = (u.to(torch::kFloat64) * 65535.0 + 0.5).to(torch::kFloat32);
-  auto codes = on_device(lut, x.device()).index_select(0, torch::nan_to_num(grid_index).to(torch::kInt64));
+  auto codes =
+      on_device(lut, x.device()).index_select(0, torch::nan_to_num(grid_index).to(torch::kInt64));
   // A block of zeros: every code 0, whatever the lookup of 0 * inf gave.
   const auto zero_block = (absmax == 0).repeat_interleave(kDoubleQuantBlock).slice(0, 0, n);
   codes.masked_fill_(zero_block, 0);
@@ -134,8 +135,7 @@ torch::Tensor quantize_full_blocks(const torch::Tensor& flat, const torch::Tenso
   for (int64_t start = 0; start < n; start += chunk) {
     const int64_t end = std::min(n, start + chunk);
     const auto blocks = flat.slice(0, start, end).view({-1, block});
-    const auto scale =
-        absmax.slice(0, start / block, end / block).clamp_min(1e-38).reciprocal();
+    const auto scale = absmax.slice(0, start / block, end / block).clamp_min(1e-38).reciprocal();
     const auto scaled = torch::clamp(blocks * scale.view({-1, 1}), -1.0, 1.0);
     codes.slice(0, start, end).copy_(nearest_code(scaled.view(-1), type));
   }
@@ -224,7 +224,8 @@ Quant4Weight quantize_4bit(const torch::Tensor& weight, QuantType type, int64_t 
     codes = torch::cat({codes, nearest_code(torch::clamp(tail / tail_max, -1.0, 1.0), type)});
   }
   // An odd count is padded with one scaled 0.0, the code that 0 maps to.
-  if (n % 2 != 0) codes = torch::cat({codes, nearest_code(torch::zeros({1}, flat.options()), type)});
+  if (n % 2 != 0)
+    codes = torch::cat({codes, nearest_code(torch::zeros({1}, flat.options()), type)});
   const auto pairs = codes.view({-1, 2});
   q.packed = pairs.select(1, 0).bitwise_left_shift(4).bitwise_or(pairs.select(1, 1)).unsqueeze(1);
   if (!double_quant) {
@@ -240,8 +241,7 @@ torch::Tensor quant4_absmax(const Quant4Weight& q) {
   if (!q.double_quant()) return q.absmax;
   const auto map = on_device(dynamic_map(), q.absmax.device());
   const int64_t n = q.absmax.numel();
-  const auto scales =
-      q.absmax2.repeat_interleave(kDoubleQuantBlock).slice(0, 0, n);
+  const auto scales = q.absmax2.repeat_interleave(kDoubleQuantBlock).slice(0, 0, n);
   return map.index_select(0, q.absmax.to(torch::kInt32)) * scales + q.offset;
 }
 

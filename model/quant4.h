@@ -17,8 +17,8 @@ const char* quant_type_name(QuantType type);
 
 struct Quant4Options {
   QuantType type = QuantType::kNf4;
-  bool double_quant = false;  // bnb_4bit_use_double_quant
-  int64_t block = 64;         // bitsandbytes' blocksize
+  bool double_quant = false;                     // bnb_4bit_use_double_quant
+  int64_t block = 64;                            // bitsandbytes' blocksize
   torch::Dtype compute_dtype = torch::kFloat32;  // bnb_4bit_compute_dtype
 };
 

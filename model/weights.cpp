@@ -85,7 +85,8 @@ c10::IValue unpickle_torch_zip(const std::vector<char>& bytes, const std::string
 // libtorch's unpickler sets a tensor's offset, sizes and strides over its storage without checking
 // that they fit (a storage record cut short, or a pickle that claims a larger view): reading such a
 // tensor reads past its storage (found by fuzzing: an empty record, a null data pointer); and the
-// storage itself is sized by the pickle, not by its record. Wide arithmetic: each term is the file's.
+// storage itself is sized by the pickle, not by its record. Wide arithmetic: each term is the
+// file's.
 bool view_fits_storage(const torch::Tensor& t, const std::map<const void*, size_t>& record_bytes) {
   const auto record = record_bytes.find(t.storage().data());
   const size_t stored = record == record_bytes.end() ? 0 : record->second;
@@ -140,7 +141,8 @@ TensorMap read_torch_dict(const std::string& path) {
                                   " (weights are floating point, integer or bool)");
     if (!view_fits_storage(t, record_bytes))
       throw std::invalid_argument(path + ": tensor " + item.key().toStringRef() + " of shape " +
-                                  shape_text(t.sizes()) + " runs past its storage record: corrupt or truncated");
+                                  shape_text(t.sizes()) +
+                                  " runs past its storage record: corrupt or truncated");
     out.emplace(item.key().toStringRef(), t);
   }
   return out;

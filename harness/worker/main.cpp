@@ -127,7 +127,7 @@ struct GenerateArgs {
   std::string weights;       // a torch.save dict of tensors; random weights when empty
   std::string lora_adapter;  // a PEFT adapter directory applied to the model
   std::string quant, double_quant, compute_dtype;  // the config keys'
-  int64_t repeats = 1;       // timed generations after one untimed warm-up; medians reported
+  int64_t repeats = 1;  // timed generations after one untimed warm-up; medians reported
   bool json = false;
   uint64_t seed = 0;
   std::string prompt_ids;  // "1,2,3": this prompt (repeated per batch row) instead of a random one
@@ -168,7 +168,6 @@ torch::Tensor prompt_tensor(const std::string& text, int64_t vocab) {
   }
   return torch::tensor(ids, torch::kInt64).unsqueeze(0);
 }
-
 
 int demo_generate(const GenerateArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
@@ -616,12 +615,15 @@ int main(int argc, char** argv) {
   Quant4Args qa;
   auto* quant = app.add_subcommand(
       "quantize", "a tensor in bitsandbytes' 4-bit layout, and Linear4bit's output and gradient");
-  quant->add_option("--in", qa.in, "safetensors: \"weight\", optional \"x\" and \"g\"")
+  quant->add_option("--in", qa.in, "safetensors: \"weight\", optional \"x\" and \"g\"")->required();
+  quant
+      ->add_option("--out", qa.out,
+                   "safetensors: packed, absmax, offset, absmax2, dequantized, "
+                   "y, x_grad")
       ->required();
-  quant->add_option("--out", qa.out, "safetensors: packed, absmax, offset, absmax2, dequantized, "
-                                     "y, x_grad")
-      ->required();
-  quant->add_option("--quant", qa.quant)->check(CLI::IsMember({"nf4", "fp4"}))->capture_default_str();
+  quant->add_option("--quant", qa.quant)
+      ->check(CLI::IsMember({"nf4", "fp4"}))
+      ->capture_default_str();
   quant->add_option("--double-quant", qa.double_quant)
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();

@@ -119,12 +119,12 @@ TEST_F(Gpu, Quant4MatchesTheCpuAndQloraTrains) {
     EXPECT_TRUE(torch::equal(gpu_dq.packed.cpu(), cpu_dq.packed));
     EXPECT_NEAR(gpu_dq.offset.item<double>(), cpu_dq.offset.item<double>(),
                 1e-6 * std::abs(cpu_dq.offset.item<double>()));
-    EXPECT_LT((dequantize_4bit(gpu_dq, torch::kFloat32).cpu() -
-               dequantize_4bit(cpu_dq, torch::kFloat32))
-                  .abs()
-                  .max()
-                  .item<double>(),
-              1e-3 * w.abs().max().item<double>());
+    EXPECT_LT(
+        (dequantize_4bit(gpu_dq, torch::kFloat32).cpu() - dequantize_4bit(cpu_dq, torch::kFloat32))
+            .abs()
+            .max()
+            .item<double>(),
+        1e-3 * w.abs().max().item<double>());
     // Linear4bit's product in bf16 on the device against fp32 on the CPU: bf16's rounding.
     const auto x = torch::randn({3, 256});
     const auto y_cpu = quant4_linear(x, cpu, torch::kFloat32);

@@ -72,7 +72,8 @@ TEST(QLoRA, LoraStartsAsTheQuantisedBaseAndOnlyAdaptersTrain) {
   std::map<std::string, torch::Tensor> params, buffers;
   for (const auto& item : model->named_parameters()) params[item.key()] = item.value().clone();
   for (const auto& item : model->named_buffers())
-    if (item.key().find(".weight_") != std::string::npos) buffers[item.key()] = item.value().clone();
+    if (item.key().find(".weight_") != std::string::npos)
+      buffers[item.key()] = item.value().clone();
   EXPECT_EQ(buffers.size(), 4U * 7U * 4U);  // packed, absmax codes, offset, absmax2
   model->train();
   TrainOptions options;
