@@ -572,14 +572,28 @@ class ModelSim {
       tl_.unref(scales);
     }
     const int w = tl_.storage(n * q.compute, what + " dequantised weight");
+    // Per chunk: the bytes as int32 indices; an fp32 chunk of whole pairs is looked up into the
+    // output itself, any other (another compute dtype, an odd last chunk) into fp32 values first.
     const int64_t chunk = std::max(q.block, q.chunk_target / q.block * q.block);
-    const int64_t pairs = ceil_div(std::min(n, chunk), 2);
-    const int index = tl_.storage(4 * pairs, what + " dequantise: byte indices");
-    const int values = tl_.storage(8 * pairs, what + " dequantise: code values");
-    tl_.unref(index);
-    tl_.unref(values);
+    const int64_t first = std::min(n, chunk);
+    const int64_t last = n - (ceil_div(n, chunk) - 1) * chunk;
+    dequantise_chunk(first, q.compute != 4 || first % 2 != 0, what);
+    if (last != first || last % 2 != 0)
+      dequantise_chunk(last, q.compute != 4 || last % 2 != 0, what);
     if (absmax >= 0) tl_.unref(absmax);
     return w;
+  }
+
+  // One chunk of dequantize_4bit's lookup: its int32 byte indices, and fp32 values unless the
+  // lookup writes the output directly.
+  void dequantise_chunk(int64_t len, bool through_values, const std::string& what) {
+    const int64_t pairs = ceil_div(len, 2);
+    const int index = tl_.storage(4 * pairs, what + " dequantise: byte indices");
+    if (through_values) {
+      const int values = tl_.storage(8 * pairs, what + " dequantise: code values");
+      tl_.unref(values);
+    }
+    tl_.unref(index);
   }
 
   // quant4_linear (Quant4Matmul::forward runs without grad): the weight dequantised, x cast to

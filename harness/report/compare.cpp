@@ -20,12 +20,6 @@ bool contains(const std::vector<T>& values, const T& value) {
   return std::find(values.begin(), values.end(), value) != values.end();
 }
 
-std::string value_text(const Json& value) {
-  if (value.is_null()) return "(none)";
-  if (value.is_string()) return value.get<std::string>();
-  return value.dump();
-}
-
 Json config_value(const Json& config, const std::string& key) {
   const auto it = config.find(key);
   return it == config.end() ? Json(nullptr) : *it;
@@ -502,7 +496,7 @@ void vary_keys(const PartSpec* part_spec, PlanPart& part) {
     if (seen.size() > 1) {
       part.keys.push_back(key);
     } else if (!seen.empty() && contains(axes, key)) {
-      constants.push_back(key + "=" + value_text(seen.front()));
+      constants.push_back(key + "=" + config_value_text(seen.front()));
     }
   }
   part.constants = join(constants, ", ");
@@ -513,7 +507,7 @@ void label_groups(PlanPart& part) {
   for (ConfigGroup& group : part.groups) {
     std::vector<std::string> named;
     for (const std::string& key : part.keys) {
-      group.values.push_back(value_text(config_value(group.config, key)));
+      group.values.push_back(config_value_text(config_value(group.config, key)));
       named.push_back(key + "=" + group.values.back());
     }
     group.label = named.empty() ? std::string("(one config)") : join(named, ", ");

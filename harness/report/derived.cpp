@@ -9,6 +9,13 @@
 #include "model/config.h"
 
 namespace hx {
+
+std::string config_value_text(const nlohmann::json& value) {
+  if (value.is_null()) return "(none)";
+  if (value.is_string()) return value.get<std::string>();
+  return value.dump();
+}
+
 namespace {
 
 std::optional<double> stored(const StoredRun& run, std::string_view name) {

@@ -16,6 +16,9 @@ namespace hx {
 // one the tool does not know).
 std::optional<int64_t> preset_param_count(const Spec& spec);
 
+// A config value as a table cell: a string as it is, a missing value as "(none)", else its JSON.
+std::string config_value_text(const nlohmann::json& value);
+
 // Model FLOPs utilisation of a fine-tuning run in %: 6 x N x tokens_per_s / the dense peak
 // FLOP/s of the run's GPU at its precision (compute_dtype; gpu_specs.h). nullopt for a run
 // without tokens_per_s, not fine-tuning, on a CPU, on a GPU the peak table does not know or at a

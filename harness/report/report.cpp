@@ -20,12 +20,6 @@ bool contains(const std::vector<T>& values, const T& value) {
   return std::find(values.begin(), values.end(), value) != values.end();
 }
 
-std::string value_text(const Json& value) {
-  if (value.is_null()) return "(none)";
-  if (value.is_string()) return value.get<std::string>();
-  return value.dump();
-}
-
 std::string env_string(const Json& env, const char* key) {
   const auto it = env.find(key);
   if (it == env.end() || it->is_null()) return {};
@@ -127,7 +121,8 @@ std::vector<Combo> distinct_combos(const std::vector<const RunConfig*>& runs,
 
 std::string describe(const std::vector<std::string>& keys, const Combo& combo) {
   std::vector<std::string> parts;
-  for (size_t i = 0; i < keys.size(); ++i) parts.push_back(keys[i] + "=" + value_text(combo[i]));
+  for (size_t i = 0; i < keys.size(); ++i)
+    parts.push_back(keys[i] + "=" + config_value_text(combo[i]));
   return join(parts, ", ");
 }
 
@@ -198,7 +193,7 @@ KeyRoles assign_key_roles(const Spec& spec, const TableSpec& table_spec, int par
     if (seen.size() > 1) {
       roles.split_keys.push_back(key);
     } else if (!seen.empty() && contains(axes, key)) {
-      roles.constants.push_back(key + "=" + value_text(seen.front()));
+      roles.constants.push_back(key + "=" + config_value_text(seen.front()));
     }
   }
   return roles;
@@ -213,7 +208,7 @@ std::vector<ReportHeaderRow> header_rows(const std::vector<std::string>& column_
   std::vector<std::string> constant;
   for (size_t i = 0; i < column_keys.size(); ++i) {
     ReportHeaderRow row{column_keys[i], axis_label(column_keys[i]), {}};
-    for (const Combo& column : columns) row.values.push_back(value_text(column[i]));
+    for (const Combo& column : columns) row.values.push_back(config_value_text(column[i]));
     const bool same = std::all_of(row.values.begin(), row.values.end(),
                                   [&](const std::string& v) { return v == row.values.front(); });
     if (same && !row.values.empty()) {
@@ -225,7 +220,7 @@ std::vector<ReportHeaderRow> header_rows(const std::vector<std::string>& column_
   if (rows.empty()) {
     for (size_t i = 0; i < column_keys.size(); ++i) {
       ReportHeaderRow row{column_keys[i], axis_label(column_keys[i]), {}};
-      for (const Combo& column : columns) row.values.push_back(value_text(column[i]));
+      for (const Combo& column : columns) row.values.push_back(config_value_text(column[i]));
       rows.push_back(std::move(row));
     }
     constant.clear();
@@ -282,7 +277,7 @@ std::vector<Combo> arrow_columns(const std::vector<std::string>& keys, const Val
       Combo column = baseline;
       column[i] = value;
       columns.push_back(std::move(column));
-      header.values.push_back(axis_label(keys[i]) + "=" + value_text(value));
+      header.values.push_back(axis_label(keys[i]) + "=" + config_value_text(value));
     }
   }
   return columns;
