@@ -1,4 +1,5 @@
-// Prefill and per-token decode of the LLaMA model, with and without the KV cache.
+// Prefill and per-token decode of the LLaMA model, with and without the KV cache; QLoRA's 4-bit
+// dequantisation of one weight beside the product it feeds.
 //   build/tests/bench/bench_model [--threads N via HX_THREADS]
 // Compare ratios measured in one run; the machines are shared and noisy.
 #include <benchmark/benchmark.h>
@@ -6,6 +7,7 @@
 #include <cstdlib>
 
 #include "model/generate.h"
+#include "model/quant4.h"
 
 namespace hx {
 namespace {
@@ -42,8 +44,8 @@ void BM_Prefill(benchmark::State& state, const std::string& preset) {
     KVCache cache(f.model->config(), f.prompt.size(0), 160, f.model->options().tensor_options());
     benchmark::DoNotOptimize(prefill(f.model, f.prompt, &cache));
   }
-  state.counters["tokens/s"] = benchmark::Counter(
-      static_cast<double>(f.prompt.numel()), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(f.prompt.numel()),
+                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // One new token after a 128-token prompt: with the cache one position, without it all 129.
@@ -66,16 +68,45 @@ void BM_DecodeToken(benchmark::State& state, const std::string& preset, bool use
                                                   benchmark::Counter::kIsIterationInvariantRate);
 }
 
-BENCHMARK_CAPTURE(BM_Prefill, tiny, std::string("tiny"))->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Prefill, tiny, std::string("tiny"))
+    ->Arg(1)
+    ->Arg(4)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_Prefill, small, std::string("small"))->Arg(1)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_DecodeToken, tiny_cache, std::string("tiny"), true)->Arg(1)->Arg(4)
+BENCHMARK_CAPTURE(BM_DecodeToken, tiny_cache, std::string("tiny"), true)
+    ->Arg(1)
+    ->Arg(4)
     ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_DecodeToken, tiny_nocache, std::string("tiny"), false)->Arg(1)->Arg(4)
+BENCHMARK_CAPTURE(BM_DecodeToken, tiny_nocache, std::string("tiny"), false)
+    ->Arg(1)
+    ->Arg(4)
     ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_DecodeToken, small_cache, std::string("small"), true)->Arg(1)
+BENCHMARK_CAPTURE(BM_DecodeToken, small_cache, std::string("small"), true)
+    ->Arg(1)
     ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_DecodeToken, small_nocache, std::string("small"), false)->Arg(1)
+BENCHMARK_CAPTURE(BM_DecodeToken, small_nocache, std::string("small"), false)
+    ->Arg(1)
     ->Unit(benchmark::kMillisecond);
+
+// small's w1 (2048 x 768), NF4 with double quantisation: dequantised to fp32 (arg 0) or bf16
+// (arg 1), as Quant4Matmul does twice a step (three times with checkpointing).
+void BM_Dequantize4bit(benchmark::State& state) {
+  set_threads();
+  const auto q = quantize_4bit(torch::randn({2048, 768}) * 0.02, QuantType::kNf4, 64, true);
+  const auto dtype = state.range(0) == 0 ? torch::kFloat32 : torch::kBFloat16;
+  for (auto _ : state) benchmark::DoNotOptimize(dequantize_4bit(q, dtype));
+}
+BENCHMARK(BM_Dequantize4bit)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+
+// The product that weight feeds in a step of batch 1 x 256 tokens, fp32: the dequantisation's
+// share of a 4-bit linear is BM_Dequantize4bit/0 over this.
+void BM_LinearOfThatWeight(benchmark::State& state) {
+  set_threads();
+  const auto w = torch::randn({2048, 768});
+  const auto x = torch::randn({256, 768});
+  for (auto _ : state) benchmark::DoNotOptimize(torch::linear(x, w));
+}
+BENCHMARK(BM_LinearOfThatWeight)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace hx
