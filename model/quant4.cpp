@@ -1,5 +1,6 @@
 #include "model/quant4.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -12,8 +13,9 @@ namespace {
 namespace F = torch::nn::functional;
 
 constexpr int64_t kDoubleQuantBlock = 256;  // bitsandbytes' blocksize of the nested quantisation
-// Elements per (de)quantisation chunk on the CPU: bounds the int32 and fp32 temporaries (6 bytes
-// an element while dequantising, 4 + 4 + 1 while quantising).
+// Elements per (de)quantisation chunk on the CPU: bounds the temporaries (dequantising: int32
+// indices, 2 bytes an element, plus fp32 values when not written into the output directly;
+// quantising: 4 + 4 + 1).
 constexpr int64_t kChunkElements = int64_t{1} << 20;
 
 // The CPU tables, copied once to each device that asks for them.
@@ -157,6 +159,16 @@ QuantType parse_quant_type(const std::string& name) {
 }
 
 const char* quant_type_name(QuantType type) { return type == QuantType::kNf4 ? "nf4" : "fp4"; }
+
+Quant4Options quant4_options(const std::string& quant, bool double_quant,
+                             torch::Dtype compute_dtype, int64_t block) {
+  Quant4Options options;
+  options.type = parse_quant_type(quant);
+  options.double_quant = double_quant;
+  options.compute_dtype = compute_dtype;
+  options.block = block;
+  return options;
+}
 
 int64_t Quant4Weight::numel() const {
   int64_t n = 1;

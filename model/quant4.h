@@ -22,6 +22,10 @@ struct Quant4Options {
   torch::Dtype compute_dtype = torch::kFloat32;  // bnb_4bit_compute_dtype
 };
 
+// The options of the config keys quant, double_quant, compute_dtype and quant_block.
+Quant4Options quant4_options(const std::string& quant, bool double_quant,
+                             torch::Dtype compute_dtype, int64_t block = 64);
+
 // A weight in bitsandbytes' layout (its packed tensor and QuantState).
 struct Quant4Weight {
   torch::Tensor packed;  // uint8 (ceil(n/2), 1): two codes a byte, the even element high

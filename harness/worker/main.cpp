@@ -172,7 +172,7 @@ torch::Tensor prompt_tensor(const std::string& text, int64_t vocab) {
 int demo_generate(const GenerateArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
   hx::ModelOptions options;
-  options.dtype = a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  options.dtype = hx::parse_dtype(a.dtype);
   options.attention = hx::parse_attention_kind(a.attention);
   hx::Transformer model{nullptr};
   std::string source;
@@ -187,12 +187,10 @@ int demo_generate(const GenerateArgs& a) {
     source = "weights from " + a.weights;
   }
   if (a.quant != "off") {
-    hx::Quant4Options quant;
-    quant.type = hx::parse_quant_type(a.quant);
-    quant.double_quant = a.double_quant == "on";
-    quant.compute_dtype = hx::parse_dtype(a.compute_dtype);
-    hx::quantize_targets(model, hx::lora_target_names(), quant);
-    source += ", " + a.quant + (quant.double_quant ? " double-quantised" : "") + " weights";
+    hx::quantize_targets(
+        model, hx::lora_target_names(),
+        hx::quant4_options(a.quant, a.double_quant == "on", hx::parse_dtype(a.compute_dtype)));
+    source += ", " + a.quant + (a.double_quant == "on" ? " double-quantised" : "") + " weights";
   }
   if (!a.lora_adapter.empty()) {
     hx::load_peft_adapter(model, a.lora_adapter);
@@ -311,11 +309,9 @@ int write_lora_grads(const LoraGradsArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
   auto model = hx::load_model(a.model, hx::ModelOptions{}, a.seed);
   if (a.quant != "off") {
-    hx::Quant4Options quant;
-    quant.type = hx::parse_quant_type(a.quant);
-    quant.double_quant = a.double_quant == "on";
-    quant.compute_dtype = hx::parse_dtype(a.compute_dtype);
-    hx::quantize_targets(model, a.quant_targets, quant);
+    hx::quantize_targets(
+        model, a.quant_targets,
+        hx::quant4_options(a.quant, a.double_quant == "on", hx::parse_dtype(a.compute_dtype)));
   }
   hx::load_peft_adapter(model, a.lora_adapter);
   model->train();
@@ -388,9 +384,7 @@ int export_model(const ExportArgs& a) {
   }
   hx::HfExportOptions options;
   options.merge_lora = a.lora_merge;
-  if (a.dtype == "fp32") options.dtype = torch::kFloat32;
-  if (a.dtype == "bf16") options.dtype = torch::kBFloat16;
-  if (a.dtype == "fp16") options.dtype = torch::kFloat16;
+  if (!a.dtype.empty()) options.dtype = hx::parse_dtype(a.dtype);
   hx::save_hf_checkpoint(model, a.out, options);
   std::printf("wrote %s: config.json, model.safetensors (%s, %lld parameters)\n", a.out.c_str(),
               model->config().name.c_str(), static_cast<long long>(model->param_count()));

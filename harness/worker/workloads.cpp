@@ -46,8 +46,6 @@ std::string cpu_model() {
 
 using Config = RunSettings;
 
-torch::Dtype dtype_from(const std::string& name) { return parse_dtype(name); }
-
 // What a regression injected for the gate's tests leaves behind: memory held for the whole run
 // (`alloc`: HARNESS_FAULT_MB, default 16) and a delay in every fine-tuning step (`slow`:
 // HARNESS_FAULT_MS, default 100).
@@ -101,7 +99,7 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
   const std::string weights = m.value("weights", std::string("random"));
   const std::string preset = m.value("preset", std::string("tiny"));
   auto start = std::chrono::steady_clock::now();
-  ModelOptions options{device, dtype_from(cfg.dtype), parse_attention_kind(cfg.attention)};
+  ModelOptions options{device, parse_dtype(cfg.dtype), parse_attention_kind(cfg.attention)};
   Built built;
   if (weights == "random") {
     built.model = Transformer(config_from_name(preset), options);
@@ -127,12 +125,9 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
     load_weights(built.model, read_torch_dict(weights), weights);
   }
   if (cfg.quant != "off") {
-    Quant4Options quant;
-    quant.type = parse_quant_type(cfg.quant);
-    quant.double_quant = cfg.double_quant;
-    quant.block = cfg.quant_block;
-    quant.compute_dtype = dtype_from(cfg.compute_dtype);
-    quantize_targets(built.model, cfg.quant_targets, quant);
+    quantize_targets(built.model, cfg.quant_targets,
+                     quant4_options(cfg.quant, cfg.double_quant, parse_dtype(cfg.compute_dtype),
+                                    cfg.quant_block));
   }
   compat::cuda_synchronize();
   built.load_s = seconds_since(start);
