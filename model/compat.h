@@ -86,6 +86,12 @@ inline bool cuda_usable() {
   static const bool usable = [] {
     if (!torch::cuda::is_available()) return false;
     at::globalContext().lazyInitDevice(at::kCUDA);
+    // libtorch 2.11 tries cuDNN's fused attention first on Hopper and newer, and cuDNN builds an
+    // execution plan for every new shape (0.2-2 s each, measured on the H200 in phase 4: every
+    // new sequence length of a variable-length batch, every decoding step's longer KV cache), a
+    // cost a benchmark would report as step time. Without it SDPA picks FlashAttention (then
+    // the memory-efficient kernel, then math), as on the GPUs before Hopper.
+    at::globalContext().setSDPUseCuDNN(false);
     return true;
   }();
   return usable;

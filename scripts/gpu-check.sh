@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command for a GPU node with PyTorch preinstalled and no internet
 # (docs/gpu.md): builds the harness, its worker and the GPU tests against that PyTorch's libtorch,
-# runs the `gpu` test label, a short phase 3 (6 steps per cell), phase 2 and a short phase 4
-# (QLoRA, on the 1B shape) on the GPU,
-# tests/bench/peers.py against transformers + PEFT on the GPU, and phase 3 again with the P100
-# profile (its 16 GB as the cap), in that order of importance, and writes the databases, reports
+# runs the `gpu` test label, a short phase 4 (QLoRA, on the 1B shape), tests/bench/peers.py
+# against transformers + PEFT, a short phase 3 (6 steps per cell), phase 2, and phase 3 again with
+# the P100 profile (its 16 GB as the cap), all on the GPU, in that order of importance, and writes the databases, reports
 # and logs to OUTDIR. On a machine without a GPU it runs the CPU parts (build, the gpu label's
 # skips, the CPU quickstart) and says what it skipped.
 #
@@ -79,11 +78,6 @@ sed -e 's/^name: phase3-short$/name: phase3-short-p100/' -e 's/^device: cuda$/de
   "$spec_dir/phase3-short.yaml" > "$spec_dir/phase3-short-p100.yaml"
 cp experiments/phase2.yaml "$spec_dir/phase2.yaml"
 
-for spec in phase3-short phase2; do
-  step "$spec" 60 "$BUILD_DIR/harness" run "$spec_dir/$spec.yaml" --db "$out/gpu.db" \
-    --report-dir "$out/reports"
-done
-
 # Phase 4 (standard / LoRA / QLoRA x FP32 / FP16 / BF16), short: the committed 7B study's cells on
 # the 1B shape, 6 steps each (the 7B runs take longer than a device session's budget).
 sed -e 's/^name: phase4$/name: phase4-short/' experiments/phase4.yaml > "$spec_dir/phase4-short.yaml"
@@ -103,6 +97,10 @@ if "$python" -c 'import transformers, peft' 2> /dev/null; then
 else
   log "peers: skipped ($python has no transformers/peft)"
 fi
+for spec in phase3-short phase2; do
+  step "$spec" 60 "$BUILD_DIR/harness" run "$spec_dir/$spec.yaml" --db "$out/gpu.db" \
+    --report-dir "$out/reports"
+done
 step phase3-short-p100 60 "$BUILD_DIR/harness" run "$spec_dir/phase3-short-p100.yaml" \
   --db "$out/gpu.db" --report-dir "$out/reports"
 "$BUILD_DIR/harness" compare "$spec_dir/phase3-short.yaml" --db "$out/gpu.db" \

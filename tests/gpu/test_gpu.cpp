@@ -99,6 +99,8 @@ TEST_F(Gpu, MemoryProbeAndDriverVersion) {
   EXPECT_GE(compat::cuda_memory().allocated - before.allocated, x.nbytes());
   EXPECT_FALSE(compat::cuda_driver_version().empty());
   EXPECT_FALSE(compat::cuda_device_name().empty());
+  // CUDA's one init point takes cuDNN out of SDPA's order (its plan per new shape, compat.h).
+  EXPECT_FALSE(at::globalContext().userEnabledCuDNNSDP());
 }
 
 // QLoRA's 4-bit weights on the GPU: the same libtorch ops as on the CPU (whose bytes equal
