@@ -4,8 +4,11 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <tuple>
+
+#include "model/quant4_cpu.h"
 
 namespace hx {
 namespace {
@@ -257,7 +260,31 @@ torch::Tensor quant4_absmax(const Quant4Weight& q) {
   return map.index_select(0, q.absmax.to(torch::kInt32)) * scales + q.offset;
 }
 
+namespace {
+std::optional<quant4_cpu::OutType> kernel_type(torch::Dtype dtype) {
+  if (dtype == torch::kFloat32) return quant4_cpu::OutType::kFloat32;
+  if (dtype == torch::kBFloat16) return quant4_cpu::OutType::kBFloat16;
+  if (dtype == torch::kFloat16) return quant4_cpu::OutType::kFloat16;
+  return std::nullopt;
+}
+}  // namespace
+
 torch::Tensor dequantize_4bit(const Quant4Weight& q, torch::Dtype dtype) {
+  const auto type = kernel_type(dtype);
+  if (!q.packed.is_cpu() || !quant4_cpu::available() || !type) return dequantize_4bit_ops(q, dtype);
+  // One pass over the bytes (tests/model/test_qlora.cpp: the same bits as the ops below; 0.1 ms
+  // against 0.56 for a 2048 x 768 weight to fp32, tests/bench BM_Dequantize4bit).
+  torch::NoGradGuard no_grad;
+  const auto absmax = quant4_absmax(q).contiguous();
+  const auto code = quant4_code(q.type);
+  const auto packed = q.packed.contiguous();
+  auto out = torch::empty(q.shape, q.packed.options().dtype(dtype));
+  quant4_cpu::dequantize(packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(),
+                         code.data_ptr<float>(), q.numel(), q.block, *type, out.data_ptr());
+  return out;
+}
+
+torch::Tensor dequantize_4bit_ops(const Quant4Weight& q, torch::Dtype dtype) {
   torch::NoGradGuard no_grad;
   const int64_t n = q.numel();
   // Each byte's two fp32 codes as one 64-bit word, so that the lookup is libtorch's 1-D gather:

@@ -54,8 +54,11 @@ torch::Tensor dynamic_map();
 // weight of any float dtype and shape, on its device.
 Quant4Weight quantize_4bit(const torch::Tensor& weight, QuantType type, int64_t block,
                            bool double_quant);
-// dequantize_4bit: code * absmax in fp32, then one cast to `dtype`; the weight's shape.
+// dequantize_4bit: code * absmax in fp32, then one cast to `dtype`; the weight's shape. On a CPU
+// with AVX-512 one vectorised pass (model/quant4_cpu.h), else dequantize_4bit_ops.
 torch::Tensor dequantize_4bit(const Quant4Weight& q, torch::Dtype dtype);
+// The same values by libtorch ops (any device; the CPU kernel's reference in tests).
+torch::Tensor dequantize_4bit_ops(const Quant4Weight& q, torch::Dtype dtype);
 // The fp32 absmax vector of `q` (double quantisation undone: code2[q8] * absmax2 + offset).
 torch::Tensor quant4_absmax(const Quant4Weight& q);
 

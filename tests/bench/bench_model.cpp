@@ -89,14 +89,22 @@ BENCHMARK_CAPTURE(BM_DecodeToken, small_nocache, std::string("small"), false)
     ->Unit(benchmark::kMillisecond);
 
 // small's w1 (2048 x 768), NF4 with double quantisation: dequantised to fp32 (arg 0) or bf16
-// (arg 1), as Quant4Matmul does twice a step (three times with checkpointing).
-void BM_Dequantize4bit(benchmark::State& state) {
+// (arg 1), as Quant4Matmul does twice a step (three times with checkpointing). BM_Dequantize4bit
+// is the path the model takes (the AVX-512 pass where the CPU has it), BM_Dequantize4bitOps the
+// libtorch-op path (CUDA's, and the CPU's without AVX-512): their ratio is the kernel's gain.
+template <torch::Tensor (*Dequantize)(const Quant4Weight&, torch::Dtype)>
+void dequantize_small_w1(benchmark::State& state) {
   set_threads();
   const auto q = quantize_4bit(torch::randn({2048, 768}) * 0.02, QuantType::kNf4, 64, true);
   const auto dtype = state.range(0) == 0 ? torch::kFloat32 : torch::kBFloat16;
-  for (auto _ : state) benchmark::DoNotOptimize(dequantize_4bit(q, dtype));
+  for (auto _ : state) benchmark::DoNotOptimize(Dequantize(q, dtype));
+}
+void BM_Dequantize4bit(benchmark::State& state) { dequantize_small_w1<dequantize_4bit>(state); }
+void BM_Dequantize4bitOps(benchmark::State& state) {
+  dequantize_small_w1<dequantize_4bit_ops>(state);
 }
 BENCHMARK(BM_Dequantize4bit)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Dequantize4bitOps)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 // The product that weight feeds in a step of batch 1 x 256 tokens, fp32: the dequantisation's
 // share of a 4-bit linear is BM_Dequantize4bit/0 over this.

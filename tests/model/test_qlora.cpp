@@ -5,12 +5,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
 #include "model/lora.h"
 #include "model/quant4.h"
+#include "model/quant4_cpu.h"
 #include "source_dir.h"
 
 namespace hx {
@@ -55,6 +58,51 @@ TEST(Quant4, RoundTripErrorIsWithinHalfACodeStep) {
   }
   EXPECT_THROW(quantize_4bit(w, QuantType::kNf4, 63, false), std::invalid_argument);
   EXPECT_THROW(parse_quant_type("int4"), std::invalid_argument);
+}
+
+// The CPU's one-pass kernel (model/quant4_cpu.h) gives the bits of the libtorch-op path, which
+// tests/hf/test_bnb4bit.py holds to bitsandbytes: every output dtype, both codes, with and
+// without double quantisation, partial last blocks, odd sizes, small blocks (the vector loop's
+// scalar tail), blocks larger than the weight, and scales small enough for fp16 subnormals.
+TEST(Quant4, CpuKernelGivesTheBitsOfTheOps) {
+  if (!quant4_cpu::available()) GTEST_SKIP() << "this CPU has no AVX-512: the ops path only";
+  const std::vector<std::pair<std::vector<int64_t>, int64_t>> cases = {
+      {{96, 128}, 64}, {{7, 37}, 64}, {{33, 64}, 96}, {{5, 9}, 2}, {{3, 11}, 6}, {{4, 32}, 4096}};
+  for (const auto& [shape, block] : cases) {
+    for (const double scale : {0.02, 1e-6}) {
+      const auto w = torch::randn(shape) * scale;
+      for (const QuantType type : {QuantType::kNf4, QuantType::kFp4}) {
+        for (const bool dq : {false, true}) {
+          const auto q = quantize_4bit(w, type, block, dq);
+          for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+            const auto fast = dequantize_4bit(q, dtype);
+            const auto ops = dequantize_4bit_ops(q, dtype);
+            ASSERT_EQ(fast.sizes(), ops.sizes());
+            ASSERT_EQ(fast.scalar_type(), dtype);
+            const auto bits = dtype == torch::kFloat32 ? torch::kInt32 : torch::kInt16;
+            EXPECT_TRUE(torch::equal(fast.view(bits), ops.view(bits)))
+                << shape << " block " << block << " scale " << scale << " " << quant_type_name(type)
+                << " dq " << dq << " " << dtype;
+          }
+        }
+      }
+    }
+  }
+  // Rounding ties: a block whose values all have one magnitude dequantises to exactly that
+  // magnitude (its code is +-1), so these fp32 bit patterns reach the vector loop's casts as they
+  // are: halfway between two bf16 values (kept bit even / odd), just above and below halfway,
+  // and the same four around fp16's halfway.
+  const std::vector<int32_t> patterns = {0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF,
+                                         0x3F801000, 0x3F803000, 0x3F801001, 0x3F800FFF};
+  const auto magnitudes =
+      torch::tensor(patterns, torch::kInt32).view(torch::kFloat32).repeat_interleave(64);
+  const auto weight = magnitudes * torch::randint(0, 2, {magnitudes.numel()}).mul(2).sub(1);
+  const auto q = quantize_4bit(weight, QuantType::kNf4, 64, false);
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+    EXPECT_TRUE(torch::equal(dequantize_4bit(q, dtype).view(torch::kInt16),
+                             weight.to(dtype).view(torch::kInt16)))
+        << dtype;
+  }
 }
 
 TEST(QLoRA, LoraStartsAsTheQuantisedBaseAndOnlyAdaptersTrain) {
