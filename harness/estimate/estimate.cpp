@@ -16,6 +16,7 @@
 #include "harness/plan/pretokenize.h"
 #include "harness/report/table.h"
 #include "harness/store/json_io.h"
+#include "model/quant4_cpu.h"
 
 // The system libtorch's version header (macros only; harness_core links no libtorch).
 #if __has_include(<torch/csrc/api/include/torch/version.h>)
@@ -316,6 +317,9 @@ struct QuantSettings {
   // product casts its operands again (to the autocast dtype).
   bool autocast_recast = false;
   int64_t chunk_target = int64_t{1} << 20;  // elements per dequantisation chunk (CUDA: 2^24)
+  // The CPU's one-pass kernel (model/quant4_cpu.h, on processors with AVX-512): no temporaries
+  // beside the absmax and the output.
+  bool one_pass = false;
   std::set<std::string> targets;
 };
 
@@ -554,8 +558,9 @@ class ModelSim {
   }
 
   // dequantize_4bit to the compute dtype: the fp32 absmax (double quantisation undone), then the
-  // weight written chunk by chunk through int32 byte indices and fp32 code values (the first
-  // chunk is the largest). Returns the weight's storage; the absmax copy dies with the call.
+  // weight, in one pass on a CPU with AVX-512, else chunk by chunk through int32 byte indices and
+  // fp32 code values (the first chunk is the largest). Returns the weight's storage; the absmax
+  // copy dies with the call.
   int dequantize_4bit(int64_t n, const std::string& what) {
     const auto& q = o_.quant;
     const int64_t blocks = ceil_div(n, q.block);
@@ -572,6 +577,10 @@ class ModelSim {
       tl_.unref(scales);
     }
     const int w = tl_.storage(n * q.compute, what + " dequantised weight");
+    if (q.one_pass) {
+      if (absmax >= 0) tl_.unref(absmax);
+      return w;
+    }
     // Per chunk: the bytes as int32 indices; an fp32 chunk of whole pairs is looked up into the
     // output itself, any other (another compute dtype, an odd last chunk) into fp32 values first.
     const int64_t chunk = std::max(q.block, q.chunk_target / q.block * q.block);
@@ -1242,6 +1251,8 @@ QuantSettings quant_settings(const Config& cfg, const std::string& mp, bool cpu)
   q.compute = dtype_bytes(cfg.compute_dtype);
   q.autocast_recast = mp != "off" && cfg.compute_dtype != mp;
   q.chunk_target = cpu ? int64_t{1} << 20 : int64_t{1} << 24;
+  // The estimating machine stands for the CPU that runs the spec (as for threads).
+  q.one_pass = cpu && quant4_cpu::available();
   q.targets.insert(cfg.quant_targets.begin(), cfg.quant_targets.end());
   return q;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 
@@ -112,6 +113,24 @@ DataSource DataSource::random(int64_t vocab_size, int64_t seq_len, int64_t batch
     ex.labels = ex.tokens;
   }
   return {std::move(examples), batch_size, 0};
+}
+
+DataSource DataSource::shard(int rank, int world) const {
+  if (world < 1 || rank < 0 || rank >= world)
+    throw std::invalid_argument("data: rank " + std::to_string(rank) + " of " +
+                                std::to_string(world));
+  const auto n = static_cast<int64_t>(examples_.size());
+  const int64_t global = batch_size_ * world;
+  // The global batches' positions cycle with period n / gcd(n, global) batches.
+  const int64_t batches = n / std::gcd(n, global);
+  std::vector<Example> mine;
+  mine.reserve(static_cast<size_t>(batches * batch_size_));
+  for (int64_t b = 0; b < batches; ++b)
+    for (int64_t i = 0; i < batch_size_; ++i)
+      mine.push_back(examples_[static_cast<size_t>((b * global + rank * batch_size_ + i) % n)]);
+  DataSource out(std::move(mine), batch_size_, pad_id_);
+  out.dropped_ = dropped_;
+  return out;
 }
 
 Batch DataSource::next() {

@@ -65,6 +65,10 @@ class DataSource {
   static DataSource random(int64_t vocab_size, int64_t seq_len, int64_t batch_size, uint64_t seed,
                            int64_t count = 64);
   Batch next();
+  // Rank `rank`'s share of data parallelism over `world` ranks of this source's batch size each:
+  // its batches are, in order, the rank-th slices of this source's batches of batch_size x world
+  // (PyTorch DDP's convention: batch_size is per rank).
+  DataSource shard(int rank, int world) const;
   size_t size() const { return examples_.size(); }
   int64_t dropped() const { return dropped_; }
 

@@ -106,7 +106,12 @@ StepStats Trainer::step(DataSource& data) {
     stats.tokens += batch.real_tokens;
     auto scaled = loss / static_cast<double>(options_.ga);
     if (scaler_) scaled = scaled * scaler_->scale();
+    if (gradient_sync != nullptr) gradient_sync->begin_backward(micro == options_.ga - 1);
     scaled.backward();
+  }
+  if (gradient_sync != nullptr) {
+    gradient_sync->finish();
+    stats.loss = gradient_sync->mean(stats.loss);
   }
   if (after_backward) after_backward();
   for (const auto& p : params_)

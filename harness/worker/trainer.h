@@ -55,6 +55,17 @@ struct StepStats {
   int64_t activation_bytes = 0;
 };
 
+// Data parallelism's part of a step (harness/worker/data_parallel.h): told before each
+// micro-batch's backward whether it is the step's last (gradients are communicated only then);
+// finish() returns when every rank holds the averaged gradients.
+class GradientSync {
+ public:
+  virtual ~GradientSync() = default;
+  virtual void begin_backward(bool last_micro_step) = 0;
+  virtual void finish() = 0;
+  virtual double mean(double value) = 0;  // over the ranks (the recorded loss)
+};
+
 class Trainer {
  public:
   Trainer(Transformer& model, TrainOptions options);
@@ -67,6 +78,8 @@ class Trainer {
   std::function<void()> after_backward;
   // Bytes currently held on the device (the worker's memory probe); optional.
   std::function<int64_t()> memory_now;
+  // Data parallelism: averages the gradients over ranks before the step; optional.
+  GradientSync* gradient_sync = nullptr;
 
  private:
   Transformer model_;

@@ -1,0 +1,164 @@
+#include "harness/worker/data_parallel.h"
+
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+// Parsed against extern/gloo-declarations (the wheel ships no Gloo headers; see its README).
+#include <mutex>
+#include <stdexcept>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <utility>
+
+namespace hx {
+
+c10::intrusive_ptr<c10d::Backend> make_process_group(const Rendezvous& r) {
+  if (r.world_size < 1 || r.rank < 0 || r.rank >= r.world_size)
+    throw std::invalid_argument("data parallelism: rank " + std::to_string(r.rank) +
+                                " is not in a world of " + std::to_string(r.world_size));
+  auto store = c10::make_intrusive<c10d::FileStore>(r.store_path, r.world_size);
+  auto options = c10d::ProcessGroupGloo::Options::create(r.timeout);
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(r.host));
+  options->threads = 1;  // one bucket at a time: the compute threads keep the cores
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, r.rank, r.world_size, options);
+}
+
+struct GradientAverager::State {
+  struct Bucket {
+    std::vector<size_t> params;  // indices into `params`
+    int64_t numel = 0;
+    size_t pending = 0;  // gradients still to come in this step
+    torch::Tensor flat;  // fp32, the bucket's gradients while they are reduced
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+
+  c10::intrusive_ptr<c10d::Backend> group;
+  std::vector<torch::Tensor> params;
+  std::vector<size_t> bucket_of;  // parameter -> bucket
+  std::vector<Bucket> buckets;
+  std::mutex mutex;  // CUDA's backward runs hooks on the device's thread
+  bool syncing = false;
+  size_t next_launch = 0;  // buckets are launched in order, the same on every rank
+  double wait_s = 0;
+
+  void launch(Bucket& b) {
+    std::vector<torch::Tensor> grads;
+    grads.reserve(b.params.size());
+    for (const size_t i : b.params) {
+      const auto& p = params[i];
+      grads.push_back(p.grad().defined() ? p.grad().reshape(-1).to(torch::kFloat32)
+                                         : torch::zeros({p.numel()}, torch::kFloat32));
+    }
+    b.flat = torch::cat(grads);
+    std::vector<torch::Tensor> tensors{b.flat};
+    b.work = group->allreduce(tensors);
+  }
+
+  void launch_ready() {
+    while (next_launch < buckets.size() && buckets[next_launch].pending == 0)
+      launch(buckets[next_launch++]);
+  }
+
+  void on_gradient(size_t param) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (!syncing) return;
+    auto& b = buckets[bucket_of[param]];
+    if (b.pending > 0) --b.pending;
+    launch_ready();
+  }
+};
+
+namespace {
+class ReadyHook : public torch::autograd::PostAccumulateGradHook {
+ public:
+  ReadyHook(GradientAverager::State* state, size_t param) : state_(state), param_(param) {}
+  void operator()(const torch::autograd::Variable& /*tensor*/) override {
+    state_->on_gradient(param_);
+  }
+
+ private:
+  GradientAverager::State* state_;
+  size_t param_;
+};
+}  // namespace
+
+GradientAverager::GradientAverager(c10::intrusive_ptr<c10d::Backend> group,
+                                   std::vector<torch::Tensor> params, int64_t bucket_bytes)
+    : state_(std::make_unique<State>()) {
+  auto& s = *state_;
+  s.group = std::move(group);
+  s.params = std::move(params);
+  s.bucket_of.resize(s.params.size());
+  for (size_t k = s.params.size(); k-- > 0;) {
+    const int64_t bytes = s.params[k].numel() * 4;
+    if (s.buckets.empty() ||
+        (s.buckets.back().numel > 0 && (s.buckets.back().numel * 4) + bytes > bucket_bytes))
+      s.buckets.emplace_back();
+    s.buckets.back().params.push_back(k);
+    s.buckets.back().numel += s.params[k].numel();
+    s.bucket_of[k] = s.buckets.size() - 1;
+  }
+  for (size_t k = 0; k < s.params.size(); ++k)
+    torch::autograd::impl::set_post_acc_grad_hooks(s.params[k], std::make_unique<ReadyHook>(&s, k));
+}
+
+GradientAverager::~GradientAverager() {
+  for (const auto& p : state_->params) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+}
+
+void GradientAverager::begin_backward(bool last_micro_step) {
+  auto& s = *state_;
+  const std::lock_guard<std::mutex> lock(s.mutex);
+  s.syncing = last_micro_step;
+  if (!last_micro_step) return;
+  for (auto& b : s.buckets) {
+    b.pending = b.params.size();
+    b.work.reset();
+    b.flat = torch::Tensor();
+  }
+  s.next_launch = 0;
+}
+
+void GradientAverager::finish() {
+  auto& s = *state_;
+  {
+    // Parameters that got no gradient this step (unused) leave their bucket pending: it goes out
+    // now, with zeros for them, still in bucket order.
+    const std::lock_guard<std::mutex> lock(s.mutex);
+    for (auto& b : s.buckets) b.pending = 0;
+    s.launch_ready();
+    s.syncing = false;
+  }
+  const auto world = static_cast<double>(s.group->getSize());
+  for (auto& b : s.buckets) {
+    const auto start = std::chrono::steady_clock::now();
+    b.work->wait();
+    s.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    b.flat.div_(world);
+    int64_t offset = 0;
+    for (const size_t i : b.params) {
+      auto& p = s.params[i];
+      auto averaged = b.flat.slice(0, offset, offset + p.numel()).view(p.sizes());
+      offset += p.numel();
+      if (p.grad().defined()) {
+        p.mutable_grad().copy_(averaged);
+      } else {
+        p.mutable_grad() = averaged.to(p.scalar_type()).clone();
+      }
+    }
+    b.flat = torch::Tensor();
+    b.work.reset();
+  }
+}
+
+double GradientAverager::mean(double value) {
+  std::vector<torch::Tensor> tensors{torch::tensor({value}, torch::kFloat64)};
+  state_->group->allreduce(tensors)->wait();
+  return tensors[0].item<double>() / static_cast<double>(state_->group->getSize());
+}
+
+int64_t GradientAverager::buckets() const { return static_cast<int64_t>(state_->buckets.size()); }
+
+double GradientAverager::wait_seconds() const { return state_->wait_s; }
+
+}  // namespace hx
