@@ -124,6 +124,7 @@ Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::st
           {"model", model},
           {"device", spec.device},
           {"memory_limit_mb", spec.memory_limit_mb},
+          {"timeout_s", spec.timeout_s},  // data-parallel collectives give up after it
           {"threads", run.config.value("threads", threads)},
           {"data", data},
           {"config", run.config},

@@ -247,6 +247,22 @@ const std::vector<ConfigKey>& config_keys() {
        .label = "Max grad norm",
        .doc = "clip the gradients' global L2 norm to this before each optimizer step "
               "(transformers' max_grad_norm); 0 = no clipping"},
+      {.name = "world_size",
+       .scope = Scope::kFinetune,
+       .lo = kAtLeast1,
+       .default_json = "1",
+       .label = "World size",
+       .unit = "ranks",
+       .doc = "data parallelism: ranks, one process each, gradients averaged over c10d (Gloo on "
+              "the CPU); batch_size is per rank, as in PyTorch DDP"},
+      {.name = "dp_bucket_mb",
+       .scope = Scope::kFinetune,
+       .kind = Kind::kNumber,
+       .lo = kAbove0,
+       .default_json = "25.0",
+       .label = "DP bucket",
+       .unit = "MB",
+       .doc = "with world_size > 1: gradients per allreduce bucket (DDP's bucket_cap_mb)"},
       {.name = "max_steps",
        .scope = Scope::kFinetune,
        .lo = kAtLeast1,
@@ -446,6 +462,8 @@ RunSettings RunSettings::parse(const Json& config, const Json& data) {
   s.lr = read<double>(config, "lr");
   s.weight_decay = read<double>(config, "weight_decay");
   s.max_grad_norm = read<double>(config, "max_grad_norm");
+  s.world_size = read<int64_t>(config, "world_size");
+  s.dp_bucket_mb = read<double>(config, "dp_bucket_mb");
   s.max_steps = read<int64_t>(config, "max_steps");
   s.warmup_steps = read<int64_t>(config, "warmup_steps");
   s.max_seq_len = read_with_data(config, data, "max_seq_len");

@@ -81,6 +81,8 @@ struct RunSettings {
   double lr = 0;
   double weight_decay = 0;
   double max_grad_norm = 0;  // 0: no clipping
+  int64_t world_size = 1;    // data-parallel ranks
+  double dp_bucket_mb = 0;
   int64_t max_steps = 0;
   int64_t warmup_steps = 0;
   int64_t max_seq_len = 0;  // the run's, else data.max_seq_len, else the registry's

@@ -161,4 +161,42 @@ int64_t GradientAverager::buckets() const { return static_cast<int64_t>(state_->
 
 double GradientAverager::wait_seconds() const { return state_->wait_s; }
 
+namespace {
+std::vector<torch::Tensor> trainable_parameters(Transformer& model) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : model->parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+}  // namespace
+
+DataParallelRank::DataParallelRank(const Rendezvous& rendezvous, Transformer& model,
+                                   int64_t bucket_bytes)
+    : group_(make_process_group(rendezvous)),
+      averager_(
+          std::make_unique<GradientAverager>(group_, trainable_parameters(model), bucket_bytes)) {}
+
+int DataParallelRank::world_size() const { return group_->getSize(); }
+
+double DataParallelRank::reduce(double value, c10d::ReduceOp op) {
+  std::vector<torch::Tensor> tensors{torch::tensor({value}, torch::kFloat64)};
+  c10d::AllreduceOptions options;
+  options.reduceOp = op;
+  group_->allreduce(tensors, options)->wait();
+  return tensors[0].item<double>();
+}
+
+double DataParallelRank::max(double value) { return reduce(value, c10d::ReduceOp::MAX); }
+
+double DataParallelRank::sum(double value) { return reduce(value, c10d::ReduceOp::SUM); }
+
+std::vector<double> DataParallelRank::gather(double value) {
+  // Each rank's value in its own slot, zeros elsewhere: the sum is every value.
+  auto slots = torch::zeros({world_size()}, torch::kFloat64);
+  slots[group_->getRank()] = value;
+  std::vector<torch::Tensor> tensors{slots};
+  group_->allreduce(tensors)->wait();
+  return {slots.data_ptr<double>(), slots.data_ptr<double>() + slots.numel()};
+}
+
 }  // namespace hx

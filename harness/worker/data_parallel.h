@@ -12,6 +12,7 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
 #include "harness/worker/trainer.h"
+#include "model/llama.h"
 
 namespace hx {
 
@@ -53,6 +54,23 @@ class GradientAverager : public GradientSync {
 
  private:
   std::unique_ptr<State> state_;
+};
+
+// One rank of a data-parallel run: its process group, its gradient averager, and the
+// collectives that turn each rank's measurements into the run's.
+class DataParallelRank {
+ public:
+  DataParallelRank(const Rendezvous& rendezvous, Transformer& model, int64_t bucket_bytes);
+  GradientAverager& averager() { return *averager_; }
+  int world_size() const;
+  double max(double value);
+  double sum(double value);
+  std::vector<double> gather(double value);  // every rank's value, by rank
+
+ private:
+  double reduce(double value, c10d::ReduceOp op);
+  c10::intrusive_ptr<c10d::Backend> group_;
+  std::unique_ptr<GradientAverager> averager_;
 };
 
 }  // namespace hx

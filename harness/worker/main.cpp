@@ -20,6 +20,7 @@
 #include "harness/report/stats.h"
 #include "harness/store/json_io.h"
 #include "harness/worker/memory.h"
+#include "harness/worker/ranks.h"
 #include "harness/worker/trainer.h"
 #include "harness/worker/workloads.h"
 #include "model/checkpoint_io.h"
@@ -34,8 +35,10 @@ namespace {
 
 using Json = nlohmann::json;
 
-// Writes result.json whatever happened; the parent reads the status from it.
-int run_one(const std::string& run_path) {
+// Writes result.json whatever happened; the parent reads the status from it. A data-parallel run
+// (world_size > 1) started by the runner launches its ranks (harness/worker/ranks.h), each of
+// which comes back here.
+int run_one(const std::string& run_path, char** argv) {
   Json run;
   try {
     run = Json::parse(hx::read_file(run_path));
@@ -43,11 +46,20 @@ int run_one(const std::string& run_path) {
     std::fprintf(stderr, "error: %s: %s\n", run_path.c_str(), e.what());
     return hx::kExitUsage;
   }
-  const std::string result_path = run.value("result_path", run_path + ".result.json");
+  std::string result_path = run.value("result_path", run_path + ".result.json");
+  const int world_size = run.at("config").value("world_size", 1);
+  if (hx::must_launch_ranks(world_size)) return hx::launch_ranks(argv, world_size, result_path);
+  if (world_size > 1) {
+    const auto id = hx::rank_identity(result_path);
+    run["dp"] = {{"rank", id.rank}, {"world_size", id.world_size}, {"store", id.store_path}};
+    result_path = hx::rank_result_path(result_path, id.rank);
+  }
   Json result;
   int code = hx::kExitOk;
   try {
-    at::set_num_threads(static_cast<int>(run.value("threads", 1)));
+    // The run's threads are split over its ranks (one node's cores, shared).
+    const int threads = static_cast<int>(run.value("threads", 1));
+    at::set_num_threads(std::max(1, threads / std::max(1, world_size)));
     result = hx::run_workload(run);
   } catch (const c10::OutOfMemoryError& e) {
     result = {{"status", "oom"}, {"error", e.what_without_backtrace()}};
@@ -474,7 +486,7 @@ int main(int argc, char** argv) {
   std::string run_path;
   auto* run = app.add_subcommand("run", "run the workload of a run file, write its result");
   run->add_option("run_json", run_path, "run.json written by the parent")->required();
-  run->callback([&] { code = run_one(run_path); });
+  run->callback([&] { code = run_one(run_path, argv); });
 
   ModelArgs m;
   auto* model = app.add_subcommand("model", "print a preset's config, parameter count, bytes");

@@ -14,6 +14,7 @@
 #include "harness/plan/config_keys.h"
 #include "harness/report/stats.h"
 #include "harness/worker/data.h"
+#include "harness/worker/data_parallel.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
 #include "model/checkpoint_io.h"
@@ -66,6 +67,10 @@ void maybe_inject_fault(const Json& run) {
   if (fault == nullptr || *fault == '\0') return;
   if (const char* match = std::getenv("HARNESS_FAULT_MATCH"); match != nullptr && *match) {
     if (run.at("config").dump().find(match) == std::string::npos) return;
+  }
+  // A data-parallel run: only this rank faults.
+  if (const char* rank = std::getenv("HARNESS_FAULT_RANK"); rank != nullptr && *rank) {
+    if (!run.contains("dp") || run.at("dp").at("rank").get<int>() != std::atoi(rank)) return;
   }
   const std::string kind = fault;
   if (kind == "oom") {
@@ -291,6 +296,24 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
     source.emplace(DataSource::random(vocab, seq_len, batch, seed));
   }
 
+  // Data parallelism: this rank's share of every global batch, gradients averaged over ranks.
+  std::unique_ptr<DataParallelRank> dp;
+  if (run.contains("dp")) {
+    const auto& d = run.at("dp");
+    if (device.is_cuda())
+      throw std::invalid_argument("world_size " + std::to_string(cfg.world_size) +
+                                  " on cuda: the NCCL path is not built yet (CPU ranks only)");
+    Rendezvous r;
+    r.rank = d.at("rank");
+    r.world_size = d.at("world_size");
+    r.store_path = d.at("store");
+    r.timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(run.value("timeout_s", 300.0) * 1000.0));
+    source.emplace(source->shard(r.rank, r.world_size));
+    dp = std::make_unique<DataParallelRank>(r, model,
+                                            static_cast<int64_t>(cfg.dp_bucket_mb * 1024 * 1024));
+  }
+
   TrainOptions options;
   options.ga = cfg.ga;
   options.mp = cfg.mp;
@@ -300,6 +323,7 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   options.max_grad_norm = cfg.max_grad_norm;
   Trainer trainer(model, options);
   trainer.memory_now = [&probe] { return probe.current(); };
+  if (dp) trainer.gradient_sync = &dp->averager();
   // The weights as trained: base and adapters in their dtype, 4-bit weights as stored.
   int64_t params_bytes = quantized_weight_bytes(model);
   for (const auto& p : model->parameters()) params_bytes += p.nbytes();
@@ -335,8 +359,13 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
     if (g_injected.step_delay_s > 0)
       std::this_thread::sleep_for(std::chrono::duration<double>(g_injected.step_delay_s));
     compat::cuda_synchronize();
-    const double seconds = seconds_since(start);
+    double seconds = seconds_since(start);
     const int64_t step_peak = probe.peak();
+    if (dp) {
+      // The step of the slowest rank; the tokens of all (after the measured region).
+      seconds = dp->max(seconds);
+      stats.tokens = static_cast<int64_t>(dp->sum(static_cast<double>(stats.tokens)));
+    }
     peak = std::max(peak, step_peak);
     peak_reserved = std::max(peak_reserved, probe.peak_reserved());
     grad_bytes = std::max(grad_bytes, stats.grad_bytes);
@@ -365,6 +394,18 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   // Memory by category: weights, gradients before the optimizer step, optimizer state, and what
   // the forward pass held for backward (measured after the loss, before backward).
   const int64_t activations = activation_bytes;
+  if (dp) {
+    // Memory per rank: the run's figure is the largest rank's; each rank's in a text.
+    const auto peaks = dp->gather(static_cast<double>(peak));
+    Json by_rank = Json::array();
+    for (const double p : peaks) by_rank.push_back(p / kMB);
+    result["texts"].push_back({{"name", "peak_mem_mb_by_rank"}, {"text", by_rank.dump()}});
+    peak = static_cast<int64_t>(*std::max_element(peaks.begin(), peaks.end()));
+    peak_reserved = static_cast<int64_t>(dp->max(static_cast<double>(peak_reserved)));
+    add_metric(result, "world_size", static_cast<double>(dp->world_size()), "");
+    add_metric(result, "comm_wait_s",
+               dp->max(dp->averager().wait_seconds()) / static_cast<double>(max_steps), "s");
+  }
   add_metric(result, "peak_mem_mb", peak / kMB, "MB");
   add_metric(result, "peak_reserved_mb", peak_reserved / kMB, "MB");
   add_metric(result, "step_time_s", mean, "s");
