@@ -1303,10 +1303,18 @@ std::vector<int64_t> micro_batch_lengths(const Json& data, const Config& cfg,
                                          const FinetuneSetup& s, int64_t max_steps,
                                          const LlamaConfig& c) {
   std::vector<int64_t> lengths;
-  if (data.value("format", std::string("random")) == "alpaca") {
+  const std::string format = data.value("format", std::string("random"));
+  if (format == "alpaca") {
     const int64_t max_len = cfg.max_seq_len;
     const auto counts = alpaca_token_counts(data.at("path").get<std::string>(),
                                             data.value("samples", int64_t{0}), max_len);
+    lengths = batch_lengths(counts, s.batch, max_steps * s.ga);
+  } else if (format == "tokens") {
+    std::vector<int64_t> counts;
+    for (const auto& ex : read_token_examples(data.at("path").get<std::string>())) {
+      const auto n = static_cast<int64_t>(ex.tokens.size());
+      counts.push_back(cfg.max_seq_len > 0 ? std::min(n, cfg.max_seq_len) : n);
+    }
     lengths = batch_lengths(counts, s.batch, max_steps * s.ga);
   } else {
     const int64_t seq = cfg.seq_len;

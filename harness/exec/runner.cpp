@@ -107,6 +107,7 @@ Json run_file(const Spec& spec, const RunConfig& run, int threads, const std::st
   Json data = part.data;
   data.erase("path_as_written");
   if (!tokens_path.empty()) data["tokens_path"] = tokens_path;
+  if (data.value("format", std::string()) == "tokens") data["tokens_path"] = data.at("path");
   if (wants_generations(run) && !spec.tokenizer.empty()) {
     // The worker links no tokenizer: it gets the fixed prompts as ids (BOS + Alpaca prompt).
     const TextTokenizer& tokenizer = spec_tokenizer(spec.tokenizer);

@@ -42,7 +42,7 @@ constexpr Bound kAbove0{0, true};
 // Keys of `data:`, checked like config keys (format and path are handled on their own).
 const std::vector<KeyRule>& data_rules() {
   static const std::vector<KeyRule> rules = {
-      {.name = "format", .kind = Kind::kWord, .words = {"alpaca", "random"}},
+      {.name = "format", .kind = Kind::kWord, .words = {"alpaca", "random", "tokens"}},
       {.name = "samples", .lo = kAtLeast1},
       {.name = "max_seq_len", .lo = kAtLeast1},
       {.name = "seq_len", .lo = kAtLeast1},
@@ -860,7 +860,8 @@ Json Parser::parse_data(const PartNodes& part, const PartNodes& defaults, Worklo
   }
 
   auto format_it = items.find("format");
-  if (format_it == items.end()) fail(data_line, data_key + ".format", "required (alpaca | random)");
+  if (format_it == items.end())
+    fail(data_line, data_key + ".format", "required (alpaca | random | tokens)");
   Json data = Json::object();
   for (const auto& [name, item] : items) {
     if (name == "path") continue;
@@ -876,12 +877,21 @@ Json Parser::parse_data(const PartNodes& part, const PartNodes& defaults, Worklo
   }
   const std::string format = data["format"].get<std::string>();
   auto path_it = items.find("path");
-  if (format == "alpaca") {
-    if (path_it == items.end()) fail(data_line, data_key + ".path", "required for format alpaca");
+  if (format == "alpaca" || format == "tokens") {
+    if (path_it == items.end())
+      fail(data_line, data_key + ".path", "required for format " + format);
     data["path_as_written"] = path_it->second.value;
     data["path"] = data_file(path_it->second);
+    if (format == "tokens") {
+      // Read now: a bad file fails the spec, not every run (errors name the file).
+      try {
+        read_token_examples(data["path"].get<std::string>());
+      } catch (const std::exception& e) {
+        fail(path_it->second.line, path_it->second.key, e.what());
+      }
+    }
   } else if (path_it != items.end()) {
-    fail(path_it->second.line, path_it->second.key, "only applies to format alpaca");
+    fail(path_it->second.line, path_it->second.key, "only applies to formats alpaca and tokens");
   }
   return data;
 }

@@ -53,23 +53,34 @@ void LossScaler::update(bool step_taken) {
   }
 }
 
+namespace {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o,
+                                                        const std::vector<torch::Tensor>& params) {
+  if (o.optimizer == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(o.lr).weight_decay(o.weight_decay));
+  if (o.optimizer == "adamw")
+    return std::make_unique<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  throw std::invalid_argument("unknown optimizer \"" + o.optimizer + "\" (expected sgd, adamw)");
+}
+}  // namespace
+
 Trainer::Trainer(Transformer& model, TrainOptions options)
     : model_(model), options_(std::move(options)), params_(trainable_parameters(model)) {
   if (params_.empty()) throw std::invalid_argument("no trainable parameters");
-  if (options_.optimizer == "sgd") {
-    optimizer_ = std::make_unique<torch::optim::SGD>(
-        params_, torch::optim::SGDOptions(options_.lr).weight_decay(options_.weight_decay));
-  } else if (options_.optimizer == "adamw") {
-    optimizer_ = std::make_unique<torch::optim::AdamW>(
-        params_, torch::optim::AdamWOptions(options_.lr).weight_decay(options_.weight_decay));
-  } else {
-    throw std::invalid_argument("unknown optimizer \"" + options_.optimizer +
-                                "\" (expected sgd, adamw)");
-  }
+  optimizer_ = make_optimizer(options_, params_);
   if (options_.loss_scaling.value_or(options_.mp == "fp16"))
     scaler_ = std::make_unique<LossScaler>();
   if (options_.mp != "off" && options_.mp != "fp16" && options_.mp != "bf16")
     throw std::invalid_argument("unknown mp \"" + options_.mp + "\" (expected off, fp16, bf16)");
+}
+
+void Trainer::set_gradient_sync(GradientSync* sync) {
+  gradient_sync_ = sync;
+  // ZeRO-1: this rank's optimizer holds the state of its shard only (before any step: no state
+  // is lost).
+  if (sync != nullptr) optimizer_ = make_optimizer(options_, sync->optimizer_shard(params_));
 }
 
 int64_t Trainer::optimizer_state_bytes() const {
@@ -106,12 +117,12 @@ StepStats Trainer::step(DataSource& data) {
     stats.tokens += batch.real_tokens;
     auto scaled = loss / static_cast<double>(options_.ga);
     if (scaler_) scaled = scaled * scaler_->scale();
-    if (gradient_sync != nullptr) gradient_sync->begin_backward(micro == options_.ga - 1);
+    if (gradient_sync_ != nullptr) gradient_sync_->begin_backward(micro == options_.ga - 1);
     scaled.backward();
   }
-  if (gradient_sync != nullptr) {
-    gradient_sync->finish();
-    stats.loss = gradient_sync->mean(stats.loss);
+  if (gradient_sync_ != nullptr) {
+    gradient_sync_->finish();
+    stats.loss = gradient_sync_->mean(stats.loss);
   }
   if (after_backward) after_backward();
   for (const auto& p : params_)
@@ -126,6 +137,8 @@ StepStats Trainer::step(DataSource& data) {
   if (take_step && options_.max_grad_norm > 0)
     torch::nn::utils::clip_grad_norm_(params_, options_.max_grad_norm);
   if (take_step) optimizer_->step();
+  // Every rank takes or skips the step alike (their gradients are the same after averaging).
+  if (take_step && gradient_sync_ != nullptr) gradient_sync_->after_step();
   stats.skipped = !take_step;
   // Gradients are released, not zeroed (set_to_none): between steps they hold no memory.
   for (auto& p : params_) p.mutable_grad() = torch::Tensor();

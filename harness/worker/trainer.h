@@ -64,6 +64,12 @@ class GradientSync {
   virtual void begin_backward(bool last_micro_step) = 0;
   virtual void finish() = 0;
   virtual double mean(double value) = 0;  // over the ranks (the recorded loss)
+  // ZeRO-1: the parameters whose optimizer state this rank keeps (all without sharding), and,
+  // after each step, the exchange that gives every rank the others' updated parameters.
+  virtual std::vector<torch::Tensor> optimizer_shard(const std::vector<torch::Tensor>& params) {
+    return params;
+  }
+  virtual void after_step() {}
 };
 
 class Trainer {
@@ -78,8 +84,9 @@ class Trainer {
   std::function<void()> after_backward;
   // Bytes currently held on the device (the worker's memory probe); optional.
   std::function<int64_t()> memory_now;
-  // Data parallelism: averages the gradients over ranks before the step; optional.
-  GradientSync* gradient_sync = nullptr;
+  // Data parallelism: averages the gradients over ranks before the step (and with ZeRO-1 shards
+  // the optimizer state); optional, set before the first step.
+  void set_gradient_sync(GradientSync* sync);
 
  private:
   Transformer model_;
@@ -87,6 +94,7 @@ class Trainer {
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<LossScaler> scaler_;
+  GradientSync* gradient_sync_ = nullptr;
 };
 
 }  // namespace hx

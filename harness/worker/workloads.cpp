@@ -323,7 +323,7 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   options.max_grad_norm = cfg.max_grad_norm;
   Trainer trainer(model, options);
   trainer.memory_now = [&probe] { return probe.current(); };
-  if (dp) trainer.gradient_sync = &dp->averager();
+  if (dp) trainer.set_gradient_sync(&dp->averager());
   // The weights as trained: base and adapters in their dtype, 4-bit weights as stored.
   int64_t params_bytes = quantized_weight_bytes(model);
   for (const auto& p : model->parameters()) params_bytes += p.nbytes();

@@ -105,7 +105,7 @@ std::vector<Outcome> data_parallel(const DpCase& setup, int world, const std::st
         GradientAverager averager(make_process_group(r), trainable, bucket_bytes);
         EXPECT_GT(averager.buckets(), 1);  // several buckets, so their order matters
         Trainer trainer(model, train_options(setup));
-        trainer.gradient_sync = &averager;
+        trainer.set_gradient_sync(&averager);
         auto data = source(1).shard(rank, world);
         std::vector<double> losses;
         for (int i = 0; i < kSteps; ++i) losses.push_back(trainer.step(data).loss);
