@@ -255,6 +255,15 @@ const std::vector<ConfigKey>& config_keys() {
        .unit = "ranks",
        .doc = "data parallelism: ranks, one process each, gradients averaged over c10d (Gloo on "
               "the CPU); batch_size is per rank, as in PyTorch DDP"},
+      {.name = "zero",
+       .scope = Scope::kFinetune,
+       .lo = kAtLeast0,
+       .hi = Bound{1, false},
+       .default_json = "0",
+       .label = "ZeRO",
+       .doc = "with world_size > 1: 1 = ZeRO stage 1, the optimizer state sharded over the ranks "
+              "(each updates its shard's parameters and broadcasts them); 0 = every rank keeps "
+              "all of it"},
       {.name = "dp_bucket_mb",
        .scope = Scope::kFinetune,
        .kind = Kind::kNumber,
@@ -464,6 +473,7 @@ RunSettings RunSettings::parse(const Json& config, const Json& data) {
   s.max_grad_norm = read<double>(config, "max_grad_norm");
   s.world_size = read<int64_t>(config, "world_size");
   s.dp_bucket_mb = read<double>(config, "dp_bucket_mb");
+  s.zero = read<int64_t>(config, "zero");
   s.max_steps = read<int64_t>(config, "max_steps");
   s.warmup_steps = read<int64_t>(config, "warmup_steps");
   s.max_seq_len = read_with_data(config, data, "max_seq_len");

@@ -5,6 +5,7 @@
 
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 // Parsed against extern/gloo-declarations (the wheel ships no Gloo headers; see its README).
+#include <algorithm>
 #include <mutex>
 #include <stdexcept>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -36,7 +37,8 @@ struct GradientAverager::State {
   std::vector<torch::Tensor> params;
   std::vector<size_t> bucket_of;  // parameter -> bucket
   std::vector<Bucket> buckets;
-  std::mutex mutex;  // CUDA's backward runs hooks on the device's thread
+  std::vector<int> owner;  // ZeRO-1: the rank that updates each parameter; empty: every rank
+  std::mutex mutex;        // CUDA's backward runs hooks on the device's thread
   bool syncing = false;
   size_t next_launch = 0;  // buckets are launched in order, the same on every rank
   double wait_s = 0;
@@ -83,11 +85,21 @@ class ReadyHook : public torch::autograd::PostAccumulateGradHook {
 }  // namespace
 
 GradientAverager::GradientAverager(c10::intrusive_ptr<c10d::Backend> group,
-                                   std::vector<torch::Tensor> params, int64_t bucket_bytes)
+                                   std::vector<torch::Tensor> params, int64_t bucket_bytes,
+                                   bool zero1)
     : state_(std::make_unique<State>()) {
   auto& s = *state_;
   s.group = std::move(group);
   s.params = std::move(params);
+  if (zero1) {
+    // Each parameter to the rank with the fewest elements so far: shards of about equal size.
+    std::vector<int64_t> load(static_cast<size_t>(s.group->getSize()), 0);
+    for (const auto& p : s.params) {
+      const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+      s.owner.push_back(static_cast<int>(least));
+      load[static_cast<size_t>(least)] += p.numel();
+    }
+  }
   s.bucket_of.resize(s.params.size());
   for (size_t k = s.params.size(); k-- > 0;) {
     const int64_t bytes = s.params[k].numel() * 4;
@@ -157,6 +169,44 @@ double GradientAverager::mean(double value) {
   return tensors[0].item<double>() / static_cast<double>(state_->group->getSize());
 }
 
+std::vector<torch::Tensor> GradientAverager::optimizer_shard(
+    const std::vector<torch::Tensor>& params) {
+  const auto& s = *state_;
+  if (s.owner.empty()) return params;
+  std::vector<torch::Tensor> mine;
+  for (const auto& p : params) {
+    for (size_t k = 0; k < s.params.size(); ++k) {
+      if (s.params[k].is_same(p) && s.owner[k] == s.group->getRank()) mine.push_back(p);
+    }
+  }
+  return mine;
+}
+
+void GradientAverager::after_step() {
+  auto& s = *state_;
+  if (s.owner.empty()) return;
+  torch::NoGradGuard no_grad;
+  // One broadcast per owner: its parameters flattened (fp32, as the buckets).
+  for (int root = 0; root < s.group->getSize(); ++root) {
+    std::vector<torch::Tensor> owned;
+    for (size_t k = 0; k < s.params.size(); ++k)
+      if (s.owner[k] == root) owned.push_back(s.params[k]);
+    if (owned.empty()) continue;
+    std::vector<torch::Tensor> flat_parts;
+    flat_parts.reserve(owned.size());
+    for (const auto& p : owned) flat_parts.push_back(p.detach().reshape(-1).to(torch::kFloat32));
+    std::vector<torch::Tensor> tensors{torch::cat(flat_parts)};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    s.group->broadcast(tensors, options)->wait();
+    int64_t offset = 0;
+    for (auto& p : owned) {
+      p.detach().copy_(tensors[0].slice(0, offset, offset + p.numel()).view(p.sizes()));
+      offset += p.numel();
+    }
+  }
+}
+
 int64_t GradientAverager::buckets() const { return static_cast<int64_t>(state_->buckets.size()); }
 
 double GradientAverager::wait_seconds() const { return state_->wait_s; }
@@ -171,10 +221,10 @@ std::vector<torch::Tensor> trainable_parameters(Transformer& model) {
 }  // namespace
 
 DataParallelRank::DataParallelRank(const Rendezvous& rendezvous, Transformer& model,
-                                   int64_t bucket_bytes)
+                                   int64_t bucket_bytes, bool zero1)
     : group_(make_process_group(rendezvous)),
-      averager_(
-          std::make_unique<GradientAverager>(group_, trainable_parameters(model), bucket_bytes)) {}
+      averager_(std::make_unique<GradientAverager>(group_, trainable_parameters(model),
+                                                   bucket_bytes, zero1)) {}
 
 int DataParallelRank::world_size() const { return group_->getSize(); }
 

@@ -35,8 +35,11 @@ c10::intrusive_ptr<c10d::Backend> make_process_group(const Rendezvous& rendezvou
 // gradients), launched in bucket order, in fp32 (Gloo has no bf16 sum).
 class GradientAverager : public GradientSync {
  public:
+  // zero1: ZeRO stage 1, the optimizer state sharded over the ranks (parameters assigned to
+  // owners greedily by size, in order); each owner broadcasts its updated parameters after the
+  // step. The gradients are still averaged whole on every rank (allreduce).
   GradientAverager(c10::intrusive_ptr<c10d::Backend> group, std::vector<torch::Tensor> params,
-                   int64_t bucket_bytes);
+                   int64_t bucket_bytes, bool zero1 = false);
   ~GradientAverager() override;
   GradientAverager(const GradientAverager&) = delete;
   GradientAverager& operator=(const GradientAverager&) = delete;
@@ -44,6 +47,8 @@ class GradientAverager : public GradientSync {
   void begin_backward(bool last_micro_step) override;
   void finish() override;
   double mean(double value) override;
+  std::vector<torch::Tensor> optimizer_shard(const std::vector<torch::Tensor>& params) override;
+  void after_step() override;
 
   int64_t buckets() const;
   // Seconds spent waiting for allreduces in finish() since construction (the communication
@@ -60,7 +65,8 @@ class GradientAverager : public GradientSync {
 // collectives that turn each rank's measurements into the run's.
 class DataParallelRank {
  public:
-  DataParallelRank(const Rendezvous& rendezvous, Transformer& model, int64_t bucket_bytes);
+  DataParallelRank(const Rendezvous& rendezvous, Transformer& model, int64_t bucket_bytes,
+                   bool zero1);
   GradientAverager& averager() { return *averager_; }
   int world_size() const;
   double max(double value);

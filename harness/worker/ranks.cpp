@@ -3,12 +3,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "harness/cli/cli.h"
@@ -80,13 +83,29 @@ int launch_ranks(char** argv, int world_size, const std::string& result_path) {
   std::vector<int> statuses(pids.size(), 0);
   std::vector<bool> killed(pids.size(), false);  // by us: not a cause
   size_t running = pids.size();
-  bool stopping = false;
+  // After the first failure the others get a moment to end by themselves (a rank that ran out of
+  // memory may still be writing its result while its peer's collective already failed); then
+  // they are killed: they would wait for the failed rank until the timeout.
+  std::optional<std::chrono::steady_clock::time_point> kill_at;
   while (running > 0) {
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, 0);
+    const pid_t pid = ::waitpid(-1, &status, kill_at ? WNOHANG : 0);
     if (pid < 0) {
       if (errno == EINTR) continue;
       break;
+    }
+    if (pid == 0) {  // WNOHANG, nobody ended yet
+      if (std::chrono::steady_clock::now() >= *kill_at) {
+        for (size_t other = 0; other < pids.size(); ++other) {
+          if (pids[other] > 0 && !killed[other]) {
+            ::kill(pids[other], SIGKILL);
+            killed[other] = true;
+          }
+        }
+        kill_at = std::chrono::steady_clock::time_point::max();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
     }
     size_t rank = 0;
     while (rank < pids.size() && pids[rank] != pid) ++rank;
@@ -95,18 +114,10 @@ int launch_ranks(char** argv, int world_size, const std::string& result_path) {
     pids[rank] = 0;
     --running;
     const bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == kExitOk);
-    if (failed && !stopping) {
-      stopping = true;  // the run has failed: the other ranks would wait for it until timeout
-      for (size_t other = 0; other < pids.size(); ++other) {
-        if (pids[other] > 0) {
-          ::kill(pids[other], SIGKILL);
-          killed[other] = true;
-        }
-      }
-    }
+    if (failed && !kill_at) kill_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   }
-  // The cause: the most severe failure, the lowest rank among equals. Ranks we killed
-  // (SIGKILL after `stopping`) are not causes.
+  // The cause: the most severe failure, the lowest rank among equals; the ranks we killed are
+  // none.
   int cause = -1;
   for (size_t rank = 0; rank < statuses.size(); ++rank) {
     const int status = statuses[rank];

@@ -12,8 +12,8 @@
 namespace {
 
 constexpr const char* kSpec = "tests/specs/data_parallel.yaml";
-// The two-rank run's canonical config contains this; the one-rank run's does not.
-constexpr const char* kTwoRanks = R"("world_size":2)";
+// The canonical config of the two-rank run without ZeRO contains this; the others' do not.
+constexpr const char* kTwoRanks = R"("world_size":2,"zero":0)";
 
 class DataParallelE2E : public E2E {};
 
@@ -21,20 +21,25 @@ TEST_F(DataParallelE2E, TwoRanksOfBatchOneLoseWhatOneRankOfBatchTwoLoses) {
   const Outcome o = run(kSpec);
   ASSERT_EQ(o.rc, 0) << dump(o);
   Db db(db_);
-  ASSERT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 2) << dump(o);
-  const auto per_rank = [&](int world) {
+  ASSERT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 3) << dump(o);
+  const auto steps_of = [&](const std::string& where) {
     return db.query(
-        "SELECT s.step, s.loss, s.tokens FROM steps s JOIN runs r USING (run_id) WHERE "
-        "json_extract(r.config, '$.world_size') = " +
-        std::to_string(world) + " ORDER BY s.step");
+        "SELECT s.step, s.loss, s.tokens FROM steps s JOIN runs r USING (run_id) WHERE " + where +
+        " ORDER BY s.step");
   };
-  const auto one = per_rank(1);
-  const auto two = per_rank(2);
+  const auto one = steps_of("json_extract(r.config, '$.world_size') = 1");
   ASSERT_EQ(one.size(), 4U);
-  ASSERT_EQ(two.size(), one.size());
-  for (size_t i = 0; i < one.size(); ++i) {
-    EXPECT_NEAR(std::stod(*one[i][1]), std::stod(*two[i][1]), 1e-5) << "step " << i;
-    EXPECT_EQ(*one[i][2], *two[i][2]) << "tokens of all ranks, step " << i;
+  for (const char* zero : {"0", "1"}) {
+    const auto two = steps_of(
+        "json_extract(r.config, '$.world_size') = 2 AND "
+        "json_extract(r.config, '$.zero') = " +
+        std::string(zero));
+    ASSERT_EQ(two.size(), one.size()) << "zero " << zero;
+    for (size_t i = 0; i < one.size(); ++i) {
+      EXPECT_NEAR(std::stod(*one[i][1]), std::stod(*two[i][1]), 1e-5)
+          << "zero " << zero << ", step " << i;
+      EXPECT_EQ(*one[i][2], *two[i][2]) << "tokens of all ranks, step " << i;
+    }
   }
   const std::string two_ranks =
       "(SELECT run_id FROM runs WHERE instr(config, '" + std::string(kTwoRanks) + "') > 0)";
@@ -76,10 +81,10 @@ TEST_P(DataParallelFault, OneRankFailsTheRunOnceAndTheOtherRunStillFinishes) {
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   EXPECT_EQ(o.rc, f.harness_rc) << dump(o);
   Db db(db_);
-  ASSERT_EQ(db.count("SELECT count(*) FROM runs"), 2) << dump(o);
-  EXPECT_EQ(db.scalar("SELECT status FROM runs WHERE instr(config, '" + std::string(kTwoRanks) +
-                      "') = 0"),
-            "ok");
+  ASSERT_EQ(db.count("SELECT count(*) FROM runs"), 3) << dump(o);
+  EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok' AND instr(config, '" +
+                     std::string(kTwoRanks) + "') = 0"),
+            2);
   const auto rows = db.query(
       "SELECT status, signal, error, stderr_tail FROM runs WHERE "
       "instr(config, '" +

@@ -24,11 +24,13 @@ struct DpCase {
   double lr = 0.1;
   int64_t ga = 1;
   bool lora = false;
+  bool zero1 = false;
 };
 
 struct Outcome {
   std::vector<torch::Tensor> params;  // after the steps, named_parameters' order
   std::vector<double> losses;
+  int64_t optimizer_bytes = 0;  // the optimizer state this rank (process) holds
 };
 
 constexpr int kSteps = 3;
@@ -57,8 +59,9 @@ TrainOptions train_options(const DpCase& setup) {
   return options;
 }
 
-Outcome collect(Transformer& model, std::vector<double> losses) {
+Outcome collect(Transformer& model, std::vector<double> losses, const Trainer& trainer) {
   Outcome out;
+  out.optimizer_bytes = trainer.optimizer_state_bytes();
   for (const auto& p : model->parameters()) out.params.push_back(p.detach().clone());
   out.losses = std::move(losses);
   return out;
@@ -73,7 +76,7 @@ Outcome single_process(const DpCase& setup, int64_t global_batch) {
   auto data = source(global_batch);
   std::vector<double> losses;
   for (int i = 0; i < kSteps; ++i) losses.push_back(trainer.step(data).loss);
-  return collect(model, losses);
+  return collect(model, losses, trainer);
 }
 
 std::string fresh_store_path(const std::string& name) {
@@ -102,14 +105,14 @@ std::vector<Outcome> data_parallel(const DpCase& setup, int world, const std::st
         std::vector<torch::Tensor> trainable;
         for (const auto& p : model->parameters())
           if (p.requires_grad()) trainable.push_back(p);
-        GradientAverager averager(make_process_group(r), trainable, bucket_bytes);
+        GradientAverager averager(make_process_group(r), trainable, bucket_bytes, setup.zero1);
         EXPECT_GT(averager.buckets(), 1);  // several buckets, so their order matters
         Trainer trainer(model, train_options(setup));
         trainer.set_gradient_sync(&averager);
         auto data = source(1).shard(rank, world);
         std::vector<double> losses;
         for (int i = 0; i < kSteps; ++i) losses.push_back(trainer.step(data).loss);
-        outcomes[static_cast<size_t>(rank)] = collect(model, losses);
+        outcomes[static_cast<size_t>(rank)] = collect(model, losses, trainer);
       } catch (const std::exception& e) {
         errors[static_cast<size_t>(rank)] = e.what();
       }
@@ -163,6 +166,22 @@ TEST(DataParallel, GradientAccumulationCommunicatesOnlyOnTheLastMicroStep) {
 
 TEST(DataParallel, LoraAdaptersAreAveraged) {
   expect_equivalent(DpCase{.lora = true}, "lora");  // SGD: the averaging's scale shows
+}
+
+// ZeRO-1: each rank keeps the AdamW state of about half the parameters, updates those and
+// broadcasts them; the parameters after every step are those of ZeRO-0 (one rank of batch 2).
+TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndGivesTheSameParameters) {
+  const DpCase zero1{.optimizer = "adamw", .lr = 1e-4, .zero1 = true};
+  const auto single = single_process(zero1, 2);
+  const auto ranks = data_parallel(zero1, 2, "zero1");
+  ASSERT_EQ(ranks.size(), 2U);
+  for (const auto& rank : ranks) {
+    expect_same(single, rank, 1e-5);
+    // About half each (shards balanced by size; tiny's largest tensor, the embedding, is 1/4).
+    EXPECT_LT(rank.optimizer_bytes, single.optimizer_bytes * 3 / 4);
+    EXPECT_GT(rank.optimizer_bytes, 0);
+  }
+  EXPECT_EQ(ranks[0].optimizer_bytes + ranks[1].optimizer_bytes, single.optimizer_bytes);
 }
 
 // A rank whose peers never come is told so within the timeout, not left waiting.
