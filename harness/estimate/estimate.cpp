@@ -140,7 +140,10 @@ class Timeline {
     } else {
       unref(g);
     }
+    if (on_param_grad) on_param_grad(id);
   }
+  // Called after each parameter gradient's accumulation (data parallelism's bucket hooks).
+  std::function<void(int)> on_param_grad;
   void free_param_grads() {
     for (auto& pr : params_) {
       if (pr.grad >= 0) unref(pr.grad);
@@ -1082,6 +1085,9 @@ struct FinetuneSetup {
   std::string optimizer = "sgd";
   double weight_decay = 0;
   double max_grad_norm = 0;
+  int64_t world_size = 1;  // data parallelism (harness/worker/data_parallel.h)
+  bool zero1 = false;
+  int64_t bucket_bytes = int64_t{25} << 20;
   int64_t rope_bytes = 0;
   int64_t table_bytes = 0;  // the 4-bit code tables
 };
@@ -1119,13 +1125,42 @@ int lm_loss(Timeline& tl, const FinetuneSetup& s, int logits, int labels, int64_
   return loss;
 }
 
+// ZeRO-1's owner of each parameter (-1: frozen), as GradientAverager assigns them: each trainable
+// parameter to the rank with the fewest elements so far. The simulated rank is the one with the
+// largest shard (its peak is the run's: the others differ only by smaller optimizer state).
+std::vector<int> zero1_owners(const Timeline& tl, const FinetuneSetup& s, int* largest) {
+  std::vector<int> owner;
+  std::vector<int64_t> load(static_cast<size_t>(s.world_size), 0);
+  for (const auto& p : tl.params()) {
+    if (!p.trainable) {
+      owner.push_back(-1);
+      continue;
+    }
+    const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+    owner.push_back(static_cast<int>(least));
+    load[static_cast<size_t>(least)] += p.numel;
+  }
+  *largest = static_cast<int>(std::max_element(load.begin(), load.end()) - load.begin());
+  return owner;
+}
+
+// Whether this rank's optimizer keeps parameter `id`'s state (ZeRO-1: its shard only).
+bool in_optimizer(const Timeline& tl, const FinetuneSetup& s, int id) {
+  if (!tl.params()[static_cast<size_t>(id)].trainable) return false;
+  if (!s.zero1 || s.world_size <= 1) return true;
+  int rank = 0;
+  const auto owner = zero1_owners(tl, s, &rank);
+  return owner[static_cast<size_t>(id)] == rank;
+}
+
 // The optimizer's step: AdamW allocates its state now unless `state_live` (kept in `state`), and
 // temporaries of each trainable parameter; SGD with weight decay one temporary.
 void optimizer_step(Timeline& tl, const FinetuneSetup& s, bool state_live,
                     std::vector<int>& state) {
   const bool adamw = s.optimizer == "adamw";
-  for (const auto& p : tl.params()) {
-    if (!p.trainable) continue;
+  for (size_t id = 0; id < tl.params().size(); ++id) {
+    const auto& p = tl.params()[id];
+    if (!in_optimizer(tl, s, static_cast<int>(id))) continue;
     const int64_t bytes = p.numel * p.elem;
     if (adamw) {
       if (!state_live) state.push_back(tl.storage(2 * bytes, "AdamW state"));
@@ -1134,6 +1169,77 @@ void optimizer_step(Timeline& tl, const FinetuneSetup& s, bool state_live,
     } else if (s.weight_decay != 0) {
       tl.unref(tl.storage(bytes, "SGD weight decay"));  // d_p = d_p.add(p, wd)
     }
+  }
+}
+
+// GradientAverager's buckets (harness/worker/data_parallel.cpp): the trainable parameters in
+// reverse order, buckets of at most bucket_bytes of fp32; a bucket's fp32 copy is made when its
+// last gradient has arrived (in bucket order), during the last micro-batch's backward, and freed
+// once its allreduce is done and copied back.
+class DpBuckets {
+ public:
+  DpBuckets(Timeline& tl, const FinetuneSetup& s) : tl_(tl) {
+    if (s.world_size <= 1) return;
+    for (size_t k = tl.params().size(); k-- > 0;) {
+      const auto& p = tl.params()[k];
+      if (!p.trainable) continue;
+      if (buckets_.empty() ||
+          (buckets_.back().numel > 0 && (buckets_.back().numel + p.numel) * 4 > s.bucket_bytes))
+        buckets_.emplace_back();
+      buckets_.back().params.push_back(static_cast<int>(k));
+      buckets_.back().numel += p.numel;
+    }
+  }
+  void arm() {
+    if (buckets_.empty()) return;
+    for (auto& b : buckets_) b.pending = b.params.size();
+    tl_.on_param_grad = [this](int id) {
+      for (auto& b : buckets_) {
+        if (std::find(b.params.begin(), b.params.end(), id) != b.params.end() && b.pending > 0)
+          --b.pending;
+      }
+      launch_ready();
+    };
+  }
+  void finish() {
+    if (buckets_.empty()) return;
+    tl_.on_param_grad = nullptr;
+    tl_.phase = "gradient allreduce";
+    for (auto& b : buckets_) b.pending = 0;
+    launch_ready();
+    for (auto& b : buckets_) tl_.unref(b.storage);
+  }
+
+ private:
+  struct Bucket {
+    std::vector<int> params;
+    int64_t numel = 0;
+    size_t pending = 0;
+    int storage = -1;
+  };
+  void launch_ready() {
+    while (next_ < buckets_.size() && buckets_[next_].pending == 0) {
+      buckets_[next_].storage = tl_.storage(4 * buckets_[next_].numel, "data-parallel bucket");
+      ++next_;
+    }
+  }
+  Timeline& tl_;
+  std::vector<Bucket> buckets_;
+  size_t next_ = 0;
+};
+
+// ZeRO-1 after the step: per owner, its parameters flattened (fp32) and broadcast, one owner at
+// a time.
+void zero1_broadcasts(Timeline& tl, const FinetuneSetup& s) {
+  if (!s.zero1 || s.world_size <= 1) return;
+  int largest = 0;
+  const auto owner = zero1_owners(tl, s, &largest);
+  tl.phase = "ZeRO-1 broadcast";
+  for (int root = 0; root < s.world_size; ++root) {
+    int64_t numel = 0;
+    for (size_t id = 0; id < owner.size(); ++id)
+      if (owner[id] == root) numel += tl.params()[id].numel;
+    if (numel > 0) tl.unref(tl.storage(4 * numel, "ZeRO-1 broadcast"));
   }
 }
 
@@ -1148,14 +1254,18 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   std::vector<int> state;
   const bool adamw = s.optimizer == "adamw";
   if (adamw && state_live) {
-    for (const auto& p : tl.params())
-      if (p.trainable) state.push_back(tl.storage(2 * p.numel * p.elem, "AdamW state"));
+    for (size_t id = 0; id < tl.params().size(); ++id) {
+      const auto& p = tl.params()[id];
+      if (in_optimizer(tl, s, static_cast<int>(id)))
+        state.push_back(tl.storage(2 * p.numel * p.elem, "AdamW state"));
+    }
   }
   tl.reset_peak();
+  DpBuckets buckets(tl, s);
 
   StepResult result;
   bool first = true;
-  for (const int64_t t : lengths) {
+  for (const int64_t& t : lengths) {
     const int64_t b = s.batch, n = b * t;
     tl.phase = "forward";
     const int tokens = tl.tensor(n, 8, false, "batch tokens");
@@ -1171,6 +1281,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
     first = false;
     // loss / ga (and * scale): scalars; backward frees the graph as it goes.
     tl.phase = "backward";
+    if (&t == &lengths.back()) buckets.arm();  // communicated on the last micro-batch only
     tl.seed_gradient(loss);
     tl.backward();
     tl.drop(loss);
@@ -1178,6 +1289,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
     tl.drop(tokens);
     tl.drop(labels);
   }
+  buckets.finish();
   if (s.max_grad_norm > 0) {
     // clip_grad_norm_: a 0-dim norm per gradient, their stack, its norm, the clip coefficient
     // and its clamp; the gradients are scaled in place.
@@ -1189,6 +1301,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   // Optimizer step, then the gradients are released (set to none).
   tl.phase = "optimizer step";
   optimizer_step(tl, s, state_live, state);
+  zero1_broadcasts(tl, s);
   tl.free_param_grads();
   result.peak = tl.peak();
   result.peak_at = tl.peak_at();
@@ -1293,6 +1406,9 @@ FinetuneSetup finetune_setup(const Spec& spec, const Config& cfg, const LlamaCon
     throw std::invalid_argument("unknown optimizer \"" + s.optimizer + "\"");
   s.weight_decay = cfg.weight_decay;
   s.max_grad_norm = cfg.max_grad_norm;
+  s.world_size = cfg.world_size;
+  s.zero1 = cfg.zero == 1;
+  s.bucket_bytes = static_cast<int64_t>(cfg.dp_bucket_mb * 1024 * 1024);
   s.rope_bytes = rope_bytes(c);
   return s;
 }
@@ -1378,7 +1494,14 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
   e.weights_4bit = sizes.weight_4bit_bytes();
   e.buffers = s.rope_bytes + s.table_bytes;
   e.grads = e.trainable * s.model.elem;
-  e.optimizer = s.optimizer == "adamw" ? 2 * e.grads : 0;
+  e.optimizer = 0;
+  if (s.optimizer == "adamw") {
+    // The rank's share: ZeRO-1 keeps its shard's moments only.
+    for (size_t id = 0; id < tl.params().size(); ++id) {
+      const auto& p = tl.params()[id];
+      if (in_optimizer(tl, s, static_cast<int>(id))) e.optimizer += 2 * p.numel * s.model.elem;
+    }
+  }
   e.master = 0;
   e.activations = worst.activations;
   e.peak = worst.peak;

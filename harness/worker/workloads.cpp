@@ -393,7 +393,6 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
 
   // Memory by category: weights, gradients before the optimizer step, optimizer state, and what
   // the forward pass held for backward (measured after the loss, before backward).
-  const int64_t activations = activation_bytes;
   if (dp) {
     // Memory per rank: the run's figure is the largest rank's; each rank's in a text.
     const auto peaks = dp->gather(static_cast<double>(peak));
@@ -402,10 +401,14 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
     result["texts"].push_back({{"name", "peak_mem_mb_by_rank"}, {"text", by_rank.dump()}});
     peak = static_cast<int64_t>(*std::max_element(peaks.begin(), peaks.end()));
     peak_reserved = static_cast<int64_t>(dp->max(static_cast<double>(peak_reserved)));
+    // ZeRO-1's shards differ in size: the largest rank's, as for the peak.
+    optimizer_bytes = static_cast<int64_t>(dp->max(static_cast<double>(optimizer_bytes)));
+    activation_bytes = static_cast<int64_t>(dp->max(static_cast<double>(activation_bytes)));
     add_metric(result, "world_size", static_cast<double>(dp->world_size()), "");
     add_metric(result, "comm_wait_s",
                dp->max(dp->averager().wait_seconds()) / static_cast<double>(max_steps), "s");
   }
+  const int64_t activations = activation_bytes;
   add_metric(result, "peak_mem_mb", peak / kMB, "MB");
   add_metric(result, "peak_reserved_mb", peak_reserved / kMB, "MB");
   add_metric(result, "step_time_s", mean, "s");
