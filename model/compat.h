@@ -100,6 +100,20 @@ inline bool cuda_usable() {
 #endif
 }
 
+// A data-parallel rank's GPU: rank r of a node takes device r modulo the devices it sees (Slurm's
+// --gpus-per-task shows each task one). Returns the device index (0 without CUDA).
+inline int cuda_select_device_for_rank(int rank) {
+#if HX_WITH_CUDA
+  if (!cuda_usable()) return 0;
+  const int index = rank % std::max<int>(1, static_cast<int>(torch::cuda::device_count()));
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+  return index;
+#else
+  (void)rank;
+  return 0;
+#endif
+}
+
 inline void cuda_synchronize() {
 #if HX_WITH_CUDA
   if (cuda_usable()) c10::cuda::device_synchronize();

@@ -709,8 +709,10 @@ std::string render_generations(
   std::ostringstream out;
   bool any = false;
   for (const RunConfig& run : planned) {
+    // Generations only: a run stores other texts too (peak_mem_mb_by_rank).
     std::map<std::string, std::string> texts;
-    for (auto& [name, text] : texts_of(run.run_id)) texts[name] = text;
+    for (auto& [name, text] : texts_of(run.run_id))
+      if (name.starts_with("before/") || name.starts_with("after/")) texts[name] = text;
     if (texts.empty()) continue;
     if (!any) {
       out << "\n## Generations before and after fine-tuning\n\nGreedy answers to fixed "

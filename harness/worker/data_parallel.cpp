@@ -9,6 +9,9 @@
 #include <mutex>
 #include <stdexcept>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#if HX_DP_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #include <utility>
 
 namespace hx {
@@ -18,6 +21,17 @@ c10::intrusive_ptr<c10d::Backend> make_process_group(const Rendezvous& r) {
     throw std::invalid_argument("data parallelism: rank " + std::to_string(r.rank) +
                                 " is not in a world of " + std::to_string(r.world_size));
   auto store = c10::make_intrusive<c10d::FileStore>(r.store_path, r.world_size);
+  if (r.cuda) {
+#if HX_DP_NCCL
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = r.timeout;
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, r.rank, r.world_size, options);
+#else
+    throw std::invalid_argument(
+        "data parallelism on cuda: this harness-worker was built without NCCL's headers "
+        "(CMake found no nvidia/nccl/include beside the torch package)");
+#endif
+  }
   auto options = c10d::ProcessGroupGloo::Options::create(r.timeout);
   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(r.host));
   options->threads = 1;  // one bucket at a time: the compute threads keep the cores
@@ -48,8 +62,9 @@ struct GradientAverager::State {
     grads.reserve(b.params.size());
     for (const size_t i : b.params) {
       const auto& p = params[i];
-      grads.push_back(p.grad().defined() ? p.grad().reshape(-1).to(torch::kFloat32)
-                                         : torch::zeros({p.numel()}, torch::kFloat32));
+      grads.push_back(p.grad().defined()
+                          ? p.grad().reshape(-1).to(torch::kFloat32)
+                          : torch::zeros({p.numel()}, p.options().dtype(torch::kFloat32)));
     }
     b.flat = torch::cat(grads);
     std::vector<torch::Tensor> tensors{b.flat};
@@ -164,7 +179,9 @@ void GradientAverager::finish() {
 }
 
 double GradientAverager::mean(double value) {
-  std::vector<torch::Tensor> tensors{torch::tensor({value}, torch::kFloat64)};
+  // On the parameters' device: NCCL reduces CUDA tensors only.
+  std::vector<torch::Tensor> tensors{
+      torch::tensor({value}, torch::kFloat64).to(state_->params.front().device())};
   state_->group->allreduce(tensors)->wait();
   return tensors[0].item<double>() / static_cast<double>(state_->group->getSize());
 }
@@ -222,14 +239,15 @@ std::vector<torch::Tensor> trainable_parameters(Transformer& model) {
 
 DataParallelRank::DataParallelRank(const Rendezvous& rendezvous, Transformer& model,
                                    int64_t bucket_bytes, bool zero1)
-    : group_(make_process_group(rendezvous)),
+    : device_(model->parameters().front().device()),
+      group_(make_process_group(rendezvous)),
       averager_(std::make_unique<GradientAverager>(group_, trainable_parameters(model),
                                                    bucket_bytes, zero1)) {}
 
 int DataParallelRank::world_size() const { return group_->getSize(); }
 
 double DataParallelRank::reduce(double value, c10d::ReduceOp op) {
-  std::vector<torch::Tensor> tensors{torch::tensor({value}, torch::kFloat64)};
+  std::vector<torch::Tensor> tensors{torch::tensor({value}, torch::kFloat64).to(device_)};
   c10d::AllreduceOptions options;
   options.reduceOp = op;
   group_->allreduce(tensors, options)->wait();
@@ -244,8 +262,9 @@ std::vector<double> DataParallelRank::gather(double value) {
   // Each rank's value in its own slot, zeros elsewhere: the sum is every value.
   auto slots = torch::zeros({world_size()}, torch::kFloat64);
   slots[group_->getRank()] = value;
-  std::vector<torch::Tensor> tensors{slots};
+  std::vector<torch::Tensor> tensors{slots.to(device_)};
   group_->allreduce(tensors)->wait();
+  slots = tensors[0].cpu();
   return {slots.data_ptr<double>(), slots.data_ptr<double>() + slots.numel()};
 }
 

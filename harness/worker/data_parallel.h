@@ -24,9 +24,11 @@ struct Rendezvous {
   std::string store_path;          // a fresh file per run
   std::string host = "127.0.0.1";  // this rank's address for the collectives
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  bool cuda = false;  // NCCL between the ranks' GPUs (cuda:rank), else Gloo between CPU ranks
 };
 
-// The run's process group (Gloo; the CPU's tensors). Blocks until every rank has joined, or
+// The run's process group (Gloo for CPU tensors, NCCL for CUDA ones). Blocks until every rank has
+// joined, or
 // throws after the timeout.
 c10::intrusive_ptr<c10d::Backend> make_process_group(const Rendezvous& rendezvous);
 
@@ -75,6 +77,7 @@ class DataParallelRank {
 
  private:
   double reduce(double value, c10d::ReduceOp op);
+  torch::Device device_;  // where the collectives' tensors live
   c10::intrusive_ptr<c10d::Backend> group_;
   std::unique_ptr<GradientAverager> averager_;
 };

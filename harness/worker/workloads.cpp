@@ -300,13 +300,11 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
   std::unique_ptr<DataParallelRank> dp;
   if (run.contains("dp")) {
     const auto& d = run.at("dp");
-    if (device.is_cuda())
-      throw std::invalid_argument("world_size " + std::to_string(cfg.world_size) +
-                                  " on cuda: the NCCL path is not built yet (CPU ranks only)");
     Rendezvous r;
     r.rank = d.at("rank");
     r.world_size = d.at("world_size");
     r.store_path = d.at("store");
+    r.cuda = device.is_cuda();
     r.timeout =
         std::chrono::milliseconds(static_cast<int64_t>(run.value("timeout_s", 300.0) * 1000.0));
     source.emplace(source->shard(r.rank, r.world_size));
@@ -462,7 +460,11 @@ Json run_workload(const Json& run) {
   const std::string device_name = run.value("device", std::string("cpu"));
   if (device_name == "cuda" && !compat::kWithCuda)
     throw std::invalid_argument("device cuda: this harness-worker was built without CUDA");
-  const torch::Device device(device_name == "cuda" ? torch::kCUDA : torch::kCPU);
+  torch::Device device(device_name == "cuda" ? torch::kCUDA : torch::kCPU);
+  if (device.is_cuda() && run.contains("dp"))
+    device = torch::Device(
+        torch::kCUDA, static_cast<c10::DeviceIndex>(
+                          compat::cuda_select_device_for_rank(run.at("dp").at("rank").get<int>())));
   MemoryProbe probe{device.is_cuda()};
   const int64_t cap_mb = run.value("memory_limit_mb", int64_t{0});
   if (cap_mb > 0) {
@@ -489,6 +491,10 @@ Json run_workload(const Json& run) {
   ::getrusage(RUSAGE_SELF, &usage);
   add_metric(result, "peak_rss_mb", static_cast<double>(usage.ru_maxrss) * 1024 / kMB, "MB");
   result["env"] = environment_json(device.is_cuda());
+  // A data-parallel run's threads are its ranks' together (each rank runs its share).
+  if (run.contains("dp")) {
+    result["env"]["threads"] = at::get_num_threads() * run.at("dp").at("world_size").get<int>();
+  }
   return result;
 }
 
