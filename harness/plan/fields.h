@@ -56,7 +56,7 @@ using enum GateTest;
 
 // Metrics that workers write (or the parent derives: mfu, est_peak_mem_mb) and reports know how
 // to show: the one list of them (docs/metrics.md defines each).
-inline constexpr std::array<Field, 28> kMetricFields = {{
+inline constexpr std::array<Field, 29> kMetricFields = {{
     // name, unit, sql type, label, format, digits, role, better, gate, progress
     {"peak_mem_mb", "MB", "REAL", "Peak Mem (MB)", kFixed, 1, kMemory, kLower, kMemoryMargin, true},
     {"peak_reserved_mb", "MB", "REAL", "Peak Reserved (MB)", kFixed, 1, kMemory, kLower},
@@ -87,6 +87,7 @@ inline constexpr std::array<Field, 28> kMetricFields = {{
     {"skipped_steps", "", "REAL", "Skipped Steps", kFixed, 0},
     {"world_size", "", "REAL", "World Size", kFixed, 0},
     {"comm_wait_s", "s", "REAL", "Comm Wait (s/step)", kSignificant, 3, kTime, kLower},
+    {"scaling_eff", "%", "REAL", "Scaling Eff. (%)", kSignificant, 3, kThroughput, kHigher},
     {"est_peak_mem_mb", "MB", "REAL", "Est. Peak Mem (MB)", kFixed, 1, kMemory, kLower},
 }};
 }  // namespace metric_rows

@@ -1,7 +1,9 @@
 #include "harness/report/derived.h"
 
 #include <cmath>
+#include <map>
 #include <stdexcept>
+#include <utility>
 
 #include "harness/plan/fields.h"
 #include "harness/plan/gpu_specs.h"
@@ -73,6 +75,41 @@ std::optional<double> memory_share_percent(const StoredRun& run) {
   const double device = it->get<double>();
   if (device <= 0) return std::nullopt;
   return 100.0 * *peak / device;
+}
+
+namespace {
+// A run's config as one rank would run it: the keys of data parallelism removed.
+std::string single_rank_config(const Json& config) {
+  Json reduced = config;
+  for (const char* key : {"world_size", "zero", "dp_bucket_mb"}) reduced.erase(key);
+  return reduced.dump();
+}
+
+int world_size_of(const StoredRun& run) {
+  const auto it = run.config.find("world_size");
+  return it != run.config.end() && it->is_number_integer() ? it->get<int>() : 1;
+}
+}  // namespace
+
+std::vector<StoredRun> with_scaling_efficiency(const std::vector<StoredRun>& runs) {
+  std::map<std::pair<std::string, std::string>, std::vector<double>> single;  // (exp, config)
+  for (const StoredRun& run : runs) {
+    const auto tps = run.metrics.find(std::string(kTokensPerSecondMetric));
+    if (world_size_of(run) == 1 && run.status == Status::kOk && tps != run.metrics.end())
+      single[{run.experiment, single_rank_config(run.config)}].push_back(tps->second);
+  }
+  std::vector<StoredRun> out = runs;
+  for (StoredRun& run : out) {
+    const int world = world_size_of(run);
+    const auto tps = run.metrics.find(std::string(kTokensPerSecondMetric));
+    const auto base = single.find({run.experiment, single_rank_config(run.config)});
+    if (world <= 1 || tps == run.metrics.end() || base == single.end()) continue;
+    double mean = 0;
+    for (const double v : base->second) mean += v;
+    mean /= static_cast<double>(base->second.size());
+    if (mean > 0) run.metrics["scaling_eff"] = 100.0 * tps->second / (world * mean);
+  }
+  return out;
 }
 
 std::optional<double> metric_value(const StoredRun& run, std::string_view name,

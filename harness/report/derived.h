@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "harness/plan/spec.h"
 #include "harness/store/store.h"
@@ -28,6 +29,12 @@ std::optional<double> mfu_percent(const StoredRun& run, int64_t params, std::str
 
 // peak_mem_mb as a percentage of the GPU's memory (env gpu_mem_mb); nullopt on a CPU.
 std::optional<double> memory_share_percent(const StoredRun& run);
+
+// Data parallelism's scaling efficiency in % (the metric `scaling_eff`), added to each run of
+// world_size N > 1 whose config with world_size 1 (zero and dp_bucket_mb aside: one rank has
+// neither) is stored too: tokens_per_s(N) / (N x tokens_per_s(1)) x 100, the world-1 figure the
+// mean over its repeats. Other runs are returned as they are.
+std::vector<StoredRun> with_scaling_efficiency(const std::vector<StoredRun>& runs);
 
 // A stored metric (nullopt when absent or NaN), or for `mfu` the computed figure (`params`
 // nullopt: nullopt).

@@ -592,7 +592,9 @@ std::unique_ptr<Reporter> make_reporter(ReportFormat format) {
 
 std::vector<ReportTable> build_report_tables(const Spec& spec,
                                              const std::vector<RunConfig>& planned,
-                                             const std::vector<StoredRun>& runs) {
+                                             const std::vector<StoredRun>& stored_runs) {
+  // Figures computed across runs (derived.h) join the stored metrics first.
+  const std::vector<StoredRun> runs = with_scaling_efficiency(stored_runs);
   std::map<std::string, const StoredRun*> stored;
   for (const StoredRun& run : runs) stored.emplace(run.run_id, &run);
 

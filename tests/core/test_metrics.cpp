@@ -124,6 +124,29 @@ TEST(Derived, MfuOfFineTuningOnAKnownGpu) {
   EXPECT_EQ(why, "");
 }
 
+// tokens_per_s(N) / (N x tokens_per_s(1)) of the same config on one rank (ZeRO and the bucket
+// size aside), the one-rank figure the mean over repeats; none without that run.
+TEST(Derived, ScalingEfficiencyAgainstTheSameConfigOnOneRank) {
+  const auto run = [](const char* id, const Json& config, double tokens_per_s) {
+    StoredRun r;
+    r.run_id = id;
+    r.experiment = "dp";
+    r.config = config;
+    r.metrics["tokens_per_s"] = tokens_per_s;
+    return r;
+  };
+  const std::vector<StoredRun> runs = {
+      run("one-a", {{"lora", "on"}, {"world_size", 1}}, 90),
+      run("one-b", {{"lora", "on"}}, 110),  // world_size 1 by default
+      run("two", {{"lora", "on"}, {"world_size", 2}, {"zero", 1}, {"dp_bucket_mb", 5}}, 150),
+      run("four-other", {{"lora", "off"}, {"world_size", 4}}, 400)};
+  const auto out = with_scaling_efficiency(runs);
+  ASSERT_EQ(out.size(), runs.size());
+  EXPECT_DOUBLE_EQ(out[2].metrics.at("scaling_eff"), 75.0);  // 150 / (2 x 100)
+  EXPECT_FALSE(out[0].metrics.contains("scaling_eff"));
+  EXPECT_FALSE(out[3].metrics.contains("scaling_eff"));  // no lora=off run on one rank
+}
+
 TEST(Stats, MedianAndHalfRange) {
   EXPECT_EQ(median_of({3, 1, 2}), 2);
   EXPECT_EQ(median_of({4, 1, 2, 3}), 2.5);
