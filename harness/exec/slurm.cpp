@@ -21,12 +21,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
 
 #include "harness/exec/process.h"
+#include "harness/exec/ranks.h"
 #include "harness/exec/runner.h"
 #include "harness/exec/runner_internal.h"
 #include "harness/store/json_io.h"
@@ -653,6 +655,7 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
                   const std::map<std::string, std::string>& tokens, const fs::path& runs_dir,
                   const std::string& worker, const RunOptions& options) {
   const SlurmOptions& so = options.slurm;
+  const int world_size = runs.front()->config.value("world_size", 1);
   Submission s;
   s.token = token;
   s.dir = runs_dir / "slurm" / s.token;
@@ -700,6 +703,12 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
   if (!so.account.empty()) argv.push_back("--account=" + so.account);
   if (!so.mem.empty()) argv.push_back("--mem=" + so.mem);
   if (so.cpus_per_task > 0) argv.push_back("--cpus-per-task=" + std::to_string(so.cpus_per_task));
+  // A data-parallel array (all its runs have this world size): one Slurm task per rank, one GPU
+  // each on CUDA; Slurm spreads them over nodes as the cluster allows.
+  if (world_size > 1) {
+    argv.push_back("--ntasks=" + std::to_string(world_size));
+    if (spec.device == "cuda") argv.push_back("--gpus-per-task=1");
+  }
   argv.insert(argv.end(), so.sbatch_args.begin(), so.sbatch_args.end());
   argv.push_back(script.string());
   // Not killed by Ctrl-C and given time on a busy controller: a half-finished sbatch may have
@@ -840,10 +849,18 @@ void submit_arrays(const Spec& spec, const RunOptions& options, Store& store, co
                    std::vector<Submission>& submissions, RunSummary& summary) {
   const size_t kMaxArray = max_array_tasks();
   const std::vector<const RunConfig*>& runs = to_submit.runs;
-  for (size_t first = 0; first < runs.size() && !interrupted(); first += kMaxArray) {
-    const std::vector<const RunConfig*> chunk(
-        runs.begin() + static_cast<long>(first),
-        runs.begin() + static_cast<long>(std::min(runs.size(), first + kMaxArray)));
+  // Runs of one world size per array (its --ntasks), each group in chunks below MaxArraySize.
+  std::map<int, std::vector<const RunConfig*>> by_world;
+  for (const RunConfig* run : runs) by_world[run->config.value("world_size", 1)].push_back(run);
+  std::vector<std::vector<const RunConfig*>> chunks;
+  for (const auto& [world, group] : by_world) {
+    for (size_t first = 0; first < group.size(); first += kMaxArray)
+      chunks.emplace_back(
+          group.begin() + static_cast<long>(first),
+          group.begin() + static_cast<long>(std::min(group.size(), first + kMaxArray)));
+  }
+  for (const auto& chunk : chunks) {
+    if (interrupted()) break;
     // The submission holds the claims from now until `harness collect` ingests its tasks.
     const std::string token = new_token();
     const Claimant submission = submission_claimant(token);
@@ -992,10 +1009,26 @@ int run_slurm_task(const std::string& submission_dir, int index) {
     install_interrupt_handler();  // Slurm's SIGTERM (cancel, time limit) takes the worker along
     ChildSpec child;
     child.argv = {s.worker, "run", task.run_json};
+    // A data-parallel run: its ranks are this job's Slurm tasks (sbatch --ntasks), started by
+    // srun, which stops them all when one fails (harness/exec/ranks.h).
+    const int world_size =
+        Json::parse(read_file(task.run_json)).at("config").value("world_size", 1);
+    if (world_size > 1) {
+      const std::string srun = find_program("srun");
+      if (srun.empty()) throw std::runtime_error("srun not found in PATH on this node");
+      child.argv = {srun,
+                    "--ntasks=" + std::to_string(world_size),
+                    "--kill-on-bad-exit=1",
+                    s.worker,
+                    "run",
+                    task.run_json};
+      child.extra_env[kSrunRanksEnv] = "1";
+    }
     child.stdout_path = (dir / "stdout.log").string();
     child.stderr_path = (dir / "stderr.log").string();
     child.timeout_s = s.timeout_s;
     const ChildOutcome outcome = run_child(child);
+    if (world_size > 1) adopt_rank_results(task.result, world_size);
     if (outcome.interrupted) return 128 + interrupt_signal();  // Slurm's state tells what happened
     j["exit_code"] = outcome.exit_code ? Json(*outcome.exit_code) : Json();
     j["signal"] = outcome.signal ? Json(*outcome.signal) : Json();

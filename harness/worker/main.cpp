@@ -17,10 +17,10 @@
 
 #include "build_info.h"
 #include "harness/cli/cli.h"
+#include "harness/exec/ranks.h"
 #include "harness/report/stats.h"
 #include "harness/store/json_io.h"
 #include "harness/worker/memory.h"
-#include "harness/worker/ranks.h"
 #include "harness/worker/trainer.h"
 #include "harness/worker/workloads.h"
 #include "model/checkpoint_io.h"
@@ -51,7 +51,13 @@ int run_one(const std::string& run_path, char** argv) {
   if (hx::must_launch_ranks(world_size)) return hx::launch_ranks(argv, world_size, result_path);
   if (world_size > 1) {
     const auto id = hx::rank_identity(result_path);
-    run["dp"] = {{"rank", id.rank}, {"world_size", id.world_size}, {"store", id.store_path}};
+    run["dp"] = {{"rank", id.rank},
+                 {"world_size", id.world_size},
+                 {"store", id.store_path},
+                 {"host", id.host}};
+    if (id.slurm_task)
+      std::fprintf(stderr, "rank %d of %d: Slurm task on %s\n", id.rank, id.world_size,
+                   id.host.c_str());
     result_path = hx::rank_result_path(result_path, id.rank);
   }
   Json result;

@@ -304,6 +304,7 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
     r.rank = d.at("rank");
     r.world_size = d.at("world_size");
     r.store_path = d.at("store");
+    r.host = d.value("host", r.host);
     r.cuda = device.is_cuda();
     r.timeout =
         std::chrono::milliseconds(static_cast<int64_t>(run.value("timeout_s", 300.0) * 1000.0));

@@ -105,6 +105,39 @@ TEST_F(Slurm, QuickstartGivesTheSameRunsAsTheLocalBackend) {
       << again.err;
 }
 
+// A data-parallel run on Slurm: its array has --ntasks 2, srun starts one worker per rank (each
+// says so), and the losses are the one-rank run's, step by step, as with the local backend.
+TEST_F(Slurm, ADataParallelRunIsOneSlurmTaskPerRank) {
+  const Outcome o = slurm_run("tests/specs/data_parallel.yaml", {"--no-report"});
+  ASSERT_EQ(o.rc, 0) << dump(o);
+  const Db db(db_);
+  ASSERT_EQ(db.count("SELECT COUNT(*) FROM runs WHERE status = 'ok'"), 3) << dump(o);
+  const auto losses = [&](const std::string& where) {
+    std::vector<double> out;
+    for (const auto& row : db.query("SELECT s.loss FROM steps s JOIN runs r USING (run_id) WHERE " +
+                                    where + " ORDER BY s.step"))
+      out.push_back(std::stod(*row[0]));
+    return out;
+  };
+  const auto one = losses("json_extract(r.config, '$.world_size') = 1");
+  ASSERT_EQ(one.size(), 4U);
+  for (const char* zero : {"0", "1"}) {
+    const auto two = losses("json_extract(r.config, '$.world_size') = 2 AND "
+                            "json_extract(r.config, '$.zero') = " + std::string(zero));
+    ASSERT_EQ(two.size(), one.size());
+    for (size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(one[i], two[i], 1e-5) << zero << " " << i;
+  }
+  // Each two-rank run's stderr: both ranks, started by srun.
+  int srun_ranks = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(runs_)) {
+    if (entry.path().filename() != "stderr.log") continue;
+    const std::string text = slurp(entry.path());
+    for (const char* rank : {"rank 0 of 2: Slurm task", "rank 1 of 2: Slurm task"})
+      srun_ranks += contains(text, rank) ? 1 : 0;
+  }
+  EXPECT_EQ(srun_ranks, 4);
+}
+
 TEST_F(Slurm, TheTaskEnforcesTheSpecTimeout) {
   // timeout_s is 5; the hung run is killed by its task, the three others finish.
   const Outcome o =

@@ -1,4 +1,4 @@
-#include "harness/worker/ranks.h"
+#include "harness/exec/ranks.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,12 +9,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
 #include "harness/cli/cli.h"
+#include "harness/store/json_io.h"
 
 namespace hx {
 namespace {
@@ -46,20 +48,53 @@ RankIdentity rank_identity(const std::string& result_path) {
     id.world_size = world != nullptr ? std::atoi(world) : 1;
     const char* store = env(kStoreEnv);
     id.store_path = store != nullptr ? store : result_path + ".store";
-  } else if (const char* procid = env("SLURM_PROCID")) {
+  } else if (env(kSrunRanksEnv) != nullptr) {
+    const char* procid = env("SLURM_PROCID");
     const char* tasks = env("SLURM_NTASKS");
-    id.rank = std::atoi(procid);
+    id.rank = procid != nullptr ? std::atoi(procid) : 0;
     id.world_size = tasks != nullptr ? std::atoi(tasks) : 1;
     id.store_path = result_path + ".store";
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    id.host = host;
+    id.slurm_task = true;
   }
   return id;
 }
 
 bool must_launch_ranks(int world_size) {
-  if (world_size <= 1 || env(kRankEnv) != nullptr) return false;
-  // Under Slurm with one task per rank, srun started the ranks.
-  const char* tasks = env("SLURM_NTASKS");
-  return !(env("SLURM_PROCID") != nullptr && tasks != nullptr && std::atoi(tasks) == world_size);
+  return world_size > 1 && env(kRankEnv) == nullptr && env(kSrunRanksEnv) == nullptr;
+}
+
+void adopt_rank_results(const std::string& result_path, int world_size) {
+  auto status_of = [](const std::string& path) -> std::string {
+    try {
+      return nlohmann::json::parse(read_file(path)).value("status", std::string());
+    } catch (const std::exception&) {
+      return "";
+    }
+  };
+  auto severity = [](const std::string& status) { return status == "oom" ? 2 : 1; };
+  std::string cause;
+  int worst = 0;
+  if (std::filesystem::exists(result_path)) {
+    const std::string status = status_of(result_path);
+    if (status != "ok") worst = severity(status);
+    if (status != "ok") cause = result_path;
+  }
+  for (int rank = 1; rank < world_size; ++rank) {
+    const std::string path = rank_result_path(result_path, rank);
+    if (!std::filesystem::exists(path)) continue;
+    if (severity(status_of(path)) > worst) {
+      worst = severity(status_of(path));
+      cause = path;
+    }
+  }
+  std::error_code ec;
+  if (!cause.empty() && cause != result_path) std::filesystem::rename(cause, result_path, ec);
+  for (int rank = 1; rank < world_size; ++rank)
+    std::filesystem::remove(rank_result_path(result_path, rank), ec);
+  std::filesystem::remove(result_path + ".store", ec);
 }
 
 int launch_ranks(char** argv, int world_size, const std::string& result_path) {
