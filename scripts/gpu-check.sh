@@ -2,8 +2,9 @@
 # The prepared GPU check, one command for a GPU node with PyTorch preinstalled and no internet
 # (docs/gpu.md): builds the harness, its worker and the GPU tests against that PyTorch's libtorch,
 # runs the `gpu` test label, a short phase 4 (QLoRA, on the 1B shape), tests/bench/peers.py
-# against transformers + PEFT, a short phase 3 (6 steps per cell), phase 2, and phase 3 again with
-# the P100 profile (its 16 GB as the cap), all on the GPU, in that order of importance, and writes the databases, reports
+# against transformers + PEFT, two ranks over NCCL (with 2 GPUs or more), a short phase 3 (6 steps
+# per cell), phase 2, and phase 3 again with the P100 profile (its 16 GB as the cap), all on the
+# GPU, in that order of importance, and writes the databases, reports
 # and logs to OUTDIR. On a machine without a GPU it runs the CPU parts (build, the gpu label's
 # skips, the CPU quickstart) and says what it skipped.
 #
@@ -96,6 +97,18 @@ if "$python" -c 'import transformers, peft' 2> /dev/null; then
     --out "$out/reports/peers-gpu.md"
 else
   log "peers: skipped ($python has no transformers/peft)"
+fi
+# Data parallelism over NCCL (issue 17): the e2e spec's two-rank runs on two GPUs, where there are
+# two; their losses must equal the one-rank run's (tests/e2e/test_data_parallel.cpp's check).
+gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ' || true)
+if [ "${gpus:-0}" -ge 2 ]; then
+  step dp-nccl 60 "$BUILD_DIR/harness" run tests/specs/data_parallel.yaml --db "$out/gpu.db" \
+    --set device=cuda --report-dir "$out/reports"
+  sqlite3 "$out/gpu.db" "SELECT json_extract(r.config, '$.world_size'), json_extract(r.config, \
+    '$.zero'), group_concat(printf('%.6f', s.loss), ' ') FROM runs r JOIN steps s USING (run_id) \
+    WHERE r.experiment = 'data_parallel' GROUP BY r.run_id" 2>&1 | tee -a "$out/summary.txt"
+else
+  log "dp-nccl: skipped (${gpus:-0} GPU; the two-rank NCCL case needs 2)"
 fi
 for spec in phase3-short phase2; do
   step "$spec" 60 "$BUILD_DIR/harness" run "$spec_dir/$spec.yaml" --db "$out/gpu.db" \
