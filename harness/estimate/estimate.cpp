@@ -1408,6 +1408,8 @@ FinetuneSetup finetune_setup(const Spec& spec, const Config& cfg, const LlamaCon
   s.max_grad_norm = cfg.max_grad_norm;
   s.world_size = cfg.world_size;
   s.zero1 = cfg.zero == 1;
+  if (cfg.zero == 2 && cfg.world_size > 1)
+    throw std::invalid_argument("zero 2 is not modelled by the estimate yet (zero 0 and 1 are)");
   s.bucket_bytes = static_cast<int64_t>(cfg.dp_bucket_mb * 1024 * 1024);
   s.rope_bytes = rope_bytes(c);
   return s;

@@ -258,12 +258,12 @@ const std::vector<ConfigKey>& config_keys() {
       {.name = "zero",
        .scope = Scope::kFinetune,
        .lo = kAtLeast0,
-       .hi = Bound{1, false},
+       .hi = Bound{2, false},
        .default_json = "0",
        .label = "ZeRO",
-       .doc = "with world_size > 1: 1 = ZeRO stage 1, the optimizer state sharded over the ranks "
-              "(each updates its shard's parameters and broadcasts them); 0 = every rank keeps "
-              "all of it"},
+       .doc = "with world_size > 1, the ZeRO stage: 0 = every rank keeps all optimizer state; 1 "
+              "= the optimizer state sharded over the ranks; 2 = the gradients too "
+              "(reduce-scatter, then allgather)"},
       {.name = "dp_bucket_mb",
        .scope = Scope::kFinetune,
        .kind = Kind::kNumber,

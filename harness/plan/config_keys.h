@@ -83,7 +83,7 @@ struct RunSettings {
   double max_grad_norm = 0;  // 0: no clipping
   int64_t world_size = 1;    // data-parallel ranks
   double dp_bucket_mb = 0;
-  int64_t zero = 0;  // ZeRO stage: 0 or 1
+  int64_t zero = 0;  // ZeRO stage: 0, 1 or 2
   int64_t max_steps = 0;
   int64_t warmup_steps = 0;
   int64_t max_seq_len = 0;  // the run's, else data.max_seq_len, else the registry's

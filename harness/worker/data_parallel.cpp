@@ -38,6 +38,9 @@ c10::intrusive_ptr<c10d::Backend> make_process_group(const Rendezvous& r) {
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, r.rank, r.world_size, options);
 }
 
+// ZeRO-2's reduce-scatters in flight at once (their flat copies alive).
+constexpr size_t kZero2InFlight = 2;
+
 struct GradientAverager::State {
   struct Bucket {
     std::vector<size_t> params;  // indices into `params`
@@ -45,6 +48,12 @@ struct GradientAverager::State {
     size_t pending = 0;  // gradients still to come in this step
     torch::Tensor flat;  // fp32, the bucket's gradients while they are reduced
     c10::intrusive_ptr<c10d::Work> work;
+    // ZeRO-2: the bucket flattened and padded to world x chunk elements; this rank updates
+    // elements [rank x chunk, (rank + 1) x chunk) of it (the optimizer's parameter, its gradient
+    // the reduce-scatter's output).
+    int64_t chunk = 0;
+    torch::Tensor flat_param;  // the bucket's parameters, as one buffer (they are views of it)
+    torch::Tensor shard;       // this rank's chunk of flat_param
   };
 
   c10::intrusive_ptr<c10d::Backend> group;
@@ -52,7 +61,8 @@ struct GradientAverager::State {
   std::vector<size_t> bucket_of;  // parameter -> bucket
   std::vector<Bucket> buckets;
   std::vector<int> owner;  // ZeRO-1: the rank that updates each parameter; empty: every rank
-  std::mutex mutex;        // CUDA's backward runs hooks on the device's thread
+  bool zero2 = false;
+  std::mutex mutex;  // CUDA's backward runs hooks on the device's thread
   bool syncing = false;
   size_t next_launch = 0;  // buckets are launched in order, the same on every rank
   double wait_s = 0;
@@ -66,6 +76,19 @@ struct GradientAverager::State {
                           ? p.grad().reshape(-1).to(torch::kFloat32)
                           : torch::zeros({p.numel()}, p.options().dtype(torch::kFloat32)));
     }
+    if (zero2) {
+      // The gradients move into the flat copy (padded to world x chunk): the parameters' own go,
+      // and each rank receives the sum of its chunk only.
+      b.flat = torch::zeros({b.chunk * group->getSize()}, grads.front().options());
+      auto head = b.flat.slice(0, 0, b.numel);
+      torch::cat_out(head, grads);
+      grads.clear();
+      for (const size_t i : b.params) params[i].mutable_grad() = torch::Tensor();
+      auto reduced = torch::empty({b.chunk}, b.flat.options());
+      b.work = group->_reduce_scatter_base(reduced, b.flat);
+      b.shard.mutable_grad() = reduced;
+      return;
+    }
     b.flat = torch::cat(grads);
     std::vector<torch::Tensor> tensors{b.flat};
     b.work = group->allreduce(tensors);
@@ -74,6 +97,23 @@ struct GradientAverager::State {
   void launch_ready() {
     while (next_launch < buckets.size() && buckets[next_launch].pending == 0)
       launch(buckets[next_launch++]);
+    // ZeRO-2: a bucket whose reduce-scatter is done needs its flat copy no more (its result is
+    // the shard's gradient). At most kZero2InFlight buckets stay in flight, the oldest waited
+    // for: the gradients' memory is then a few buckets' whatever the model's size, at the cost
+    // of some overlap (as DeepSpeed's ZeRO-2 bounds its reduction buckets).
+    if (zero2) {
+      size_t in_flight = 0;
+      for (size_t k = next_launch; k-- > 0;) {
+        auto& b = buckets[k];
+        if (!b.flat.defined()) continue;
+        if (b.work->isCompleted() || ++in_flight > kZero2InFlight) {
+          const auto start = std::chrono::steady_clock::now();
+          b.work->wait();
+          wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          b.flat = torch::Tensor();
+        }
+      }
+    }
   }
 
   void on_gradient(size_t param) {
@@ -101,12 +141,13 @@ class ReadyHook : public torch::autograd::PostAccumulateGradHook {
 
 GradientAverager::GradientAverager(c10::intrusive_ptr<c10d::Backend> group,
                                    std::vector<torch::Tensor> params, int64_t bucket_bytes,
-                                   bool zero1)
+                                   int zero)
     : state_(std::make_unique<State>()) {
   auto& s = *state_;
   s.group = std::move(group);
   s.params = std::move(params);
-  if (zero1) {
+  s.zero2 = zero == 2;
+  if (zero == 1) {
     // Each parameter to the rank with the fewest elements so far: shards of about equal size.
     std::vector<int64_t> load(static_cast<size_t>(s.group->getSize()), 0);
     for (const auto& p : s.params) {
@@ -124,6 +165,30 @@ GradientAverager::GradientAverager(c10::intrusive_ptr<c10d::Backend> group,
     s.buckets.back().params.push_back(k);
     s.buckets.back().numel += s.params[k].numel();
     s.bucket_of[k] = s.buckets.size() - 1;
+  }
+  if (s.zero2) {
+    // Each bucket's parameters become views of one flat buffer (padded to world x chunk), so that
+    // this rank's chunk is a view too: the optimizer updates the parameters in place, with no
+    // copy of them, and the allgather writes the other chunks straight into them.
+    const int64_t world = s.group->getSize();
+    const int64_t rank = s.group->getRank();
+    torch::NoGradGuard no_grad;
+    for (auto& b : s.buckets) {
+      b.chunk = (b.numel + world - 1) / world;
+      const auto& first = s.params[b.params.front()];
+      b.flat_param = torch::zeros({b.chunk * world}, first.options().requires_grad(false));
+      int64_t offset = 0;
+      for (const size_t i : b.params) {
+        auto& p = s.params[i];
+        if (p.scalar_type() != first.scalar_type())
+          throw std::invalid_argument("zero 2: trainable parameters of different dtypes");
+        auto view = b.flat_param.slice(0, offset, offset + p.numel()).view(p.sizes());
+        view.copy_(p.detach());
+        p.set_data(view);
+        offset += p.numel();
+      }
+      b.shard = b.flat_param.slice(0, rank * b.chunk, (rank + 1) * b.chunk);
+    }
   }
   for (size_t k = 0; k < s.params.size(); ++k)
     torch::autograd::impl::set_post_acc_grad_hooks(s.params[k], std::make_unique<ReadyHook>(&s, k));
@@ -161,6 +226,13 @@ void GradientAverager::finish() {
     const auto start = std::chrono::steady_clock::now();
     b.work->wait();
     s.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (s.zero2) {
+      // This rank's chunk of the averaged gradients, in the parameters' dtype.
+      b.shard.mutable_grad() = b.shard.grad().div_(world).to(b.shard.scalar_type());
+      b.flat = torch::Tensor();
+      b.work.reset();
+      continue;
+    }
     b.flat.div_(world);
     int64_t offset = 0;
     for (const size_t i : b.params) {
@@ -189,6 +261,11 @@ double GradientAverager::mean(double value) {
 std::vector<torch::Tensor> GradientAverager::optimizer_shard(
     const std::vector<torch::Tensor>& params) {
   const auto& s = *state_;
+  if (s.zero2) {
+    std::vector<torch::Tensor> shards;
+    for (const auto& b : s.buckets) shards.push_back(b.shard);
+    return shards;
+  }
   if (s.owner.empty()) return params;
   std::vector<torch::Tensor> mine;
   for (const auto& p : params) {
@@ -201,6 +278,15 @@ std::vector<torch::Tensor> GradientAverager::optimizer_shard(
 
 void GradientAverager::after_step() {
   auto& s = *state_;
+  if (s.zero2) {
+    // Every rank's updated chunk gathered into the whole bucket: into the parameters themselves.
+    for (auto& b : s.buckets) {
+      b.shard.mutable_grad() = torch::Tensor();  // released, as the parameters' gradients are
+      auto mine = b.shard.clone();               // the input must not overlap the output
+      s.group->_allgather_base(b.flat_param, mine)->wait();
+    }
+    return;
+  }
   if (s.owner.empty()) return;
   torch::NoGradGuard no_grad;
   // One broadcast per owner: its parameters flattened (fp32, as the buckets).
@@ -224,6 +310,8 @@ void GradientAverager::after_step() {
   }
 }
 
+bool GradientAverager::shards_gradients() const { return state_->zero2; }
+
 int64_t GradientAverager::buckets() const { return static_cast<int64_t>(state_->buckets.size()); }
 
 double GradientAverager::wait_seconds() const { return state_->wait_s; }
@@ -238,11 +326,11 @@ std::vector<torch::Tensor> trainable_parameters(Transformer& model) {
 }  // namespace
 
 DataParallelRank::DataParallelRank(const Rendezvous& rendezvous, Transformer& model,
-                                   int64_t bucket_bytes, bool zero1)
+                                   int64_t bucket_bytes, int zero)
     : device_(model->parameters().front().device()),
       group_(make_process_group(rendezvous)),
       averager_(std::make_unique<GradientAverager>(group_, trainable_parameters(model),
-                                                   bucket_bytes, zero1)) {}
+                                                   bucket_bytes, zero)) {}
 
 int DataParallelRank::world_size() const { return group_->getSize(); }
 

@@ -37,11 +37,15 @@ c10::intrusive_ptr<c10d::Backend> make_process_group(const Rendezvous& rendezvou
 // gradients), launched in bucket order, in fp32 (Gloo has no bf16 sum).
 class GradientAverager : public GradientSync {
  public:
-  // zero1: ZeRO stage 1, the optimizer state sharded over the ranks (parameters assigned to
-  // owners greedily by size, in order); each owner broadcasts its updated parameters after the
-  // step. The gradients are still averaged whole on every rank (allreduce).
+  // zero: the ZeRO stage. 1: the optimizer state sharded over the ranks (parameters assigned to
+  // owners greedily by size, in order); the gradients are still averaged whole on every rank
+  // (allreduce) and each owner broadcasts its updated parameters after the step. 2: gradients
+  // and optimizer state sharded: each bucket is reduce-scattered (every rank receives the
+  // averaged gradients of its chunk of the flattened bucket, and the parameters' own gradients
+  // are released as the bucket goes out); the optimizer updates this rank's chunks, kept in
+  // fp32, and an allgather gives every rank the whole updated bucket.
   GradientAverager(c10::intrusive_ptr<c10d::Backend> group, std::vector<torch::Tensor> params,
-                   int64_t bucket_bytes, bool zero1 = false);
+                   int64_t bucket_bytes, int zero = 0);
   ~GradientAverager() override;
   GradientAverager(const GradientAverager&) = delete;
   GradientAverager& operator=(const GradientAverager&) = delete;
@@ -51,6 +55,7 @@ class GradientAverager : public GradientSync {
   double mean(double value) override;
   std::vector<torch::Tensor> optimizer_shard(const std::vector<torch::Tensor>& params) override;
   void after_step() override;
+  bool shards_gradients() const override;
 
   int64_t buckets() const;
   // Seconds spent waiting for allreduces in finish() since construction (the communication
@@ -68,7 +73,7 @@ class GradientAverager : public GradientSync {
 class DataParallelRank {
  public:
   DataParallelRank(const Rendezvous& rendezvous, Transformer& model, int64_t bucket_bytes,
-                   bool zero1);
+                   int zero);
   GradientAverager& averager() { return *averager_; }
   int world_size() const;
   double max(double value);

@@ -77,6 +77,16 @@ Trainer::Trainer(Transformer& model, TrainOptions options)
 }
 
 void Trainer::set_gradient_sync(GradientSync* sync) {
+  if (sync != nullptr && sync->shards_gradients()) {
+    if (options_.max_grad_norm > 0)
+      throw std::invalid_argument(
+          "zero 2 with max_grad_norm: the gradients are sharded over the "
+          "ranks, their global norm is not computed (use zero 0 or 1)");
+    if (scaler_)
+      throw std::invalid_argument(
+          "zero 2 with fp16's loss scaling: the overflow check needs "
+          "the whole gradients (use bf16, or zero 0 or 1)");
+  }
   gradient_sync_ = sync;
   // ZeRO-1: this rank's optimizer holds the state of its shard only (before any step: no state
   // is lost).

@@ -70,6 +70,9 @@ class GradientSync {
     return params;
   }
   virtual void after_step() {}
+  // ZeRO-2: the parameters' gradients are gone after finish() (the optimizer's shards hold this
+  // rank's part), so nothing that reads them (clipping, fp16's overflow check) can run.
+  virtual bool shards_gradients() const { return false; }
 };
 
 class Trainer {

@@ -310,7 +310,7 @@ Json run_finetune(const Json& run, const Config& cfg, torch::Device device, Memo
         std::chrono::milliseconds(static_cast<int64_t>(run.value("timeout_s", 300.0) * 1000.0));
     source.emplace(source->shard(r.rank, r.world_size));
     dp = std::make_unique<DataParallelRank>(
-        r, model, static_cast<int64_t>(cfg.dp_bucket_mb * 1024 * 1024), cfg.zero == 1);
+        r, model, static_cast<int64_t>(cfg.dp_bucket_mb * 1024 * 1024), static_cast<int>(cfg.zero));
   }
 
   TrainOptions options;

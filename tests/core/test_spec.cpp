@@ -163,9 +163,10 @@ TEST(Spec, ValuesAsWritten) {
 // file). Those bytes are re-encoded; a spec with a control character is refused where it is.
 TEST(Spec, YamlEscapesGiveUtf8AndControlCharactersAreRefused) {
   const std::string head = "name: t\nmodel: {preset: tiny}\nworkload: finetune\ndevice: cpu\n";
-  EXPECT_EQ(error_of([&] { load_text(head + "data: {format: \"a\\_b\\Nc\", seq_len: 16}\n"); }),
-            (scratch_dir() / "spec.yaml").string() +
-                ":5: data.format: unknown value \"a\u00A0b\u0085c\" (expected alpaca, random)");
+  EXPECT_EQ(
+      error_of([&] { load_text(head + "data: {format: \"a\\_b\\Nc\", seq_len: 16}\n"); }),
+      (scratch_dir() / "spec.yaml").string() +
+          ":5: data.format: unknown value \"a\u00A0b\u0085c\" (expected alpaca, random, tokens)");
   const Spec spec =
       load_text(head + "data: {format: random, seq_len: 16}\n" + "matrix: {gc: [off, on]}\n" +
                 "tables: [{title: \"x\\_y\", columns: [gc], rows: [peak_mem_mb]}]\n");

@@ -21,7 +21,7 @@ TEST_F(DataParallelE2E, TwoRanksOfBatchOneLoseWhatOneRankOfBatchTwoLoses) {
   const Outcome o = run(kSpec);
   ASSERT_EQ(o.rc, 0) << dump(o);
   Db db(db_);
-  ASSERT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 3) << dump(o);
+  ASSERT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 4) << dump(o);
   const auto steps_of = [&](const std::string& where) {
     return db.query(
         "SELECT s.step, s.loss, s.tokens FROM steps s JOIN runs r USING (run_id) WHERE " + where +
@@ -29,7 +29,7 @@ TEST_F(DataParallelE2E, TwoRanksOfBatchOneLoseWhatOneRankOfBatchTwoLoses) {
   };
   const auto one = steps_of("json_extract(r.config, '$.world_size') = 1");
   ASSERT_EQ(one.size(), 4U);
-  for (const char* zero : {"0", "1"}) {
+  for (const char* zero : {"0", "1", "2"}) {
     const auto two = steps_of(
         "json_extract(r.config, '$.world_size') = 2 AND "
         "json_extract(r.config, '$.zero') = " +
@@ -81,10 +81,10 @@ TEST_P(DataParallelFault, OneRankFailsTheRunOnceAndTheOtherRunStillFinishes) {
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   EXPECT_EQ(o.rc, f.harness_rc) << dump(o);
   Db db(db_);
-  ASSERT_EQ(db.count("SELECT count(*) FROM runs"), 3) << dump(o);
+  ASSERT_EQ(db.count("SELECT count(*) FROM runs"), 4) << dump(o);
   EXPECT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok' AND instr(config, '" +
                      std::string(kTwoRanks) + "') = 0"),
-            2);
+            3);
   const auto rows = db.query(
       "SELECT status, signal, error, stderr_tail FROM runs WHERE "
       "instr(config, '" +

@@ -24,7 +24,7 @@ struct DpCase {
   double lr = 0.1;
   int64_t ga = 1;
   bool lora = false;
-  bool zero1 = false;
+  int zero = 0;
 };
 
 struct Outcome {
@@ -105,7 +105,7 @@ std::vector<Outcome> data_parallel(const DpCase& setup, int world, const std::st
         std::vector<torch::Tensor> trainable;
         for (const auto& p : model->parameters())
           if (p.requires_grad()) trainable.push_back(p);
-        GradientAverager averager(make_process_group(r), trainable, bucket_bytes, setup.zero1);
+        GradientAverager averager(make_process_group(r), trainable, bucket_bytes, setup.zero);
         EXPECT_GT(averager.buckets(), 1);  // several buckets, so their order matters
         Trainer trainer(model, train_options(setup));
         trainer.set_gradient_sync(&averager);
@@ -171,7 +171,7 @@ TEST(DataParallel, LoraAdaptersAreAveraged) {
 // ZeRO-1: each rank keeps the AdamW state of about half the parameters, updates those and
 // broadcasts them; the parameters after every step are those of ZeRO-0 (one rank of batch 2).
 TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndGivesTheSameParameters) {
-  const DpCase zero1{.optimizer = "adamw", .lr = 1e-4, .zero1 = true};
+  const DpCase zero1{.optimizer = "adamw", .lr = 1e-4, .zero = 1};
   const auto single = single_process(zero1, 2);
   const auto ranks = data_parallel(zero1, 2, "zero1");
   ASSERT_EQ(ranks.size(), 2U);
@@ -182,6 +182,38 @@ TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndGivesTheSameParameters) {
     EXPECT_GT(rank.optimizer_bytes, 0);
   }
   EXPECT_EQ(ranks[0].optimizer_bytes + ranks[1].optimizer_bytes, single.optimizer_bytes);
+}
+
+// ZeRO-2: each rank receives only its chunk of every bucket's averaged gradients
+// (reduce-scatter), updates that chunk, and the allgather rebuilds the parameters: those of ZeRO-0
+// after every step, with SGD (where the averaging's scale shows) and AdamW, each rank holding
+// about half the optimizer state and, after backward, no whole gradients.
+TEST(DataParallel, ZeroTwoShardsGradientsAndStateAndGivesTheSameParameters) {
+  for (const DpCase& zero2 :
+       {DpCase{.zero = 2}, DpCase{.optimizer = "adamw", .lr = 1e-4, .zero = 2}}) {
+    const auto single = single_process(zero2, 2);
+    const auto ranks = data_parallel(zero2, 2, "zero2-" + zero2.optimizer);
+    ASSERT_EQ(ranks.size(), 2U);
+    for (const auto& rank : ranks) {
+      expect_same(single, rank, 1e-5);
+      // Each rank's chunks: half of every bucket, padded to an even length.
+      EXPECT_LE(rank.optimizer_bytes, single.optimizer_bytes / 2 + 64);
+    }
+  }
+}
+
+TEST(DataParallel, ZeroTwoRefusesWhatNeedsTheWholeGradients) {
+  Rendezvous r;
+  r.store_path = fresh_store_path("refuse");
+  auto model = make_model(DpCase{});
+  std::vector<torch::Tensor> trainable;
+  for (const auto& p : model->parameters()) trainable.push_back(p);
+  GradientAverager averager(make_process_group(r), trainable, 1 << 20, 2);
+  TrainOptions clipped;
+  clipped.max_grad_norm = 1.0;
+  Trainer with_clipping(model, clipped);
+  EXPECT_THROW(with_clipping.set_gradient_sync(&averager), std::invalid_argument);
+  std::filesystem::remove(r.store_path);
 }
 
 // A rank whose peers never come is told so within the timeout, not left waiting.

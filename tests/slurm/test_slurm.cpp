@@ -111,7 +111,7 @@ TEST_F(Slurm, ADataParallelRunIsOneSlurmTaskPerRank) {
   const Outcome o = slurm_run("tests/specs/data_parallel.yaml", {"--no-report"});
   ASSERT_EQ(o.rc, 0) << dump(o);
   const Db db(db_);
-  ASSERT_EQ(db.count("SELECT COUNT(*) FROM runs WHERE status = 'ok'"), 3) << dump(o);
+  ASSERT_EQ(db.count("SELECT COUNT(*) FROM runs WHERE status = 'ok'"), 4) << dump(o);
   const auto losses = [&](const std::string& where) {
     std::vector<double> out;
     for (const auto& row : db.query("SELECT s.loss FROM steps s JOIN runs r USING (run_id) WHERE " +
@@ -121,9 +121,11 @@ TEST_F(Slurm, ADataParallelRunIsOneSlurmTaskPerRank) {
   };
   const auto one = losses("json_extract(r.config, '$.world_size') = 1");
   ASSERT_EQ(one.size(), 4U);
-  for (const char* zero : {"0", "1"}) {
-    const auto two = losses("json_extract(r.config, '$.world_size') = 2 AND "
-                            "json_extract(r.config, '$.zero') = " + std::string(zero));
+  for (const char* zero : {"0", "1", "2"}) {
+    const auto two = losses(
+        "json_extract(r.config, '$.world_size') = 2 AND "
+        "json_extract(r.config, '$.zero') = " +
+        std::string(zero));
     ASSERT_EQ(two.size(), one.size());
     for (size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(one[i], two[i], 1e-5) << zero << " " << i;
   }
@@ -135,7 +137,7 @@ TEST_F(Slurm, ADataParallelRunIsOneSlurmTaskPerRank) {
     for (const char* rank : {"rank 0 of 2: Slurm task", "rank 1 of 2: Slurm task"})
       srun_ranks += contains(text, rank) ? 1 : 0;
   }
-  EXPECT_EQ(srun_ranks, 4);
+  EXPECT_EQ(srun_ranks, 6);
 }
 
 TEST_F(Slurm, TheTaskEnforcesTheSpecTimeout) {
