@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -97,9 +98,12 @@ void adopt_rank_results(const std::string& result_path, int world_size) {
   std::filesystem::remove(result_path + ".store", ec);
 }
 
-int launch_ranks(char** argv, int world_size, const std::string& result_path) {
-  const std::string store = result_path + ".store";
-  std::filesystem::remove(store);  // a FileStore must start empty
+namespace {
+
+bool exited_ok(int status) { return WIFEXITED(status) && WEXITSTATUS(status) == kExitOk; }
+
+// Forks `world_size` copies of this executable with `argv`, each told its rank.
+std::vector<pid_t> spawn_ranks(char** argv, int world_size, const std::string& store) {
   const std::string world = std::to_string(world_size);
   std::vector<pid_t> pids;
   for (int rank = 0; rank < world_size; ++rank) {
@@ -115,71 +119,87 @@ int launch_ranks(char** argv, int world_size, const std::string& result_path) {
     }
     pids.push_back(pid);
   }
-  std::vector<int> statuses(pids.size(), 0);
-  std::vector<bool> killed(pids.size(), false);  // by us: not a cause
+  return pids;
+}
+
+struct RankEnds {
+  std::vector<int> statuses;  // waitpid's, by rank
+  std::vector<bool> killed;   // by us: not a cause
+};
+
+// SIGKILL to every rank still running (pid > 0) that was not killed yet.
+void kill_running(const std::vector<pid_t>& pids, std::vector<bool>& killed) {
+  for (size_t rank = 0; rank < pids.size(); ++rank) {
+    if (pids[rank] > 0 && !killed[rank]) {
+      ::kill(pids[rank], SIGKILL);
+      killed[rank] = true;
+    }
+  }
+}
+
+// Waits for every rank. After the first failure the others get a moment to end by themselves (a
+// rank that ran out of memory may still be writing its result while its peer's collective already
+// failed); then they are killed: they would wait for the failed rank until the timeout.
+RankEnds wait_ranks(std::vector<pid_t> pids) {
+  RankEnds ends{std::vector<int>(pids.size(), 0), std::vector<bool>(pids.size(), false)};
   size_t running = pids.size();
-  // After the first failure the others get a moment to end by themselves (a rank that ran out of
-  // memory may still be writing its result while its peer's collective already failed); then
-  // they are killed: they would wait for the failed rank until the timeout.
   std::optional<std::chrono::steady_clock::time_point> kill_at;
   while (running > 0) {
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, kill_at ? WNOHANG : 0);
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (pid == 0) {  // WNOHANG, nobody ended yet
-      if (std::chrono::steady_clock::now() >= *kill_at) {
-        for (size_t other = 0; other < pids.size(); ++other) {
-          if (pids[other] > 0 && !killed[other]) {
-            ::kill(pids[other], SIGKILL);
-            killed[other] = true;
-          }
-        }
-        kill_at = std::chrono::steady_clock::time_point::max();
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (pid < 0 && errno != EINTR) break;
+    if (pid <= 0) {  // interrupted, or (WNOHANG) nobody ended yet
+      if (kill_at && std::chrono::steady_clock::now() >= *kill_at) kill_running(pids, ends.killed);
+      if (kill_at) std::this_thread::sleep_for(std::chrono::milliseconds(10));
       continue;
     }
-    size_t rank = 0;
-    while (rank < pids.size() && pids[rank] != pid) ++rank;
+    const auto rank = static_cast<size_t>(std::find(pids.begin(), pids.end(), pid) - pids.begin());
     if (rank == pids.size()) continue;
-    statuses[rank] = status;
+    ends.statuses[rank] = status;
     pids[rank] = 0;
     --running;
-    const bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == kExitOk);
-    if (failed && !kill_at) kill_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    if (!exited_ok(status) && !kill_at)
+      kill_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   }
-  // The cause: the most severe failure, the lowest rank among equals; the ranks we killed are
-  // none.
+  return ends;
+}
+
+// The cause: the most severe failure, the lowest rank among equals (-1: none); each failed rank is
+// named on stderr.
+int cause_of(const RankEnds& ends) {
   int cause = -1;
-  for (size_t rank = 0; rank < statuses.size(); ++rank) {
-    const int status = statuses[rank];
-    if (killed[rank] || (WIFEXITED(status) && WEXITSTATUS(status) == kExitOk)) continue;
+  for (size_t rank = 0; rank < ends.statuses.size(); ++rank) {
+    const int status = ends.statuses[rank];
+    if (ends.killed[rank] || exited_ok(status)) continue;
     std::fprintf(stderr, "rank %zu: %s %d\n", rank,
                  WIFSIGNALED(status) ? "killed by signal" : "exited with code",
                  WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-    if (cause < 0 || severity(status) > severity(statuses[static_cast<size_t>(cause)])) {
+    if (cause < 0 || severity(status) > severity(ends.statuses[static_cast<size_t>(cause)]))
       cause = static_cast<int>(rank);
-    }
   }
+  return cause;
+}
+
+}  // namespace
+
+int launch_ranks(char** argv, int world_size, const std::string& result_path) {
+  const std::string store = result_path + ".store";
+  std::filesystem::remove(store);  // a FileStore must start empty
+  const RankEnds ends = wait_ranks(spawn_ranks(argv, world_size, store));
+  const int cause = cause_of(ends);
   std::filesystem::remove(store);
   for (int rank = 1; rank < world_size; ++rank)
     if (rank != cause) std::filesystem::remove(rank_result_path(result_path, rank));
   if (cause < 0) return kExitOk;
-  const int status = statuses[static_cast<size_t>(cause)];
-  if (cause > 0) {
-    const auto from = rank_result_path(result_path, cause);
-    std::error_code ec;
-    if (std::filesystem::exists(from)) {
-      std::filesystem::rename(from, result_path, ec);
-    } else {
-      std::filesystem::remove(result_path, ec);  // rank 0's error is the consequence
-    }
+  const int status = ends.statuses[static_cast<size_t>(cause)];
+  std::error_code ec;
+  if (cause > 0 && std::filesystem::exists(rank_result_path(result_path, cause))) {
+    std::filesystem::rename(rank_result_path(result_path, cause), result_path, ec);
+  } else if (cause > 0) {
+    std::filesystem::remove(result_path, ec);  // rank 0's error is the consequence
   }
   if (WIFSIGNALED(status)) {
-    std::filesystem::remove(result_path);
+    std::filesystem::remove(result_path, ec);
     std::signal(WTERMSIG(status), SIG_DFL);
     ::raise(WTERMSIG(status));
   }

@@ -649,6 +649,23 @@ std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
+// sbatch's resource options: the user's, and for a data-parallel array (all its runs of this
+// world size) one Slurm task per rank, one GPU each on CUDA (Slurm spreads them over nodes as the
+// cluster allows).
+void append_resource_options(const SlurmOptions& so, const std::string& time_limit, int world_size,
+                             bool cuda, std::vector<std::string>& argv) {
+  if (!time_limit.empty()) argv.push_back("--time=" + time_limit);
+  if (!so.partition.empty()) argv.push_back("--partition=" + so.partition);
+  if (!so.gres.empty()) argv.push_back("--gres=" + so.gres);
+  if (!so.account.empty()) argv.push_back("--account=" + so.account);
+  if (!so.mem.empty()) argv.push_back("--mem=" + so.mem);
+  if (so.cpus_per_task > 0) argv.push_back("--cpus-per-task=" + std::to_string(so.cpus_per_task));
+  if (world_size > 1) {
+    argv.push_back("--ntasks=" + std::to_string(world_size));
+    if (cuda) argv.push_back("--gpus-per-task=1");
+  }
+}
+
 // Writes the run files and the submission of `runs` and submits one array; returns it.
 Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
                   const std::map<std::string, int>& attempts, const std::string& token,
@@ -697,18 +714,7 @@ Submission submit(const Spec& spec, const std::vector<const RunConfig*>& runs,
   std::string array = "--array=0-" + std::to_string(runs.size() - 1);
   if (so.max_parallel > 0) array += "%" + std::to_string(so.max_parallel);
   argv.push_back(array);
-  if (!s.time_limit.empty()) argv.push_back("--time=" + s.time_limit);
-  if (!so.partition.empty()) argv.push_back("--partition=" + so.partition);
-  if (!so.gres.empty()) argv.push_back("--gres=" + so.gres);
-  if (!so.account.empty()) argv.push_back("--account=" + so.account);
-  if (!so.mem.empty()) argv.push_back("--mem=" + so.mem);
-  if (so.cpus_per_task > 0) argv.push_back("--cpus-per-task=" + std::to_string(so.cpus_per_task));
-  // A data-parallel array (all its runs have this world size): one Slurm task per rank, one GPU
-  // each on CUDA; Slurm spreads them over nodes as the cluster allows.
-  if (world_size > 1) {
-    argv.push_back("--ntasks=" + std::to_string(world_size));
-    if (spec.device == "cuda") argv.push_back("--gpus-per-task=1");
-  }
+  append_resource_options(so, s.time_limit, world_size, spec.device == "cuda", argv);
   argv.insert(argv.end(), so.sbatch_args.begin(), so.sbatch_args.end());
   argv.push_back(script.string());
   // Not killed by Ctrl-C and given time on a busy controller: a half-finished sbatch may have
@@ -841,6 +847,23 @@ ToSubmit claim_for_submission(const Spec& spec, const RunOptions& options, Store
   return out;
 }
 
+// The runs of one world size per array (its --ntasks), each group in chunks of at most
+// `max_tasks`.
+std::vector<std::vector<const RunConfig*>> array_chunks(const std::vector<const RunConfig*>& runs,
+                                                        size_t max_tasks) {
+  std::map<int, std::vector<const RunConfig*>> by_world;
+  for (const RunConfig* run : runs) by_world[run->config.value("world_size", 1)].push_back(run);
+  std::vector<std::vector<const RunConfig*>> chunks;
+  for (const auto& [world, group] : by_world) {
+    for (size_t first = 0; first < group.size(); first += max_tasks) {
+      const size_t last = std::min(group.size(), first + max_tasks);
+      chunks.emplace_back(group.begin() + static_cast<long>(first),
+                          group.begin() + static_cast<long>(last));
+    }
+  }
+  return chunks;
+}
+
 // Submits the claimed runs as job arrays, appending each to `submissions`. Array indices must
 // stay below the cluster's MaxArraySize: larger matrices go in several arrays.
 void submit_arrays(const Spec& spec, const RunOptions& options, Store& store, const Claimant& me,
@@ -849,17 +872,7 @@ void submit_arrays(const Spec& spec, const RunOptions& options, Store& store, co
                    std::vector<Submission>& submissions, RunSummary& summary) {
   const size_t kMaxArray = max_array_tasks();
   const std::vector<const RunConfig*>& runs = to_submit.runs;
-  // Runs of one world size per array (its --ntasks), each group in chunks below MaxArraySize.
-  std::map<int, std::vector<const RunConfig*>> by_world;
-  for (const RunConfig* run : runs) by_world[run->config.value("world_size", 1)].push_back(run);
-  std::vector<std::vector<const RunConfig*>> chunks;
-  for (const auto& [world, group] : by_world) {
-    for (size_t first = 0; first < group.size(); first += kMaxArray)
-      chunks.emplace_back(
-          group.begin() + static_cast<long>(first),
-          group.begin() + static_cast<long>(std::min(group.size(), first + kMaxArray)));
-  }
-  for (const auto& chunk : chunks) {
+  for (const auto& chunk : array_chunks(runs, kMaxArray)) {
     if (interrupted()) break;
     // The submission holds the claims from now until `harness collect` ingests its tasks.
     const std::string token = new_token();

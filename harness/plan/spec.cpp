@@ -553,6 +553,8 @@ class Parser {
   // The absolute path of an existing data file.
   std::string data_file(const DataItem& item) const;
   Json parse_data(const PartNodes& part, const PartNodes& defaults, Workload workload) const;
+  void parse_data_path(const std::map<std::string, DataItem>& items, int data_line,
+                       const std::string& data_key, Json& data) const;
   TableSpec parse_table(const YAML::Node& node, const std::string& key, const Spec& spec) const;
   std::vector<const PartSpec*> table_parts(const std::map<std::string, Entry>& keys,
                                            const std::string& key, const Spec& spec,
@@ -681,8 +683,7 @@ Json Parser::config_value(const KeyRule& rule, const YAML::Node& node, int line,
   // fp16 matrix products do not exist on CPU (and CPU autocast takes bf16 only): such a run can
   // only fail, so it is refused before anything starts.
   if ((rule.name == "mp" || rule.name == "dtype" || rule.name == "compute_dtype") &&
-      value == "fp16" && device_ == "cpu" &&
-      !device_overridden_) {
+      value == "fp16" && device_ == "cpu" && !device_overridden_) {
     fail(line, key, "fp16 needs a CUDA device; use bf16 on CPU");
   }
   return value;
@@ -875,25 +876,30 @@ Json Parser::parse_data(const PartNodes& part, const PartNodes& defaults, Worklo
     if (!problem.empty()) fail(item.line, item.key, problem);
     data[name] = item.value;
   }
+  parse_data_path(items, data_line, data_key, data);
+  return data;
+}
+
+// data.path: a file for formats alpaca and tokens (resolved like every data path), nothing else.
+void Parser::parse_data_path(const std::map<std::string, DataItem>& items, int data_line,
+                             const std::string& data_key, Json& data) const {
   const std::string format = data["format"].get<std::string>();
   auto path_it = items.find("path");
-  if (format == "alpaca" || format == "tokens") {
-    if (path_it == items.end())
-      fail(data_line, data_key + ".path", "required for format " + format);
-    data["path_as_written"] = path_it->second.value;
-    data["path"] = data_file(path_it->second);
-    if (format == "tokens") {
-      // Read now: a bad file fails the spec, not every run (errors name the file).
-      try {
-        read_token_examples(data["path"].get<std::string>());
-      } catch (const std::exception& e) {
-        fail(path_it->second.line, path_it->second.key, e.what());
-      }
-    }
-  } else if (path_it != items.end()) {
-    fail(path_it->second.line, path_it->second.key, "only applies to formats alpaca and tokens");
+  if (format != "alpaca" && format != "tokens") {
+    if (path_it != items.end())
+      fail(path_it->second.line, path_it->second.key, "only applies to formats alpaca and tokens");
+    return;
   }
-  return data;
+  if (path_it == items.end()) fail(data_line, data_key + ".path", "required for format " + format);
+  data["path_as_written"] = path_it->second.value;
+  data["path"] = data_file(path_it->second);
+  if (format != "tokens") return;
+  // Read now: a bad file fails the spec, not every run (errors name the file).
+  try {
+    read_token_examples(data["path"].get<std::string>());
+  } catch (const std::exception& e) {
+    fail(path_it->second.line, path_it->second.key, e.what());
+  }
 }
 
 PartSpec Parser::parse_part(const PartNodes& part, const PartNodes& defaults,

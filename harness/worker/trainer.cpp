@@ -137,6 +137,11 @@ StepStats Trainer::step(DataSource& data) {
   if (after_backward) after_backward();
   for (const auto& p : params_)
     if (p.grad().defined()) stats.grad_bytes += p.grad().nbytes();
+  // ZeRO-2: the parameters have none; this rank's chunks hold the gradients it keeps.
+  if (gradient_sync_ != nullptr && gradient_sync_->shards_gradients()) {
+    for (const auto& p : optimizer_->parameters())
+      if (p.grad().defined()) stats.grad_bytes += p.grad().nbytes();
+  }
 
   bool take_step = true;
   if (scaler_) {
