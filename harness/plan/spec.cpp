@@ -823,6 +823,9 @@ std::string Parser::data_file(const DataItem& item) const {
          "file not found: \"" + written + "\" (looked in the current directory and in " +
              spec_dir_.string() + ")");
   }
+  // Data is read whole: a device or a pipe (/dev/zero, /dev/stdin) would never end.
+  if (!fs::is_regular_file(*found))
+    fail(item.line, item.key, "not a regular file: \"" + written + "\"");
   return found->string();
 }
 

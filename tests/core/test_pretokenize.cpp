@@ -201,6 +201,26 @@ TEST_F(PretokenizeTest, SpecTokenizerResolvedHashedAndChecked) {
   EXPECT_NE(expand(no_special).at(0).run_id, expand(spec).at(0).run_id);
 }
 
+// data: {format: tokens}: the token file is read when the spec is, so that a bad one names its
+// line; a device is refused before it is read (it would never end).
+TEST_F(PretokenizeTest, TokenDataIsCheckedWhenTheSpecIsRead) {
+  write("data/tokens.json", R"([{"tokens": [1, 5, 9], "labels": [-100, 5, 9]}])");
+  write("data/bad.json", R"([{"tokens": [1, 5, 9], "labels": [5]}])");
+  const std::string base = "name: t\nmodel: {preset: tiny}\nworkload: finetune\n";
+  const std::string spec = (dir_ / "spec.yaml").string();
+  EXPECT_NO_THROW(
+      load_spec(write("ok.yaml", base + "data: {format: tokens, path: data/tokens.json}\n")));
+  EXPECT_EQ(error_of_spec(base + "data: {format: tokens, path: data/bad.json}\n")
+                .rfind(spec + ":4: data.path: ", 0),
+            0u);
+  EXPECT_EQ(error_of_spec(base + "data: {format: tokens, path: /dev/zero}\n"),
+            spec + ":4: data.path: not a regular file: \"/dev/zero\"");
+  EXPECT_EQ(error_of_spec(base + "data: {format: tokens}\n"),
+            spec + ":4: data.path: required for format tokens");
+  EXPECT_EQ(error_of_spec(base + "data: {format: random, seq_len: 8, path: data/tokens.json}\n"),
+            spec + ":4: data.path: only applies to formats alpaca and tokens");
+}
+
 TEST_F(PretokenizeTest, SpecTokenizerErrors) {
   write("data/alpaca.json", kAlpaca);
   write("big.model", tiktoken_file(byte_vocab({"ok"})));  // 513 tokens
