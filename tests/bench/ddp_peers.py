@@ -70,6 +70,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# The helpers both side-by-side scripts use (logging, load average, RSS, number format).
+from peers import fmt_load, fnum, load_avg, log, ru_maxrss_mb, wait_for_load  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(HERE))
 RESULT_MARK = "DDP_PEERS_RESULT "
 WORLD_SIZE = 2
@@ -79,22 +82,6 @@ DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}  # large enough that the loss moves ste
 TARGET_STEP_RATIO = 1.0  # issue 17: ours s/step <= DDP's (reported, not asserted)
 # The largest |loss difference| the test (tests/hf/test_ddp_loss.py) accepts; see its docstring.
 LOSS_TOLERANCE = 1e-5
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def load_avg():
-    return os.getloadavg()
-
-
-def fmt_load(la):
-    return "%.2f %.2f %.2f" % la
-
-
-def ru_maxrss_mb(usage):
-    return usage.ru_maxrss / 1024.0  # Linux: kilobytes
 
 
 # =============================================================================================
@@ -387,12 +374,6 @@ def machine_lines(worker):
             f"- ours: {version}"]
 
 
-def fnum(x, digits=3):
-    if x is None or (isinstance(x, float) and x != x):
-        return "n/a"
-    return f"{x:.{digits}f}"
-
-
 def report(args, r, command, waited, load_before, load_after, elapsed):
     md = [f"# Our data parallelism vs PyTorch DistributedDataParallel (CPU, {WORLD_SIZE} ranks, "
           f"preset {r['preset']}, {r['optimizer']})", "",
@@ -445,21 +426,6 @@ def report(args, r, command, waited, load_before, load_after, elapsed):
            f"{'met' if r['ratio'] <= TARGET_STEP_RATIO else 'not met'} "
            f"(ours/DDP {fnum(r['ratio'])})"]
     return "\n".join(md) + "\n"
-
-
-def wait_for_load(threshold, max_wait):
-    start = time.monotonic()
-    while True:
-        la = load_avg()[0]
-        waited = time.monotonic() - start
-        if la < threshold:
-            return (f"waited {waited:.0f} s for the 1-minute load average to fall below "
-                    f"{threshold} (it was {la:.2f})")
-        if waited >= max_wait:
-            return (f"the 1-minute load average did not fall below {threshold} in "
-                    f"{waited:.0f} s (it was {la:.2f}): measured anyway, under load")
-        log(f"load {la:.2f} >= {threshold}: waiting ({waited:.0f} s of {max_wait} s)")
-        time.sleep(30)
 
 
 def main():
