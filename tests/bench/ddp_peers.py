@@ -89,6 +89,9 @@ LOSS_TOLERANCE = 1e-5
 # =============================================================================================
 
 def ddp_child(job):
+    import faulthandler
+    # A rank that hangs prints where, and ends, before the parent's deadline.
+    faulthandler.dump_traceback_later(job.get("hang_s", 120), exit=True)
     import resource
     import warnings
     warnings.filterwarnings("ignore")
@@ -155,6 +158,12 @@ def ddp_child(job):
             {"losses": losses, "step_times": times, "peak_rss_mb": rss[0].item(),
              "rss_after_import_mb": rss[1].item(), "attn_implementation": attn,
              "torch_threads": torch.get_num_threads()}), flush=True)
+    # Out without the interpreter's teardown: a rank sometimes hung for good there, in C++
+    # destructors after destroy_process_group (seen as a rank 0 idle in `main` after printing
+    # its result while rank 1 had exited).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port():
@@ -168,7 +177,10 @@ def ddp_run(job, timeout=600):
     port = free_port()
     procs, logs = [], []
     for rank in range(WORLD_SIZE):
+        # GLOO_SOCKET_IFNAME=lo: Gloo's default device is the host name's address, which a
+        # sandbox may not route; both ranks are on this machine.
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                   GLOO_SOCKET_IFNAME="lo",
                    WORLD_SIZE=str(WORLD_SIZE), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                    TRANSFORMERS_OFFLINE="1", TORCHDYNAMO_DISABLE="1")
         logs.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))
@@ -178,7 +190,9 @@ def ddp_run(job, timeout=600):
             stdout=logs[-1][0], stderr=logs[-1][1], text=True, env=env))
     deadline = time.monotonic() + timeout
     failure = None
-    while any(p.poll() is None for p in procs):
+    # Every rank polled each time round (any() would stop at the first running one and never see
+    # a later rank that died: the run then waited for the deadline).
+    while [p.poll() for p in procs].count(None) > 0:
         bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
         if bad or time.monotonic() > deadline:
             failure = (f"rank {bad[0]} exited with {procs[bad[0]].returncode}" if bad
