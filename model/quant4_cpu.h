@@ -9,7 +9,7 @@ namespace hx::quant4_cpu {
 
 enum class OutType { kFloat32, kBFloat16, kFloat16 };
 
-// Whether this processor runs the kernel below (AVX-512F and F16C).
+// Whether this processor runs the kernel below (AVX-512F, which implies F16C).
 bool available();
 
 // out[i] = code[nibble i] * absmax[i / block], computed in fp32 and rounded once to `type`
