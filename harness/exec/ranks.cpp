@@ -30,6 +30,8 @@ const char* env(const char* name) {
 // Which failure explains the run: a rank that died of a signal (crash, OOM killer), then one
 // that ran out of memory, then any other exit.
 int severity(int status) {
+  // SIGPIPE: a write to a peer that is gone (a consequence, below any cause).
+  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGPIPE) return 0;
   if (WIFSIGNALED(status)) return 3;
   if (WIFEXITED(status) && WEXITSTATUS(status) == kExitOom) return 2;
   return 1;
@@ -110,6 +112,9 @@ std::vector<pid_t> spawn_ranks(char** argv, int world_size, const std::string& s
     const pid_t pid = ::fork();
     if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
     if (pid == 0) {
+      // A rank writing to a peer that died gets an error (EPIPE), not a deadly SIGPIPE: the
+      // peer's own failure is the run's cause. SIG_IGN survives exec.
+      std::signal(SIGPIPE, SIG_IGN);
       ::setenv(kRankEnv, std::to_string(rank).c_str(), 1);
       ::setenv(kWorldSizeEnv, world.c_str(), 1);
       ::setenv(kStoreEnv, store.c_str(), 1);

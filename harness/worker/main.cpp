@@ -50,6 +50,7 @@ int run_one(const std::string& run_path, char** argv) {
   const int world_size = run.at("config").value("world_size", 1);
   if (hx::must_launch_ranks(world_size)) return hx::launch_ranks(argv, world_size, result_path);
   if (world_size > 1) {
+    std::signal(SIGPIPE, SIG_IGN);  // a peer gone is an error of the collective, not a kill
     const auto id = hx::rank_identity(result_path);
     run["dp"] = {{"rank", id.rank},
                  {"world_size", id.world_size},
