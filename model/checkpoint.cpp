@@ -71,7 +71,9 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     variable_list grads;
     {
       torch::AutoGradMode enable_grad(true);
-      auto y = state->block->forward(x, state->start_pos, state->rope, state->mask, nullptr);
+      // Only y's graph is used, not its value: the last projection's product is left out.
+      auto y = state->block->forward(x, state->start_pos, state->rope, state->mask, nullptr,
+                                     ProjectionOutput::kUnread);
       grads = torch::autograd::grad({y}, inputs, {grad_outputs[0]}, /*retain_graph=*/false,
                                     /*create_graph=*/false, /*allow_unused=*/true);
     }

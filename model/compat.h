@@ -43,6 +43,15 @@ inline void set_autocast_state(const AutocastState& s) {
   at::autocast::set_autocast_enabled(at::kCUDA, s.cuda_enabled);
 }
 
+// The dtype torch::linear computes x W^T in: the autocast dtype where autocast is on for x's
+// device (linear is on its lower-precision list on the CPU and on CUDA), else x's.
+inline at::ScalarType linear_compute_dtype(const torch::Tensor& x) {
+  const auto device = x.device().type();
+  if ((device == c10::kCPU || device == c10::kCUDA) && at::autocast::is_autocast_enabled(device))
+    return at::autocast::get_autocast_dtype(device);
+  return x.scalar_type();
+}
+
 // RAII autocast scope, as Python's torch.autocast (libtorch has no C++ one). The autocast cache
 // (low-precision copies of weights) is cleared when the outermost scope ends, as torch.autocast
 // does.

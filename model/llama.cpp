@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "model/checkpoint.h"
+#include "model/compat.h"
 
 namespace hx {
 
@@ -50,10 +51,49 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight) {
   if (rows == 1) return torch::mv(weight, flat[0]).view(sizes);
   return torch::stack({torch::mv(weight, flat[0]), torch::mv(weight, flat[1])}).view(sizes);
 }
+
+// torch::linear(x, W)'s autograd node without its product (ProjectionOutput::kUnread): the
+// output is unread_output in linear's dtype; backward computes what linear's does, x's gradient
+// and W's when it trains, in that dtype.
+struct UnreadLinear : torch::autograd::Function<UnreadLinear> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight) {
+    const auto dtype = compat::linear_compute_dtype(x);
+    ctx->save_for_backward({weight.requires_grad() ? x : torch::Tensor(), weight});
+    ctx->saved_data["x_sizes"] = x.sizes();
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["dtype"] = static_cast<int64_t>(dtype);
+    return unread_output(x, weight.size(0), dtype);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& weight = saved[1];
+    const auto dtype = static_cast<torch::Dtype>(ctx->saved_data["dtype"].toInt());
+    const auto grad = grads[0].to(dtype).reshape({-1, weight.size(0)});
+    torch::Tensor grad_x, grad_w;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = grad.mm(weight.to(dtype))
+                   .view(ctx->saved_data["x_sizes"].toIntVector())
+                   .to(static_cast<torch::Dtype>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    if (ctx->needs_input_grad(1))
+      grad_w = grad.t().mm(x.to(dtype).reshape({-1, x.size(-1)})).to(weight.scalar_type());
+    return {grad_x, grad_w};
+  }
+};
 }  // namespace
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  auto y = quant_ ? quant4_linear(x, *quant_, quant_compute_dtype_) : project(x, weight);
+torch::Tensor LinearImpl::forward(const torch::Tensor& x, ProjectionOutput output) {
+  const bool product = output == ProjectionOutput::kComputed;
+  torch::Tensor y;
+  if (quant_) {
+    y = quant4_linear(x, *quant_, quant_compute_dtype_, product);
+  } else {
+    y = product ? project(x, weight) : UnreadLinear::apply(x, weight);
+  }
   if (lora_a_.defined() && !lora_merged_) {
     auto xd = lora_dropout_ > 0 ? torch::dropout(x, lora_dropout_, is_training()) : x;
     y = y + torch::linear(torch::linear(xd, lora_a_), lora_b_) * lora_scaling_;
@@ -234,8 +274,8 @@ FeedForwardImpl::FeedForwardImpl(const LlamaConfig& config, const torch::TensorO
   w3 = register_module("w3", Linear(config.dim, config.ffn_hidden, options));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return w2(torch::silu(w1(x)) * w3(x));
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x, ProjectionOutput output) {
+  return w2(torch::silu(w1(x)) * w3(x), output);
 }
 
 TransformerBlockImpl::TransformerBlockImpl(const LlamaConfig& config, int64_t layer_id_,
@@ -249,9 +289,9 @@ TransformerBlockImpl::TransformerBlockImpl(const LlamaConfig& config, int64_t la
 
 torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, int64_t start_pos,
                                             const RopeTables& rope, const torch::Tensor& mask,
-                                            KVCache* cache) {
+                                            KVCache* cache, ProjectionOutput output) {
   auto h = x + attention(attention_norm(x), start_pos, rope, mask, cache, layer_id);
-  return h + feed_forward(ffn_norm(h));
+  return h + feed_forward(ffn_norm(h), output);
 }
 
 // ---- Transformer ----

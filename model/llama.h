@@ -39,6 +39,12 @@ struct LoraOptions {
   double dropout = 0.05;
 };
 
+// Whether a projection computes its output or only records its backward. A recompute for
+// gradient checkpointing never reads the block's last projection (only additions follow it, and
+// they keep no operand), so its product is left out there, as PyTorch's non-reentrant checkpoint
+// stops its recompute early.
+enum class ProjectionOutput { kComputed, kUnread };
+
 // A bias-free linear layer whose weight is created directly with the given options (so that the
 // whole model can be built on the meta device), with an optional LoRA adapter
 // (parameters `lora_a.weight` (r, in), `lora_b.weight` (out, r)), and optionally its weight in
@@ -46,7 +52,8 @@ struct LoraOptions {
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, const torch::TensorOptions& options);
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x,
+                        ProjectionOutput output = ProjectionOutput::kComputed);
 
   // Replaces the parameter `weight` by its 4-bit form, the buffers `weight_packed`,
   // `weight_absmax` (and with double quantisation `weight_offset`, `weight_absmax2`): frozen, as in
@@ -144,7 +151,9 @@ TORCH_MODULE(Attention);
 class FeedForwardImpl : public torch::nn::Module {
  public:
   FeedForwardImpl(const LlamaConfig& config, const torch::TensorOptions& options);
-  torch::Tensor forward(const torch::Tensor& x);
+  // `output` applies to w2, the last projection.
+  torch::Tensor forward(const torch::Tensor& x,
+                        ProjectionOutput output = ProjectionOutput::kComputed);
   Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
 };
 TORCH_MODULE(FeedForward);
@@ -153,8 +162,10 @@ class TransformerBlockImpl : public torch::nn::Module {
  public:
   TransformerBlockImpl(const LlamaConfig& config, int64_t layer_id,
                        const torch::TensorOptions& options);
+  // `output` applies to the feed-forward's w2, the block's last projection.
   torch::Tensor forward(const torch::Tensor& x, int64_t start_pos, const RopeTables& rope,
-                        const torch::Tensor& mask, KVCache* cache);
+                        const torch::Tensor& mask, KVCache* cache,
+                        ProjectionOutput output = ProjectionOutput::kComputed);
   Attention attention{nullptr};
   FeedForward feed_forward{nullptr};
   RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};

@@ -325,18 +325,25 @@ torch::Tensor dequantize_4bit_ops(const Quant4Weight& q, torch::Dtype dtype) {
   return out.view(q.shape);
 }
 
+torch::Tensor unread_output(const torch::Tensor& x, int64_t out, torch::Dtype dtype) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  return torch::zeros({}, x.options().dtype(dtype)).expand(sizes);
+}
+
 namespace {
 
 // bitsandbytes' MatMul4Bit: the dequantised weight lives only inside forward and backward.
 struct Quant4Matmul : public torch::autograd::Function<Quant4Matmul> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const Quant4Weight& q, torch::Dtype compute_dtype) {
+                               const Quant4Weight& q, torch::Dtype compute_dtype, bool product) {
     ctx->save_for_backward({q.packed, q.absmax, q.offset, q.absmax2});
     ctx->saved_data["shape"] = q.shape;
     ctx->saved_data["dtype"] = static_cast<int64_t>(q.dtype);
     ctx->saved_data["type"] = static_cast<int64_t>(q.type);
     ctx->saved_data["block"] = q.block;
     ctx->saved_data["compute"] = static_cast<int64_t>(compute_dtype);
+    if (!product) return unread_output(x, q.shape[0], x.scalar_type());
     const auto w = dequantize_4bit(q, compute_dtype);
     return torch::linear(x.to(compute_dtype), w).to(x.scalar_type());
   }
@@ -356,15 +363,15 @@ struct Quant4Matmul : public torch::autograd::Function<Quant4Matmul> {
     const auto compute = static_cast<torch::Dtype>(ctx->saved_data["compute"].toInt());
     const auto& grad = grads[0];
     const auto grad_x = torch::matmul(grad.to(compute), dequantize_4bit(q, compute));
-    return {grad_x.to(grad.scalar_type()), torch::Tensor(), torch::Tensor()};
+    return {grad_x.to(grad.scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor quant4_linear(const torch::Tensor& x, const Quant4Weight& q,
-                            torch::Dtype compute_dtype) {
-  return Quant4Matmul::apply(x, q, compute_dtype);
+                            torch::Dtype compute_dtype, bool product) {
+  return Quant4Matmul::apply(x, q, compute_dtype, product);
 }
 
 }  // namespace hx

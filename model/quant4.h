@@ -62,10 +62,16 @@ torch::Tensor dequantize_4bit_ops(const Quant4Weight& q, torch::Dtype dtype);
 // The fp32 absmax vector of `q` (double quantisation undone: code2[q8] * absmax2 + offset).
 torch::Tensor quant4_absmax(const Quant4Weight& q);
 
+// A stand-in for a projection's output whose value is never read: a zero of x's shape with the
+// last dimension `out`, in `dtype`, broadcast from one element.
+torch::Tensor unread_output(const torch::Tensor& x, int64_t out, torch::Dtype dtype);
+
 // Linear4bit's forward: x cast to `compute_dtype`, y = x W^T with W dequantised to
 // `compute_dtype` for the product only, y cast back to x's dtype. Backward gives x's gradient
 // (W dequantised again) and no weight gradient: the quantised weight is frozen.
+// With `product` false the output is a broadcast zero of the product's shape and dtype and only
+// the backward is real: for an output whose value is never read (ProjectionOutput).
 torch::Tensor quant4_linear(const torch::Tensor& x, const Quant4Weight& q,
-                            torch::Dtype compute_dtype);
+                            torch::Dtype compute_dtype, bool product = true);
 
 }  // namespace hx

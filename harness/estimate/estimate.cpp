@@ -683,9 +683,72 @@ class ModelSim {
     tl_.where = outer;
   }
 
+  // ProjectionOutput::kUnread (a recompute's last projection): no product; the output is one
+  // element broadcast, in the product's dtype. Its node's backward is UnreadLinear's
+  // (model/llama.cpp) or, for a 4-bit weight, Quant4Matmul's.
+  int unread_linear(int x, const Lin& l, int64_t rows, const std::string& what) {
+    const int elem = l.quant || !o_.autocast ? tl_.elem(x) : o_.compute;
+    const bool w_trains = !l.quant && tl_.p(l.w).trainable;
+    const int one = tl_.tensor(1, elem, false, what + " (unread)");
+    const int y = tl_.view(one, rows * l.out);
+    tl_.drop(one);
+    const bool rg = tl_.grad_mode && (tl_.rg(x) || w_trains);
+    tl_.set_rg(y, rg);
+    if (!rg) return y;
+    Timeline::Node n;
+    n.what = (tl_.where.empty() ? "" : tl_.where + ": ") + what + " (unread)";
+    n.outputs = {y};
+    if (tl_.rg(x)) n.inputs = {x};
+    if (w_trains) tl_.save(n, x);
+    n.custom = [this, x, y, rows, l, w_trains, node = n.what] {
+      if (l.quant) {
+        backward_4bit(x, y, rows, l.in, l.out, node);
+      } else {
+        unread_backward(x, y, l, rows, w_trains, node);
+      }
+    };
+    tl_.add_node(std::move(n));
+    return y;
+  }
+
+  // UnreadLinear::backward: x's gradient (the gradient, already in the product's dtype, times the
+  // weight cast to it, cast back to x's dtype), then W's (g^T x in that dtype, cast to W's). A
+  // cast lives until its expression ends.
+  void unread_backward(int x, int y, const Lin& l, int64_t rows, bool w_trains,
+                       const std::string& what) {
+    const std::string outer = tl_.where;
+    tl_.where.clear();
+    const int dt = tl_.elem(y);
+    const int w_elem = tl_.p(l.w).elem;
+    if (tl_.rg(x)) {
+      const int w_cast = w_elem != dt ? tl_.storage(l.in * l.out * dt, what + " weight cast") : -1;
+      int grad_x = tl_.storage(rows * l.in * dt, what + " (input grad)");
+      if (tl_.elem(x) != dt) {
+        const int back = tl_.storage(rows * l.in * tl_.elem(x), what + " (input grad cast)");
+        tl_.unref(grad_x);
+        grad_x = back;
+      }
+      if (w_cast >= 0) tl_.unref(w_cast);
+      tl_.deliver(x, grad_x);
+    }
+    if (w_trains) {
+      const int x_cast =
+          tl_.elem(x) != dt ? tl_.storage(rows * l.in * dt, what + " input cast") : -1;
+      const int product =
+          w_elem != dt ? tl_.storage(l.in * l.out * dt, what + " (weight grad product)") : -1;
+      tl_.param_grad(l.w, what);
+      if (product >= 0) tl_.unref(product);
+      if (x_cast >= 0) tl_.unref(x_cast);
+    }
+    tl_.where = outer;
+  }
+
   // LinearImpl::forward: the base projection plus (alpha/r) * B(A(dropout(x))).
-  int linear(int x, const Lin& l, int64_t rows, int64_t in, int64_t out, const std::string& what) {
-    int y = l.quant ? linear_4bit(x, l, rows, what) : linear_plain(x, l.w, rows, out, what);
+  int linear(int x, const Lin& l, int64_t rows, int64_t in, int64_t out, const std::string& what,
+             bool unread = false) {
+    int y = unread    ? unread_linear(x, l, rows, what)
+            : l.quant ? linear_4bit(x, l, rows, what)
+                      : linear_plain(x, l.w, rows, out, what);
     if (l.a < 0) return y;
     int xd = x;
     bool own = false;
@@ -921,8 +984,9 @@ class ModelSim {
     return out;
   }
 
-  // w2(silu(w1(x)) * w3(x)); GCC evaluates the operands of * right to left.
-  int feed_forward(int x, const Layer& l) {
+  // w2(silu(w1(x)) * w3(x)); GCC evaluates the operands of * right to left. `unread`: w2's
+  // product is left out (a recompute).
+  int feed_forward(int x, const Layer& l, bool unread) {
     const auto& c = o_.cfg;
     const int64_t n = b_ * t_, d = dim(), f = c.ffn_hidden;
     const int a3 = linear(x, l.w3, n, d, f, "w3");
@@ -941,7 +1005,7 @@ class ModelSim {
         mul_backward_mixed(s1, a3, prod, what);
       };
     }
-    const int out = linear(prod, l.w2, n, f, d, "w2");
+    const int out = linear(prod, l.w2, n, f, d, "w2", unread);
     tl_.drop(a3);
     tl_.drop(a1);
     tl_.drop(s1);
@@ -997,7 +1061,8 @@ class ModelSim {
     return out;
   }
 
-  int block(int x, int64_t i) {
+  // `recompute`: checkpointing's recompute, which leaves the last projection's product out.
+  int block(int x, int64_t i, bool recompute = false) {
     const Layer& l = layers_[static_cast<size_t>(i)];
     const int n1 = rmsnorm(x, l.attention_norm);
     const int a = attention(n1, l);
@@ -1005,7 +1070,7 @@ class ModelSim {
     tl_.drop(n1);
     tl_.drop(a);
     const int n2 = rmsnorm(h, l.ffn_norm);
-    const int f = feed_forward(n2, l);
+    const int f = feed_forward(n2, l, recompute);
     const int out = residual(h, f, "residual (feed-forward)");
     tl_.drop(n2);
     tl_.drop(f);
@@ -1046,7 +1111,7 @@ class ModelSim {
       const size_t mark = tl_.node_count();
       const int rng = o_.cpu ? tl_.storage(kCpuRngStateBytes, "outer RNG state") : -1;
       const int x2 = tl_.view(x);
-      const int y2 = block(x2, i);
+      const int y2 = block(x2, i, /*recompute=*/true);
       tl_.take_pending(y, y2);
       backward_autocast_ = o_.autocast;
       tl_.backward(mark);
@@ -1144,23 +1209,26 @@ std::vector<int> zero1_owners(const Timeline& tl, const FinetuneSetup& s, int* l
   return owner;
 }
 
-// Whether this rank's optimizer keeps parameter `id`'s state (ZeRO-1: its shard only).
-bool in_optimizer(const Timeline& tl, const FinetuneSetup& s, int id) {
-  if (!tl.params()[static_cast<size_t>(id)].trainable) return false;
-  if (!s.zero1 || s.world_size <= 1) return true;
+// The parameters whose state this rank's optimizer keeps, by id: the trainable ones (ZeRO-1:
+// those of its shard only).
+std::vector<bool> optimizer_params(const Timeline& tl, const FinetuneSetup& s) {
+  std::vector<bool> kept;
+  for (const auto& p : tl.params()) kept.push_back(p.trainable);
+  if (!s.zero1 || s.world_size <= 1) return kept;
   int rank = 0;
   const auto owner = zero1_owners(tl, s, &rank);
-  return owner[static_cast<size_t>(id)] == rank;
+  for (size_t id = 0; id < kept.size(); ++id) kept[id] = owner[id] == rank;
+  return kept;
 }
 
 // The optimizer's step: AdamW allocates its state now unless `state_live` (kept in `state`), and
-// temporaries of each trainable parameter; SGD with weight decay one temporary.
-void optimizer_step(Timeline& tl, const FinetuneSetup& s, bool state_live,
-                    std::vector<int>& state) {
+// temporaries of each parameter it keeps; SGD with weight decay one temporary.
+void optimizer_step(Timeline& tl, const FinetuneSetup& s, const std::vector<bool>& kept,
+                    bool state_live, std::vector<int>& state) {
   const bool adamw = s.optimizer == "adamw";
   for (size_t id = 0; id < tl.params().size(); ++id) {
     const auto& p = tl.params()[id];
-    if (!in_optimizer(tl, s, static_cast<int>(id))) continue;
+    if (!kept[id]) continue;
     const int64_t bytes = p.numel * p.elem;
     if (adamw) {
       if (!state_live) state.push_back(tl.storage(2 * bytes, "AdamW state"));
@@ -1253,10 +1321,11 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   const int tables = tl.storage(s.table_bytes, "4-bit code tables");
   std::vector<int> state;
   const bool adamw = s.optimizer == "adamw";
+  const auto kept = optimizer_params(tl, s);
   if (adamw && state_live) {
     for (size_t id = 0; id < tl.params().size(); ++id) {
       const auto& p = tl.params()[id];
-      if (in_optimizer(tl, s, static_cast<int>(id)))
+      if (kept[id])
         state.push_back(tl.storage(2 * p.numel * p.elem, "AdamW state"));
     }
   }
@@ -1300,7 +1369,7 @@ StepResult simulate_step(const FinetuneSetup& s, const std::vector<int64_t>& len
   }
   // Optimizer step, then the gradients are released (set to none).
   tl.phase = "optimizer step";
-  optimizer_step(tl, s, state_live, state);
+  optimizer_step(tl, s, kept, state_live, state);
   zero1_broadcasts(tl, s);
   tl.free_param_grads();
   result.peak = tl.peak();
@@ -1499,10 +1568,9 @@ MemoryEstimate estimate_finetune(const Spec& spec, const RunConfig& run, const L
   e.optimizer = 0;
   if (s.optimizer == "adamw") {
     // The rank's share: ZeRO-1 keeps its shard's moments only.
-    for (size_t id = 0; id < tl.params().size(); ++id) {
-      const auto& p = tl.params()[id];
-      if (in_optimizer(tl, s, static_cast<int>(id))) e.optimizer += 2 * p.numel * s.model.elem;
-    }
+    const auto kept = optimizer_params(tl, s);
+    for (size_t id = 0; id < tl.params().size(); ++id)
+      if (kept[id]) e.optimizer += 2 * tl.params()[id].numel * s.model.elem;
   }
   e.master = 0;
   e.activations = worst.activations;

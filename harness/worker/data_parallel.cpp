@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <mutex>
 #include <stdexcept>
+#include <unordered_map>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #if HX_DP_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -267,11 +268,13 @@ std::vector<torch::Tensor> GradientAverager::optimizer_shard(
     return shards;
   }
   if (s.owner.empty()) return params;
+  std::unordered_map<const c10::TensorImpl*, int> owner_of;
+  for (size_t k = 0; k < s.params.size(); ++k)
+    owner_of.emplace(s.params[k].unsafeGetTensorImpl(), s.owner[k]);
   std::vector<torch::Tensor> mine;
   for (const auto& p : params) {
-    for (size_t k = 0; k < s.params.size(); ++k) {
-      if (s.params[k].is_same(p) && s.owner[k] == s.group->getRank()) mine.push_back(p);
-    }
+    const auto it = owner_of.find(p.unsafeGetTensorImpl());
+    if (it != owner_of.end() && it->second == s.group->getRank()) mine.push_back(p);
   }
   return mine;
 }

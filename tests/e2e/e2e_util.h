@@ -222,6 +222,30 @@ class Db {
   sqlite3* db_ = nullptr;
 };
 
+// Data parallelism's equivalence in a database of tests/specs/data_parallel.yaml's matrix: with
+// ZeRO 0, 1 and 2, two ranks of batch 1 record one rank of batch 2's loss (1e-5) and tokens (all
+// ranks') at every step.
+void expect_two_ranks_step_as_one(const Db& db) {
+  const auto steps_of = [&](const std::string& where) {
+    return db.query(
+        "SELECT s.step, s.loss, s.tokens FROM steps s JOIN runs r USING (run_id) WHERE " + where +
+        " ORDER BY s.step");
+  };
+  const auto one = steps_of("json_extract(r.config, '$.world_size') = 1");
+  ASSERT_EQ(one.size(), 4U);
+  for (const char* zero : {"0", "1", "2"}) {
+    const auto two = steps_of(
+        "json_extract(r.config, '$.world_size') = 2 AND json_extract(r.config, '$.zero') = " +
+        std::string(zero));
+    ASSERT_EQ(two.size(), one.size()) << "zero " << zero;
+    for (size_t i = 0; i < one.size(); ++i) {
+      EXPECT_NEAR(std::stod(*one[i][1]), std::stod(*two[i][1]), 1e-5)
+          << "zero " << zero << ", step " << i;
+      EXPECT_EQ(*one[i][2], *two[i][2]) << "tokens of all ranks, zero " << zero << ", step " << i;
+    }
+  }
+}
+
 // ---- Per-test workspace ----
 
 class E2E : public ::testing::Test {

@@ -22,25 +22,7 @@ TEST_F(DataParallelE2E, TwoRanksOfBatchOneLoseWhatOneRankOfBatchTwoLoses) {
   ASSERT_EQ(o.rc, 0) << dump(o);
   Db db(db_);
   ASSERT_EQ(db.count("SELECT count(*) FROM runs WHERE status = 'ok'"), 4) << dump(o);
-  const auto steps_of = [&](const std::string& where) {
-    return db.query(
-        "SELECT s.step, s.loss, s.tokens FROM steps s JOIN runs r USING (run_id) WHERE " + where +
-        " ORDER BY s.step");
-  };
-  const auto one = steps_of("json_extract(r.config, '$.world_size') = 1");
-  ASSERT_EQ(one.size(), 4U);
-  for (const char* zero : {"0", "1", "2"}) {
-    const auto two = steps_of(
-        "json_extract(r.config, '$.world_size') = 2 AND "
-        "json_extract(r.config, '$.zero') = " +
-        std::string(zero));
-    ASSERT_EQ(two.size(), one.size()) << "zero " << zero;
-    for (size_t i = 0; i < one.size(); ++i) {
-      EXPECT_NEAR(std::stod(*one[i][1]), std::stod(*two[i][1]), 1e-5)
-          << "zero " << zero << ", step " << i;
-      EXPECT_EQ(*one[i][2], *two[i][2]) << "tokens of all ranks, step " << i;
-    }
-  }
+  expect_two_ranks_step_as_one(db);
   const std::string two_ranks =
       "(SELECT run_id FROM runs WHERE instr(config, '" + std::string(kTwoRanks) + "') > 0)";
   EXPECT_EQ(

@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
+#include <tuple>
 
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
+#include "model/compat.h"
 #include "model/lora.h"
 #include "source_dir.h"
 #include "tests/model/loss_curve.h"
@@ -95,6 +98,68 @@ TEST(GradientCheckpointing, LoraWithDropoutRecomputesTheSameMasks) {
   EXPECT_EQ(plain.loss, checkpointed.loss);
   EXPECT_EQ(plain.grads.size(), 4U * 3U * 2U);  // only adapters have gradients
   expect_same_grads(plain, checkpointed, 1e-6);
+}
+
+// The recompute leaves the block's last projection's product out (ProjectionOutput::kUnread);
+// its node must still give linear's gradients, bit for bit: for x and a training weight, in fp32
+// and under bf16 autocast (the product's dtype and the casts back), and for a 4-bit weight.
+TEST(GradientCheckpointing, AnUnreadProjectionGivesTheGradientsOfTheProduct) {
+  for (const bool quantised : {false, true}) {
+    for (const bool autocast : {false, true}) {
+      SCOPED_TRACE(std::string(quantised ? "4-bit" : "fp32 weight") +
+                   (autocast ? ", bf16 autocast" : ""));
+      torch::manual_seed(3);
+      Linear linear(48, 40, torch::TensorOptions());
+      {
+        torch::NoGradGuard no_grad;
+        linear->weight.normal_(0, 0.1);
+      }
+      if (quantised) linear->quantize(Quant4Options{});
+      const auto x = torch::randn({2, 5, 48});
+      const auto seed_grad = torch::randn({2, 5, 40});
+      auto pass = [&](ProjectionOutput output) {
+        const auto xi = x.clone().requires_grad_(true);
+        if (!quantised) linear->weight.mutable_grad() = torch::Tensor();
+        torch::Tensor y;
+        {
+          std::optional<compat::AutocastGuard> guard;
+          if (autocast) guard.emplace(c10::kCPU, at::kBFloat16);
+          y = linear(xi, output);
+          y.backward(seed_grad.to(y.scalar_type()));
+        }
+        return std::make_tuple(y.detach(), xi.grad(),
+                               quantised ? torch::Tensor() : linear->weight.grad().clone());
+      };
+      const auto [y, gx, gw] = pass(ProjectionOutput::kComputed);
+      const auto [unread, gx_unread, gw_unread] = pass(ProjectionOutput::kUnread);
+      EXPECT_EQ(unread.sizes(), y.sizes());
+      EXPECT_EQ(unread.scalar_type(), y.scalar_type());
+      EXPECT_EQ(unread.abs().max().item<double>(), 0.0);  // no product computed
+      EXPECT_GT(y.abs().max().item<double>(), 0.0);
+      EXPECT_TRUE(torch::equal(gx, gx_unread));
+      if (!quantised) EXPECT_TRUE(torch::equal(gw, gw_unread));
+    }
+  }
+}
+
+TEST(GradientCheckpointing, UnderBf16AutocastTheSameGradients) {
+  for (const bool lora : {false, true}) {
+    SCOPED_TRACE(lora ? "LoRA on wq, wv, w2" : "full fine-tuning");
+    auto model = make_model();
+    if (lora) apply_lora(model, {"wq", "wv", "w2"}, LoraOptions{8, 16.0, 0.3}, 11);
+    model->train();
+    auto batch = DataSource::random(512, 64, 2, 2).next();
+    auto pass = [&] {
+      compat::AutocastGuard guard(c10::kCPU, at::kBFloat16);
+      return forward_backward(model, batch);
+    };
+    model->set_checkpointing(0);
+    auto plain = pass();
+    model->set_checkpointing(1);
+    auto checkpointed = pass();
+    EXPECT_EQ(plain.loss, checkpointed.loss);
+    expect_same_grads(plain, checkpointed, 0.0);
+  }
 }
 
 TEST(GradientAccumulation, EightMicroBatchesOfOneEqualOneBatchOfEight) {

@@ -106,29 +106,14 @@ TEST_F(Slurm, QuickstartGivesTheSameRunsAsTheLocalBackend) {
 }
 
 // A data-parallel run on Slurm: its array has --ntasks 2, srun starts one worker per rank (each
-// says so), and the losses are the one-rank run's, step by step, as with the local backend.
+// says so), and the losses and tokens are the one-rank run's, step by step, as with the local
+// backend.
 TEST_F(Slurm, ADataParallelRunIsOneSlurmTaskPerRank) {
   const Outcome o = slurm_run("tests/specs/data_parallel.yaml", {"--no-report"});
   ASSERT_EQ(o.rc, 0) << dump(o);
   const Db db(db_);
   ASSERT_EQ(db.count("SELECT COUNT(*) FROM runs WHERE status = 'ok'"), 4) << dump(o);
-  const auto losses = [&](const std::string& where) {
-    std::vector<double> out;
-    for (const auto& row : db.query("SELECT s.loss FROM steps s JOIN runs r USING (run_id) WHERE " +
-                                    where + " ORDER BY s.step"))
-      out.push_back(std::stod(*row[0]));
-    return out;
-  };
-  const auto one = losses("json_extract(r.config, '$.world_size') = 1");
-  ASSERT_EQ(one.size(), 4U);
-  for (const char* zero : {"0", "1", "2"}) {
-    const auto two = losses(
-        "json_extract(r.config, '$.world_size') = 2 AND "
-        "json_extract(r.config, '$.zero') = " +
-        std::string(zero));
-    ASSERT_EQ(two.size(), one.size());
-    for (size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(one[i], two[i], 1e-5) << zero << " " << i;
-  }
+  expect_two_ranks_step_as_one(db);
   // Each two-rank run's stderr: both ranks, started by srun.
   int srun_ranks = 0;
   for (const auto& entry : fs::recursive_directory_iterator(runs_)) {
