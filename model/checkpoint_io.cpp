@@ -337,12 +337,9 @@ void copy_piece(torch::Tensor dest, const torch::Tensor& src, int64_t hf_heads) 
 }
 
 void copy_into(Transformer& model, Checkpoint& ck) {
-  torch::NoGradGuard no_grad;
   std::set<std::string> used;
-  for (auto& item : model->named_parameters()) {
-    const std::string& name = item.key();
-    if (is_lora_param(name)) continue;
-    torch::Tensor param = item.value();
+  fill_parameters(model, [&](const std::string& name, torch::Tensor& param) {
+    if (is_lora_param(name)) return;
     auto it = ck.sources.find(name);
     if (it == ck.sources.end()) {
       const std::string key = ck.format == CheckpointFormat::kHuggingFace
@@ -370,7 +367,7 @@ void copy_into(Transformer& model, Checkpoint& ck) {
                                       " (a replicated tensor must be equal in every shard)");
       }
       copy_piece(param, first.tensor, source.hf_heads);
-      continue;
+      return;
     }
     // Shards concatenated along split_dim.
     const int64_t d = source.split_dim;
@@ -405,7 +402,7 @@ void copy_into(Transformer& model, Checkpoint& ck) {
       param.narrow(d, offset, p.tensor.size(d)).copy_(p.tensor);
       offset += p.tensor.size(d);
     }
-  }
+  });
   for (const auto& [name, source] : ck.sources)
     if (!used.count(name)) {
       const auto& p = source.pieces.front();

@@ -1,6 +1,7 @@
 #include "model/llama.h"
 
 #include <cmath>
+#include <map>
 #include <numbers>
 #include <stdexcept>
 
@@ -30,6 +31,27 @@ void LinearImpl::quantize(const Quant4Options& options) {
     register_buffer("weight_offset", quant_->offset);
     register_buffer("weight_absmax2", quant_->absmax2);
   }
+}
+
+void LinearImpl::defer_quantization(const Quant4Options& options) {
+  if (quant_ || deferred_) throw std::logic_error("a weight quantised twice");
+  if (has_lora()) throw std::logic_error("quantise the base weight before adding LoRA");
+  deferred_ = options;
+  deferred_weight_options_ = weight.options();
+  parameters_.erase("weight");
+  weight = register_parameter("weight", torch::empty(weight.sizes(), weight.options().device(
+                                                                         torch::kMeta)));
+}
+
+torch::Tensor LinearImpl::deferred_weight() const {
+  return torch::empty({out_features_, in_features_}, deferred_weight_options_);
+}
+
+void LinearImpl::quantize_deferred(const torch::Tensor& full) {
+  const Quant4Options options = deferred_.value();
+  deferred_.reset();
+  weight = full;
+  quantize(options);
 }
 
 namespace {
@@ -306,6 +328,10 @@ TransformerImpl::TransformerImpl(LlamaConfig config, const ModelOptions& options
   for (int64_t i = 0; i < config_.n_layers; ++i) {
     layers.push_back(TransformerBlock(config_, i, opts));
     list->push_back(layers.back());
+    // Right away: at most one block's full-precision weights are ever allocated.
+    if (options_.quant && !options_.device.is_meta())
+      for (const auto& target : options_.quant->targets)
+        block_linear(layers.back(), target)->defer_quantization(options_.quant->options);
   }
   set_attention(options_.attention);
   norm = register_module("norm", RMSNorm(config_.dim, config_.norm_eps, opts));
@@ -380,21 +406,57 @@ int64_t TransformerImpl::param_count() const {
   return n;
 }
 
-void init_random(Transformer& model, uint64_t seed) {
+Linear block_linear(const TransformerBlock& block, const std::string& target) {
+  if (target == "wq") return block->attention->wq;
+  if (target == "wk") return block->attention->wk;
+  if (target == "wv") return block->attention->wv;
+  if (target == "wo") return block->attention->wo;
+  if (target == "w1") return block->feed_forward->w1;
+  if (target == "w2") return block->feed_forward->w2;
+  if (target == "w3") return block->feed_forward->w3;
+  std::string known;
+  for (const std::string_view name : kLoraTargetNames)
+    known += (known.empty() ? "" : ", ") + std::string(name);
+  throw std::invalid_argument("unknown target \"" + target + "\" (expected " + known + ")");
+}
+
+void fill_parameters(Transformer& model, const ParameterFill& fill) {
   torch::NoGradGuard no_grad;
-  auto gen = at::detail::createCPUGenerator(seed);
+  std::map<std::string, LinearImpl*> deferred;  // by the weight's parameter name
+  for (const auto& item : model->named_modules()) {
+    auto* linear = item.value()->as<LinearImpl>();
+    if (linear != nullptr && linear->quantization_deferred())
+      deferred[item.key() + ".weight"] = linear;
+  }
   for (auto& item : model->named_parameters()) {
-    auto& p = item.value();
-    const auto& name = item.key();
+    const auto it = deferred.find(item.key());
+    if (it == deferred.end()) {
+      fill(item.key(), item.value());
+      continue;
+    }
+    auto full = it->second->deferred_weight();
+    fill(item.key(), full);
+    it->second->quantize_deferred(full);
+  }
+}
+
+void init_random(Transformer& model, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  fill_parameters(model, [&](const std::string& name, torch::Tensor& p) {
     if (name.find("norm") != std::string::npos) {
       p.fill_(1.0);
     } else if (name.find("lora_b") != std::string::npos) {
       p.zero_();  // B = 0: an adapter starts as the identity
     } else {
-      // Drawn on the CPU with one generator: the same weights on every device.
-      p.copy_(torch::empty(p.sizes(), torch::kFloat32).normal_(0.0, 0.02, gen));
+      // Drawn on the CPU with one generator: the same weights on every device (into p itself
+      // where it is a CPU fp32 tensor: no copy of the embedding's size at load).
+      if (p.device().is_cpu() && p.scalar_type() == torch::kFloat32 && p.is_contiguous()) {
+        p.normal_(0.0, 0.02, gen);
+      } else {
+        p.copy_(torch::empty(p.sizes(), torch::kFloat32).normal_(0.0, 0.02, gen));
+      }
     }
-  }
+  });
 }
 
 int64_t count_params_on_meta(const LlamaConfig& config) {

@@ -8,7 +8,9 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -23,10 +25,21 @@ enum class AttentionKind { kSdpa, kMath };
 AttentionKind parse_attention_kind(const std::string& name);  // "sdpa" | "math"
 torch::Dtype parse_dtype(const std::string& name);            // "fp32" | "fp16" | "bf16"
 
+// QLoRA's base weights: the linears `targets` (wq ... w3) of every block in 4-bit form.
+struct QuantPlan {
+  Quant4Options options;
+  std::vector<std::string> targets;
+};
+
 struct ModelOptions {
   torch::Device device = torch::kCPU;
   torch::Dtype dtype = torch::kFloat32;
   AttentionKind attention = AttentionKind::kSdpa;
+  // Weights quantised as they are filled (fill_parameters): each target weight is a meta tensor
+  // until then and is quantised as soon as it holds its values, so loading needs the memory of
+  // the 4-bit model plus one full-precision weight (as bitsandbytes' loading), not the whole
+  // model in `dtype`: a 7B model loads for QLoRA on a 16 GB GPU.
+  std::optional<QuantPlan> quant;
   torch::TensorOptions tensor_options() const {
     return torch::TensorOptions().device(device).dtype(dtype);
   }
@@ -60,6 +73,13 @@ class LinearImpl : public torch::nn::Module {
   // QLoRA. Before any adapter is added.
   void quantize(const Quant4Options& options);
   bool quantized() const { return quant_.has_value(); }
+  // The weight becomes a meta tensor of its shape until fill_parameters fills and quantises it.
+  void defer_quantization(const Quant4Options& options);
+  bool quantization_deferred() const { return deferred_.has_value(); }
+  // For fill_parameters: an empty full-precision tensor for a deferred weight's values, and the
+  // quantisation from them (the weight's 4-bit buffers replace the meta parameter).
+  torch::Tensor deferred_weight() const;
+  void quantize_deferred(const torch::Tensor& full);
   const std::optional<Quant4Weight>& quant_weight() const { return quant_; }
   // The weight's element count, whether it is a parameter or quantised.
   int64_t weight_numel() const { return in_features_ * out_features_; }
@@ -80,6 +100,8 @@ class LinearImpl : public torch::nn::Module {
   int64_t in_features_, out_features_;
   std::optional<Quant4Weight> quant_;
   torch::Dtype quant_compute_dtype_ = torch::kFloat32;
+  std::optional<Quant4Options> deferred_;
+  torch::TensorOptions deferred_weight_options_;  // the full-precision weight's, before deferral
   torch::Tensor lora_a_, lora_b_;
   double lora_scaling_ = 0.0;
   double lora_dropout_ = 0.0;
@@ -209,6 +231,15 @@ class TransformerImpl : public torch::nn::Module {
   std::vector<bool> checkpointed_;
 };
 TORCH_MODULE(Transformer);
+
+// The block's linear `target` (wq, wk, wv, wo, w1, w2, w3); throws on another name.
+Linear block_linear(const TransformerBlock& block, const std::string& target);
+
+// Fills every parameter, in named_parameters() order, by fill(name, destination). A weight whose
+// quantisation is deferred (ModelOptions::quant) is filled into a full-precision tensor of its own
+// and quantised at once. Every loader goes through here (init_random, load_weights, checkpoints).
+using ParameterFill = std::function<void(const std::string& name, torch::Tensor& param)>;
+void fill_parameters(Transformer& model, const ParameterFill& fill);
 
 // Deterministic random weights: N(0, 0.02) for matrices, ones for norms (memory and time do not
 // depend on the values).

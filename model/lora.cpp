@@ -6,22 +6,6 @@
 
 namespace hx {
 
-namespace {
-Linear target_of(const TransformerBlock& block, const std::string& target) {
-  if (target == "wq") return block->attention->wq;
-  if (target == "wk") return block->attention->wk;
-  if (target == "wv") return block->attention->wv;
-  if (target == "wo") return block->attention->wo;
-  if (target == "w1") return block->feed_forward->w1;
-  if (target == "w2") return block->feed_forward->w2;
-  if (target == "w3") return block->feed_forward->w3;
-  std::string known;
-  for (const std::string_view name : kLoraTargetNames)
-    known += (known.empty() ? "" : ", ") + std::string(name);
-  throw std::invalid_argument("unknown LoRA target \"" + target + "\" (expected " + known + ")");
-}
-}  // namespace
-
 const std::vector<std::string>& lora_target_names() {
   static const std::vector<std::string> names(std::begin(kLoraTargetNames),
                                               std::end(kLoraTargetNames));
@@ -87,7 +71,7 @@ void LinearImpl::unload_lora() {
 void quantize_targets(Transformer& model, const std::vector<std::string>& targets,
                       const Quant4Options& options) {
   for (auto& block : model->layers) {
-    for (const auto& target : targets) target_of(block, target)->quantize(options);
+    for (const auto& target : targets) block_linear(block, target)->quantize(options);
   }
 }
 
@@ -95,7 +79,7 @@ int64_t quantized_weight_bytes(const Transformer& model) {
   int64_t bytes = 0;
   for (const auto& block : model->layers) {
     for (const auto& target : lora_target_names()) {
-      const auto& quant = target_of(block, target)->quant_weight();
+      const auto& quant = block_linear(block, target)->quant_weight();
       if (quant) bytes += quant->nbytes();
     }
   }
@@ -107,14 +91,14 @@ void apply_lora(Transformer& model, const std::vector<std::string>& targets,
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   uint64_t stream = 0;
   for (auto& block : model->layers) {
-    for (const auto& target : targets) target_of(block, target)->add_lora(options, seed + ++stream);
+    for (const auto& target : targets) block_linear(block, target)->add_lora(options, seed + ++stream);
   }
 }
 
 namespace {
 void for_each_target(Transformer& model, void (LinearImpl::*action)()) {
   for (auto& block : model->layers) {
-    for (const auto& target : lora_target_names()) (target_of(block, target).get()->*action)();
+    for (const auto& target : lora_target_names()) (block_linear(block, target).get()->*action)();
   }
 }
 }  // namespace

@@ -149,19 +149,17 @@ TensorMap read_torch_dict(const std::string& path) {
 }
 
 void load_weights(Transformer& model, const TensorMap& tensors, const std::string& source) {
-  torch::NoGradGuard no_grad;
   std::set<std::string> used;
-  for (auto& item : model->named_parameters()) {
-    const auto& name = item.key();
+  fill_parameters(model, [&](const std::string& name, torch::Tensor& param) {
     auto it = tensors.find(name);
     if (it == tensors.end()) throw std::invalid_argument(source + ": missing tensor " + name);
-    if (it->second.sizes() != item.value().sizes())
+    if (it->second.sizes() != param.sizes())
       throw std::invalid_argument(source + ": " + name + ": shape " +
                                   shape_text(it->second.sizes()) + " where the model expects " +
-                                  shape_text(item.value().sizes()));
-    item.value().copy_(it->second);
+                                  shape_text(param.sizes()));
+    param.copy_(it->second);
     used.insert(name);
-  }
+  });
   for (const auto& [name, tensor] : tensors)
     if (!used.count(name)) throw std::invalid_argument(source + ": unexpected tensor " + name);
 }

@@ -193,6 +193,11 @@ int demo_generate(const GenerateArgs& a) {
   hx::ModelOptions options;
   options.dtype = hx::parse_dtype(a.dtype);
   options.attention = hx::parse_attention_kind(a.attention);
+  if (a.quant != "off") {
+    options.quant = hx::QuantPlan{
+        hx::quant4_options(a.quant, a.double_quant == "on", hx::parse_dtype(a.compute_dtype)),
+        hx::lora_target_names()};
+  }
   hx::Transformer model{nullptr};
   std::string source;
   if (a.weights.empty()) {
@@ -206,9 +211,6 @@ int demo_generate(const GenerateArgs& a) {
     source = "weights from " + a.weights;
   }
   if (a.quant != "off") {
-    hx::quantize_targets(
-        model, hx::lora_target_names(),
-        hx::quant4_options(a.quant, a.double_quant == "on", hx::parse_dtype(a.compute_dtype)));
     source += ", " + a.quant + (a.double_quant == "on" ? " double-quantised" : "") + " weights";
   }
   if (!a.lora_adapter.empty()) {
@@ -326,12 +328,13 @@ struct LoraGradsArgs {
 // (tests/hf/test_qlora_grads.py).
 int write_lora_grads(const LoraGradsArgs& a) {
   at::set_num_threads(static_cast<int>(a.threads));
-  auto model = hx::load_model(a.model, hx::ModelOptions{}, a.seed);
+  hx::ModelOptions options;
   if (a.quant != "off") {
-    hx::quantize_targets(
-        model, a.quant_targets,
-        hx::quant4_options(a.quant, a.double_quant == "on", hx::parse_dtype(a.compute_dtype)));
+    options.quant = hx::QuantPlan{
+        hx::quant4_options(a.quant, a.double_quant == "on", hx::parse_dtype(a.compute_dtype)),
+        a.quant_targets};
   }
+  auto model = hx::load_model(a.model, options, a.seed);
   hx::load_peft_adapter(model, a.lora_adapter);
   model->train();
   const auto tokens = prompt_tensor(a.prompt_ids, model->config().vocab_size);

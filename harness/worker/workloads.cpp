@@ -105,6 +105,11 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
   const std::string preset = m.value("preset", std::string("tiny"));
   auto start = std::chrono::steady_clock::now();
   ModelOptions options{device, parse_dtype(cfg.dtype), parse_attention_kind(cfg.attention)};
+  if (cfg.quant != "off") {
+    options.quant = QuantPlan{quant4_options(cfg.quant, cfg.double_quant,
+                                             parse_dtype(cfg.compute_dtype), cfg.quant_block),
+                              cfg.quant_targets};
+  }
   Built built;
   if (weights == "random") {
     built.model = Transformer(config_from_name(preset), options);
@@ -128,11 +133,6 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
                                   "give a checkpoint directory)");
     built.model = Transformer(config_from_name(preset), options);
     load_weights(built.model, read_torch_dict(weights), weights);
-  }
-  if (cfg.quant != "off") {
-    quantize_targets(built.model, cfg.quant_targets,
-                     quant4_options(cfg.quant, cfg.double_quant, parse_dtype(cfg.compute_dtype),
-                                    cfg.quant_block));
   }
   compat::cuda_synchronize();
   built.load_s = seconds_since(start);

@@ -11,10 +11,13 @@
 #include "harness/worker/data.h"
 #include "harness/worker/memory.h"
 #include "harness/worker/trainer.h"
+#include "model/checkpoint_io.h"
 #include "model/lora.h"
 #include "model/quant4.h"
 #include "model/quant4_cpu.h"
+#include "model/weights.h"
 #include "source_dir.h"
+#include "tests/model/golden_util.h"
 
 namespace hx {
 namespace {
@@ -200,6 +203,78 @@ TEST(QLoRA, SmallModelWeightBytesAre4Point5And4Point127BitsPerQuantisedWeight) {
                 4.0 * static_cast<double>(model->param_count()) / 1e6, bits);
     EXPECT_NEAR(bits, dq ? 4.127 : 4.5, 0.001);
   }
+}
+
+// ModelOptions::quant quantises each weight as it is filled: loading `small` needs the 4-bit
+// model plus one full-precision weight (and init_random's draw of it), where quantising after
+// the load needs the whole fp32 model first; both give the same weights, bit for bit.
+TEST(QLoRA, LoadingQuantisesEachWeightAsItArrives) {
+  (void)quantize_4bit(torch::ones({256}), QuantType::kNf4, 64, true);  // the shared tables, once
+  Quant4Options quant;
+  quant.double_quant = true;
+  const auto config = config_from_name("small");
+  const int64_t largest_weight = 4 * config.dim * config.ffn_hidden;
+  struct Loaded {
+    Transformer model{nullptr};
+    int64_t peak = 0, kept = 0;
+  };
+  auto load = [&](bool deferred) {
+    const int64_t before = CountingAllocator::current_bytes();
+    CountingAllocator::reset_peak();
+    ModelOptions options;
+    if (deferred) options.quant = QuantPlan{quant, kAllTargets};
+    Loaded out;
+    out.model = Transformer(config, options);
+    init_random(out.model, 0);
+    if (!deferred) quantize_targets(out.model, kAllTargets, quant);
+    out.peak = CountingAllocator::peak_bytes() - before;
+    out.kept = CountingAllocator::current_bytes() - before;
+    return out;
+  };
+  const Loaded after = load(false);
+  const Loaded streamed = load(true);
+  std::printf("small, NF4 + double quantisation: %.1f MB loaded; load peak %.1f MB streamed, "
+              "%.1f MB quantising after the load\n",
+              static_cast<double>(streamed.kept) / 1e6, static_cast<double>(streamed.peak) / 1e6,
+              static_cast<double>(after.peak) / 1e6);
+  EXPECT_EQ(streamed.kept, after.kept);
+  EXPECT_LE(streamed.peak, streamed.kept + 3 * largest_weight);
+  EXPECT_GT(after.peak, 4 * after.model->param_count());  // the control: all of it in fp32
+
+  const auto a = after.model->named_buffers();
+  const auto b = streamed.model->named_buffers();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : a) EXPECT_TRUE(torch::equal(item.value(), b[item.key()])) << item.key();
+  const auto pa = after.model->named_parameters();
+  const auto pb = streamed.model->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto& item : pa)
+    EXPECT_TRUE(torch::equal(item.value(), pb[item.key()])) << item.key();
+}
+
+// The same through a checkpoint directory (HF layout, with its rotary permutation) and a tensor
+// file: the streamed model computes what the model quantised after its load computes.
+TEST(QLoRA, CheckpointsAndTensorFilesLoadQuantisedTheSame) {
+  Quant4Options quant;
+  quant.type = QuantType::kFp4;
+  ModelOptions streamed_options;
+  streamed_options.quant = QuantPlan{quant, {"wq", "wk", "w2"}};
+  const auto tokens = torch::randint(3, 256, {1, 12}, torch::kInt64);
+  const std::string dir = testing::golden_dir() + "checkpoints/tiny_llama3_hf";
+  auto after = load_model(dir, ModelOptions{}, 0);
+  quantize_targets(after, {"wq", "wk", "w2"}, quant);
+  auto streamed = load_model(dir, streamed_options, 0);
+  EXPECT_TRUE(torch::equal(logits_of(after, tokens), logits_of(streamed, tokens)));
+  EXPECT_TRUE(streamed->layers[0]->attention->wq->quantized());
+  EXPECT_FALSE(streamed->layers[0]->attention->wv->quantized());
+
+  // A tensor file of the same weights (load_weights), the names of our model.
+  TensorMap tensors;
+  for (const auto& item : load_model(dir, ModelOptions{}, 0)->named_parameters())
+    tensors[item.key()] = item.value().detach().clone();
+  Transformer from_file(after->config(), streamed_options);
+  load_weights(from_file, tensors, "tensors");
+  EXPECT_TRUE(torch::equal(logits_of(after, tokens), logits_of(from_file, tokens)));
 }
 
 // Per-step losses of `steps` AdamW steps of LoRA (r 8 on every linear) on the shipped
