@@ -39,8 +39,8 @@ void LinearImpl::defer_quantization(const Quant4Options& options) {
   deferred_ = options;
   deferred_weight_options_ = weight.options();
   parameters_.erase("weight");
-  weight = register_parameter("weight", torch::empty(weight.sizes(), weight.options().device(
-                                                                         torch::kMeta)));
+  weight = register_parameter("weight",
+                              torch::empty(weight.sizes(), weight.options().device(torch::kMeta)));
 }
 
 torch::Tensor LinearImpl::deferred_weight() const {

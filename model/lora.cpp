@@ -91,7 +91,8 @@ void apply_lora(Transformer& model, const std::vector<std::string>& targets,
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   uint64_t stream = 0;
   for (auto& block : model->layers) {
-    for (const auto& target : targets) block_linear(block, target)->add_lora(options, seed + ++stream);
+    for (const auto& target : targets)
+      block_linear(block, target)->add_lora(options, seed + ++stream);
   }
 }
 

@@ -233,10 +233,11 @@ TEST(QLoRA, LoadingQuantisesEachWeightAsItArrives) {
   };
   const Loaded after = load(false);
   const Loaded streamed = load(true);
-  std::printf("small, NF4 + double quantisation: %.1f MB loaded; load peak %.1f MB streamed, "
-              "%.1f MB quantising after the load\n",
-              static_cast<double>(streamed.kept) / 1e6, static_cast<double>(streamed.peak) / 1e6,
-              static_cast<double>(after.peak) / 1e6);
+  std::printf(
+      "small, NF4 + double quantisation: %.1f MB loaded; load peak %.1f MB streamed, "
+      "%.1f MB quantising after the load\n",
+      static_cast<double>(streamed.kept) / 1e6, static_cast<double>(streamed.peak) / 1e6,
+      static_cast<double>(after.peak) / 1e6);
   EXPECT_EQ(streamed.kept, after.kept);
   EXPECT_LE(streamed.peak, streamed.kept + 3 * largest_weight);
   EXPECT_GT(after.peak, 4 * after.model->param_count());  // the control: all of it in fp32
@@ -248,8 +249,7 @@ TEST(QLoRA, LoadingQuantisesEachWeightAsItArrives) {
   const auto pa = after.model->named_parameters();
   const auto pb = streamed.model->named_parameters();
   ASSERT_EQ(pa.size(), pb.size());
-  for (const auto& item : pa)
-    EXPECT_TRUE(torch::equal(item.value(), pb[item.key()])) << item.key();
+  for (const auto& item : pa) EXPECT_TRUE(torch::equal(item.value(), pb[item.key()])) << item.key();
 }
 
 // The same through a checkpoint directory (HF layout, with its rotary permutation) and a tensor
