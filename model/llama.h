@@ -38,7 +38,7 @@ struct ModelOptions {
   // Weights quantised as they are filled (fill_parameters): each target weight is a meta tensor
   // until then and is quantised as soon as it holds its values, so loading needs the memory of
   // the 4-bit model plus one full-precision weight (as bitsandbytes' loading), not the whole
-  // model in `dtype`: a 7B model loads for QLoRA on a 16 GB GPU.
+  // model in `dtype`.
   std::optional<QuantPlan> quant;
   torch::TensorOptions tensor_options() const {
     return torch::TensorOptions().device(device).dtype(dtype);

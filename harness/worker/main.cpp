@@ -201,7 +201,6 @@ int demo_generate(const GenerateArgs& a) {
   }
   hx::Transformer model{nullptr};
   std::string source;
-  std::optional<hx::MappedLargeBlocks> mapped(std::in_place);
   if (a.weights.empty()) {
     model = hx::load_model(a.preset, options, a.seed);  // a checkpoint directory or a preset
     source = std::filesystem::is_directory(a.preset)
@@ -219,7 +218,6 @@ int demo_generate(const GenerateArgs& a) {
     hx::load_peft_adapter(model, a.lora_adapter);
     source += ", LoRA adapter " + a.lora_adapter;
   }
-  mapped.reset();  // loaded
   model->eval();
   const int64_t vocab = model->config().vocab_size;
   torch::Tensor prompt;

@@ -2,7 +2,6 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
-#include <malloc.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -68,17 +67,7 @@ class Allocator final : public c10::Allocator {
 
 Allocator g_allocator;
 
-constexpr int kLoadMmapThreshold = 1 << 20;
-constexpr int kGlibcDefaultMmapMax = 1 << 16;
-
 }  // namespace
-
-MappedLargeBlocks::MappedLargeBlocks() {
-  ::mallopt(M_MMAP_THRESHOLD, kLoadMmapThreshold);
-  ::mallopt(M_MMAP_MAX, kGlibcDefaultMmapMax);
-}
-
-MappedLargeBlocks::~MappedLargeBlocks() { ::mallopt(M_MMAP_MAX, 0); }
 
 void CountingAllocator::install() {
   if (g_installed.exchange(true)) return;

@@ -18,19 +18,6 @@ class CountingAllocator {
   static int64_t cap();
 };
 
-// The worker keeps freed memory in its heap for the steps' reuse (main.cpp: no mmap, no trim).
-// While a model loads, this scope has glibc map blocks of 1 MB and more and unmap them on free:
-// the full-precision source of each 4-bit weight is freed at once, and in the heap its hole
-// would be split by the long-lived 4-bit bytes allocated after it, so the load's RSS grew by
-// about the whole fp32 model (llama3.2-1b with nf4: 9.0 GB peak RSS).
-class MappedLargeBlocks {
- public:
-  MappedLargeBlocks();
-  ~MappedLargeBlocks();  // back to no mmap
-  MappedLargeBlocks(const MappedLargeBlocks&) = delete;
-  MappedLargeBlocks& operator=(const MappedLargeBlocks&) = delete;
-};
-
 // One interface for both devices; `cuda` selects the caching allocator's figures.
 struct MemoryProbe {
   bool cuda = false;

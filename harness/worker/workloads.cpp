@@ -104,7 +104,6 @@ Built build_model(const Json& run, const Config& cfg, torch::Device device) {
   const std::string weights = m.value("weights", std::string("random"));
   const std::string preset = m.value("preset", std::string("tiny"));
   auto start = std::chrono::steady_clock::now();
-  const MappedLargeBlocks mapped;
   ModelOptions options{device, parse_dtype(cfg.dtype), parse_attention_kind(cfg.attention)};
   if (cfg.quant != "off") {
     options.quant = QuantPlan{quant4_options(cfg.quant, cfg.double_quant,
