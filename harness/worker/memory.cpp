@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -12,10 +13,19 @@
 namespace hx {
 namespace {
 
-// A 64-byte header in front of every block holds its size, so the deleter needs only the pointer
-// (oneDNN requires context == data and uses raw_deleter()); 64 keeps libtorch's alignment.
+// A 64-byte header in front of every block holds its size and the block malloc returned, so the
+// deleter needs only the data pointer (oneDNN requires context == data and uses raw_deleter());
+// the data is aligned to 64 bytes, libtorch's alignment, by hand: posix_memalign asks glibc for
+// the size plus the alignment plus a minimum chunk, so a block freed by a tensor could never
+// serve the next tensor of the same size, and loading a 4-bit model (one weight-sized source
+// freed and allocated again per weight) grew the heap by about the whole fp32 model.
+struct Header {
+  int64_t size;
+  void* block;
+};
 constexpr size_t kHeader = 64;
 constexpr size_t kAlignment = 64;
+static_assert(sizeof(Header) <= kHeader);
 
 std::atomic<int64_t> g_current{0};
 std::atomic<int64_t> g_peak{0};
@@ -30,10 +40,9 @@ void raise_peak(int64_t value) {
 
 void counting_delete(void* data) {
   if (data == nullptr) return;
-  auto* base = static_cast<char*>(data) - kHeader;
-  const auto size = *reinterpret_cast<int64_t*>(base);
-  g_current.fetch_sub(size, std::memory_order_relaxed);
-  std::free(base);
+  const auto* header = reinterpret_cast<const Header*>(static_cast<char*>(data) - kHeader);
+  g_current.fetch_sub(header->size, std::memory_order_relaxed);
+  std::free(header->block);
 }
 
 class Allocator final : public c10::Allocator {
@@ -50,13 +59,14 @@ class Allocator final : public c10::Allocator {
                           std::to_string(cap) + " bytes in use (memory_limit_mb)");
     }
     raise_peak(now);
-    void* base = nullptr;
-    if (posix_memalign(&base, kAlignment, n + kHeader) != 0) {
+    void* block = std::malloc(n + kHeader + kAlignment);
+    if (block == nullptr) {
       g_current.fetch_sub(size, std::memory_order_relaxed);
       C10_THROW_ERROR(OutOfMemoryError, "CPU allocation of " + std::to_string(n) + " bytes failed");
     }
-    *static_cast<int64_t*>(base) = size;
-    void* data = static_cast<char*>(base) + kHeader;
+    const auto first = reinterpret_cast<uintptr_t>(block) + kHeader;
+    void* data = reinterpret_cast<void*>((first + kAlignment - 1) / kAlignment * kAlignment);
+    *reinterpret_cast<Header*>(static_cast<char*>(data) - kHeader) = {size, block};
     return {data, data, &counting_delete, c10::Device(c10::DeviceType::CPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &counting_delete; }
