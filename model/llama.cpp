@@ -3,10 +3,13 @@
 #include <cmath>
 #include <map>
 #include <numbers>
+#include <set>
+#include <sstream>
 #include <stdexcept>
 
 #include "model/checkpoint.h"
 #include "model/compat.h"
+#include "model/weights.h"
 
 namespace hx {
 
@@ -457,6 +460,31 @@ void init_random(Transformer& model, uint64_t seed) {
       }
     }
   });
+}
+
+namespace {
+std::string sizes_text(c10::IntArrayRef sizes) {
+  std::ostringstream out;
+  out << sizes;
+  return out.str();
+}
+}  // namespace
+
+// Here rather than in weights.cpp, whose tensor-file reader the fuzzer links without the model.
+void load_weights(Transformer& model, const TensorMap& tensors, const std::string& source) {
+  std::set<std::string> used;
+  fill_parameters(model, [&](const std::string& name, torch::Tensor& param) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) throw std::invalid_argument(source + ": missing tensor " + name);
+    if (it->second.sizes() != param.sizes())
+      throw std::invalid_argument(source + ": " + name + ": shape " +
+                                  sizes_text(it->second.sizes()) + " where the model expects " +
+                                  sizes_text(param.sizes()));
+    param.copy_(it->second);
+    used.insert(name);
+  });
+  for (const auto& [name, tensor] : tensors)
+    if (!used.count(name)) throw std::invalid_argument(source + ": unexpected tensor " + name);
 }
 
 int64_t count_params_on_meta(const LlamaConfig& config) {

@@ -8,7 +8,6 @@
 #include <fstream>
 #include <iterator>
 #include <map>
-#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string_view>
@@ -146,22 +145,6 @@ TensorMap read_torch_dict(const std::string& path) {
     out.emplace(item.key().toStringRef(), t);
   }
   return out;
-}
-
-void load_weights(Transformer& model, const TensorMap& tensors, const std::string& source) {
-  std::set<std::string> used;
-  fill_parameters(model, [&](const std::string& name, torch::Tensor& param) {
-    auto it = tensors.find(name);
-    if (it == tensors.end()) throw std::invalid_argument(source + ": missing tensor " + name);
-    if (it->second.sizes() != param.sizes())
-      throw std::invalid_argument(source + ": " + name + ": shape " +
-                                  shape_text(it->second.sizes()) + " where the model expects " +
-                                  shape_text(param.sizes()));
-    param.copy_(it->second);
-    used.insert(name);
-  });
-  for (const auto& [name, tensor] : tensors)
-    if (!used.count(name)) throw std::invalid_argument(source + ": unexpected tensor " + name);
 }
 
 }  // namespace hx
