@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 
 #include "model/lora.h"
@@ -32,12 +31,6 @@ constexpr const char* kMetaParams = "params.json";
 // Tensors some files carry that are not weights (rotary tables); skipped by name, explicitly.
 constexpr std::string_view kIgnoredHf[] = {"model.layers.{L}.self_attn.rotary_emb.inv_freq"};
 constexpr std::string_view kIgnoredMeta[] = {"rope.freqs"};
-
-std::string shape_text(c10::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
 
 bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;

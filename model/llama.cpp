@@ -4,7 +4,6 @@
 #include <map>
 #include <numbers>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 
 #include "model/checkpoint.h"
@@ -462,14 +461,6 @@ void init_random(Transformer& model, uint64_t seed) {
   });
 }
 
-namespace {
-std::string sizes_text(c10::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
-}  // namespace
-
 // Here rather than in weights.cpp, whose tensor-file reader the fuzzer links without the model.
 void load_weights(Transformer& model, const TensorMap& tensors, const std::string& source) {
   std::set<std::string> used;
@@ -478,8 +469,8 @@ void load_weights(Transformer& model, const TensorMap& tensors, const std::strin
     if (it == tensors.end()) throw std::invalid_argument(source + ": missing tensor " + name);
     if (it->second.sizes() != param.sizes())
       throw std::invalid_argument(source + ": " + name + ": shape " +
-                                  sizes_text(it->second.sizes()) + " where the model expects " +
-                                  sizes_text(param.sizes()));
+                                  shape_text(it->second.sizes()) + " where the model expects " +
+                                  shape_text(param.sizes()));
     param.copy_(it->second);
     used.insert(name);
   });

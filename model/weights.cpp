@@ -16,12 +16,14 @@
 #include "model/torch_pickle.h"
 
 namespace hx {
-namespace {
+
 std::string shape_text(c10::IntArrayRef sizes) {
   std::ostringstream out;
   out << sizes;
   return out.str();
 }
+
+namespace {
 
 // The file's bytes as libtorch's zip reader reads them (pickle.h's readers are not exported).
 class BytesReader final : public caffe2::serialize::ReadAdapterInterface {

@@ -10,6 +10,9 @@ namespace hx {
 
 using TensorMap = std::map<std::string, torch::Tensor>;
 
+// "[2, 3]": a tensor's sizes for error messages.
+std::string shape_text(c10::IntArrayRef sizes);
+
 // A Python `torch.save` of a plain dict {name: tensor} (zip format, >= 2 entries).
 TensorMap read_torch_dict(const std::string& path);
 

@@ -206,7 +206,7 @@ TEST(QLoRA, SmallModelWeightBytesAre4Point5And4Point127BitsPerQuantisedWeight) {
 }
 
 // ModelOptions::quant quantises each weight as it is filled: loading `small` needs the 4-bit
-// model plus one full-precision weight (and init_random's draw of it), where quantising after
+// model plus one full-precision weight (and quantize_4bit's temporaries), where quantising after
 // the load needs the whole fp32 model first; both give the same weights, bit for bit.
 TEST(QLoRA, LoadingQuantisesEachWeightAsItArrives) {
   (void)quantize_4bit(torch::ones({256}), QuantType::kNf4, 64, true);  // the shared tables, once
